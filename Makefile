@@ -1,0 +1,28 @@
+# gato_ros — the two commands a newcomer needs: `make demo` and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export MUJOCO_GL ?= egl
+export PYOPENGL_PLATFORM ?= egl
+
+.PHONY: setup demo test lint bench clean
+
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	$(PY) -m gato_ros.cli demo
+
+test: setup
+	$(PY) -m ruff check .
+	$(PY) -m pytest -q tests
+
+lint: setup
+	$(PY) -m ruff check .
+
+bench: setup
+	$(PY) benchmarks/twin.py
+	$(PY) benchmarks/decode.py
+	$(PY) benchmarks/control_loop.py
+
+clean:
+	rm -rf build install log .pytest_cache outputs

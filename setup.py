@@ -1,0 +1,47 @@
+"""ament_python build of gato_ros: installs the Python package, its console entry points, and the
+launch/, calibration/, sim/ and config trees under share/gato_ros as colcon expects."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+PACKAGE = "gato_ros"
+ROOT = Path(__file__).parent
+
+
+def share_tree(folder: str) -> list[tuple[str, list[str]]]:
+    """Map every file under `folder` to share/gato_ros/<same relative path>."""
+    entries: dict[str, list[str]] = {}
+    for path in sorted((ROOT / folder).rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts:
+            rel = path.relative_to(ROOT)
+            entries.setdefault(str(Path("share") / PACKAGE / rel.parent), []).append(str(rel))
+    return sorted(entries.items())
+
+
+setup(
+    name=PACKAGE,
+    version="0.1.0",
+    packages=find_packages(exclude=["tests", "tests.*", "benchmarks", "ros2_ws"]),
+    package_data={PACKAGE: ["config/**/*.yaml", "config/*.yaml", "assets/*"]},
+    data_files=[
+        ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
+        (f"share/{PACKAGE}", ["package.xml"]),
+        *share_tree("launch"),
+        *share_tree("calibration"),
+        *share_tree("sim"),
+        *share_tree(f"{PACKAGE}/config"),
+    ],
+    install_requires=["setuptools"],
+    zip_safe=False,
+    maintainer="gato_ros maintainers",
+    maintainer_email="maintainers@gato-ros.dev",
+    description="Gato-style generalist policy on a ROS 2 arm for RGB-object stacking, with a MuJoCo twin",
+    license="Apache-2.0",
+    tests_require=["pytest"],
+    entry_points={
+        "console_scripts": [
+            "gato-ros = gato_ros.cli:main",
+        ],
+    },
+)
