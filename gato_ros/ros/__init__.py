@@ -1,0 +1,1 @@
+"""Thin rclpy adapters around the ROS-free cores. Importing this package requires rclpy."""
