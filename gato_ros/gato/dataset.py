@@ -1,0 +1,235 @@
+"""Training batches from episode directories: a weighted mixture of datasets, prompt conditioning,
+padding to the sequence length, seeded.
+
+Each sequence of a batch independently (a) draws a dataset with probability proportional to its mixture
+weight (``training.data.mixture``, the paper's Table 1 sample weights), (b) draws an episode with
+probability proportional to its length (so every recorded step is equally likely), (c) serializes a
+window of whole steps with ``EpisodeSerializer.training_sequence`` (prompted with a demonstration of the
+same task for a configured share). The random stream of a batch is a pure function of
+``(seed, rank, step, micro)``, so a resumed or re-run training sees the same batches.
+
+Batches follow docs/ARCHITECTURE.md: right-padded with ``padding_id`` and loss 0; ``patches`` of all
+sequences concatenated in row-major (b, t) order; ``patch_pos`` the quantised intervals (the model samples
+within them in training and takes the mean at evaluation).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from gato_ros.gato.data import Episode, EpisodeDataset, dataset_directory, load_episode
+from gato_ros.gato.serialization import Demonstration, EpisodeSerializer, TokenSequence
+
+
+@dataclass
+class GatoBatch:
+    """A batch B x T in the Gato token layout (torch tensors)."""
+
+    tokens: torch.Tensor  # LongTensor[B, T]; 0 at image positions, padding_id after the sequence
+    image_mask: torch.Tensor  # BoolTensor[B, T]
+    patches: torch.Tensor  # FloatTensor[N, 3, p, p], N = image_mask.sum(), row-major (b, t) order
+    patch_pos: torch.Tensor  # LongTensor[B, T, 4]
+    obs_pos: torch.Tensor  # LongTensor[B, T]
+    loss_mask: torch.Tensor  # FloatTensor[B, T]
+    lengths: torch.Tensor  # LongTensor[B]: unpadded length of each row
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> GatoBatch:
+        return GatoBatch(
+            **{f.name: getattr(self, f.name).to(device, non_blocking=non_blocking) for f in fields(self)}
+        )
+
+    def pin_memory(self) -> GatoBatch:
+        return GatoBatch(**{f.name: getattr(self, f.name).pin_memory() for f in fields(self)})
+
+    @property
+    def valid_mask(self) -> torch.Tensor:
+        """BoolTensor[B, T]: True on real tokens, False on padding."""
+        positions = torch.arange(self.tokens.shape[1], device=self.tokens.device)
+        return positions[None, :] < self.lengths[:, None]
+
+
+def make_batch(sequences: Sequence[TokenSequence], sequence_length: int, padding_id: int) -> GatoBatch:
+    """Right-pad sequences to ``sequence_length`` (padding: ``padding_id``, loss 0, positions 0)."""
+    if not sequences:
+        raise ValueError("make_batch needs at least one sequence")
+    B, T = len(sequences), int(sequence_length)
+    tokens = np.full((B, T), padding_id, dtype=np.int64)
+    image_mask = np.zeros((B, T), dtype=bool)
+    patch_pos = np.zeros((B, T, 4), dtype=np.int64)
+    obs_pos = np.zeros((B, T), dtype=np.int64)
+    loss_mask = np.zeros((B, T), dtype=np.float32)
+    lengths = np.zeros(B, dtype=np.int64)
+    for b, seq in enumerate(sequences):
+        n = len(seq)
+        if n > T:
+            raise ValueError(f"sequence {b} has {n} tokens, more than the sequence length {T}")
+        tokens[b, :n] = seq.tokens
+        image_mask[b, :n] = seq.image_mask
+        patch_pos[b, :n] = seq.patch_pos
+        obs_pos[b, :n] = seq.obs_pos
+        loss_mask[b, :n] = seq.loss_mask
+        lengths[b] = n
+    patches = np.concatenate([seq.patches for seq in sequences], axis=0)
+    if patches.shape[0] != int(image_mask.sum()):
+        raise ValueError("patch count does not match the image positions")
+    return GatoBatch(
+        tokens=torch.from_numpy(tokens),
+        image_mask=torch.from_numpy(image_mask),
+        patches=torch.from_numpy(np.ascontiguousarray(patches, dtype=np.float32)),
+        patch_pos=torch.from_numpy(patch_pos),
+        obs_pos=torch.from_numpy(obs_pos),
+        loss_mask=torch.from_numpy(loss_mask),
+        lengths=torch.from_numpy(lengths),
+    )
+
+
+@dataclass(frozen=True)
+class DatasetSource:
+    """One dataset of the mixture: an episode directory and its sample weight."""
+
+    name: str
+    path: Path
+    weight: float
+    successful_only: bool = False
+
+
+def mixture_sources(cfg: Any) -> list[DatasetSource]:
+    """The sources of ``training.data.mixture`` with positive weight (paths relative to ``data.root``)."""
+    sources = []
+    for name, entry in cfg.training.data.mixture.items():
+        weight = float(entry.weight)
+        if weight < 0:
+            raise ValueError(f"mixture weight of {name} is negative")
+        if weight == 0:
+            continue
+        sources.append(
+            DatasetSource(
+                name=str(name),
+                path=dataset_directory(cfg, str(name)),
+                weight=weight,
+                successful_only=bool(entry.get("successful_only", False)),
+            )
+        )
+    return sources
+
+
+class _EpisodeCache:
+    """LRU cache of opened episodes: memory-mapped when the files are uncompressed (the default), so a
+    window reads only its own steps; compressed files are decoded whole, which is what the cache saves."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = max(int(capacity), 1)
+        self._items: OrderedDict[Path, Episode] = OrderedDict()
+
+    def get(self, path: Path) -> Episode:
+        episode = self._items.get(path)
+        if episode is not None:
+            self._items.move_to_end(path)
+            return episode
+        episode = load_episode(path, mmap=True)
+        self._items[path] = episode
+        if len(self._items) > self.capacity:
+            self._items.popitem(last=False)
+        return episode
+
+
+class _IndexedSource:
+    """A mixture source with its episode index, length weights and per-task prompt candidates."""
+
+    def __init__(self, source: DatasetSource, prompt_successful_only: bool) -> None:
+        self.source = source
+        self.dataset = EpisodeDataset(source.path, successful_only=source.successful_only)
+        if len(self.dataset) == 0:
+            raise ValueError(f"dataset {source.name} at {source.path} holds no usable episodes")
+        steps = np.array([self.dataset.num_steps(i) for i in range(len(self.dataset))], dtype=np.float64)
+        self.episode_p = steps / steps.sum()
+        # prompt candidates: episodes of the same task, successful ones when there are any
+        by_task: dict[str, list[int]] = defaultdict(list)
+        by_task_ok: dict[str, list[int]] = defaultdict(list)
+        for i, meta in enumerate(self.dataset.metadata):
+            task = str(meta.get("task", ""))
+            by_task[task].append(i)
+            if meta.get("success", False):
+                by_task_ok[task].append(i)
+        self.prompt_candidates = {
+            task: (by_task_ok[task] if prompt_successful_only and by_task_ok[task] else members)
+            for task, members in by_task.items()
+        }
+
+    def task(self, i: int) -> str:
+        return str(self.dataset.metadata[i].get("task", ""))
+
+
+class SequenceSampler:
+    """Draws training sequences and batches from a weighted mixture of episode directories.
+
+    ``cfg`` is the full composed config. ``sources`` default to ``training.data.mixture``; ``seed`` to
+    ``training.seed``. ``sequence_length`` (``training.sequence_length``) is the padded batch width and
+    the context the windows must fit.
+    """
+
+    def __init__(
+        self,
+        cfg: Any,
+        sources: Sequence[DatasetSource] | None = None,
+        seed: int | None = None,
+        serializer: EpisodeSerializer | None = None,
+    ) -> None:
+        self.serializer = serializer if serializer is not None else EpisodeSerializer(cfg)
+        self.sequence_length = self.serializer.context_length
+        self.padding_id = self.serializer.tokenizer.padding_id
+        self.seed = int(cfg.training.seed if seed is None else seed)
+        sources = list(sources) if sources is not None else mixture_sources(cfg)
+        if not sources:
+            raise ValueError("the data mixture has no source with positive weight")
+        prompt_ok = self.serializer.prompt.successful_only
+        self.sources = [_IndexedSource(s, prompt_ok) for s in sources]
+        weights = np.array([s.weight for s in sources], dtype=np.float64)
+        self.source_p = weights / weights.sum()
+        self._cache = _EpisodeCache(int(cfg.training.data.cache_episodes))
+
+    def rng_for(self, step: int, micro: int = 0, rank: int = 0) -> np.random.Generator:
+        """The batch's random stream: a pure function of (seed, rank, step, micro)."""
+        return np.random.default_rng([self.seed, rank, step, micro])
+
+    def sample_sequence(self, rng: np.random.Generator) -> TokenSequence:
+        source = self.sources[int(rng.choice(len(self.sources), p=self.source_p))]
+        index = int(rng.choice(len(source.dataset), p=source.episode_p))
+        demo = Demonstration.from_episode(self._cache.get(source.dataset.paths[index]))
+        prompt_mode = self.serializer.draw_prompt_mode(rng)
+        prompt_demo = None
+        if prompt_mode is not None:
+            candidates = source.prompt_candidates[source.task(index)]
+            pool = [i for i in candidates if i != index] or candidates  # another episode if possible
+            prompt_index = pool[int(rng.integers(len(pool)))]
+            prompt_demo = Demonstration.from_episode(self._cache.get(source.dataset.paths[prompt_index]))
+        return self.serializer.training_sequence(demo, rng, prompt_demo, prompt_mode)
+
+    def sample_batch(self, batch_size: int, rng: np.random.Generator) -> GatoBatch:
+        """``batch_size`` sequences, each from its own child stream of ``rng``."""
+        sequences = [self.sample_sequence(child) for child in rng.spawn(batch_size)]
+        return make_batch(sequences, self.sequence_length, self.padding_id)
+
+    def batch(self, step: int, micro: int = 0, rank: int = 0, batch_size: int = 1) -> GatoBatch:
+        return self.sample_batch(batch_size, self.rng_for(step, micro, rank))
+
+
+def make_batch_source(cfg: Any, rank: int = 0, world_size: int = 1) -> Callable[[int, int], GatoBatch]:
+    """The trainer's batch source: ``(step, micro) -> GatoBatch`` of ``training.batch_size`` sequences,
+    deterministic per (seed, rank, step, micro); each rank draws its own stream."""
+    if not 0 <= rank < max(world_size, 1):
+        raise ValueError(f"rank {rank} outside world size {world_size}")
+    sampler = SequenceSampler(cfg)
+    batch_size = int(cfg.training.batch_size)
+
+    def source(step: int, micro: int = 0) -> GatoBatch:
+        return sampler.batch(step, micro, rank, batch_size)
+
+    return source
