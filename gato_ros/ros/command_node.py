@@ -1,0 +1,327 @@
+"""The command node: the only node that moves the arm.
+
+Every control period it maps the newest policy action through the Cartesian velocity controller
+(gato_ros.control), runs the result through the safety supervisor and limiter (gato_ros.safety), and
+publishes the joint command (JOINT_VELOCITY_COMMAND, or a one-point JOINT_TRAJECTORY_COMMAND when
+``safety.command_interface=trajectory``) and the GRIPPER_COMMAND, on every tick, holds included.
+
+Never crashes on input: a malformed action or joint state (wrong length, NaN, missing joint names, a
+stamp going back) is logged (rate-limited) and holds the arm until a valid one arrives; an exception in
+the tick is caught, logged, and a hold is published instead. E-stop: ESTOP_REQUEST (True latches),
+ESTOP_SERVICE, RELEASE_SERVICE (refused while the e-stop input is asserted), ENABLE_SERVICE; the latched
+state goes out on ESTOP_STATE, and every clamp and hold counter on DIAGNOSTICS.
+
+    python -m gato_ros.ros.command_node [key=value ...] [--ros-args ...]
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections import Counter
+from typing import Any
+
+import numpy as np
+from builtin_interfaces.msg import Duration
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from omegaconf import DictConfig
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Bool, Float64MultiArray
+from std_srvs.srv import SetBool, Trigger
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+from gato_ros.control import ArmKinematics, CartesianVelocityController
+from gato_ros.ros import contract
+from gato_ros.ros.messages import time_msg
+from gato_ros.ros.runtime import GatoNode, run_node
+from gato_ros.safety import (
+    CommandRequest,
+    InputError,
+    JointSample,
+    Reason,
+    SafeCommand,
+    SafetyConfigError,
+    SafetyLimits,
+    SafetySupervisor,
+    parse_action,
+    parse_joint_state,
+)
+from gato_ros.safety.inputs import check_monotonic_stamp
+
+COMMAND_INTERFACES = ("velocity", "trajectory")
+DIAGNOSTIC_NAME = "gato_ros: safety"
+# Holds that are the normal state of a stack at rest (logged at info, not as warnings).
+QUIET_HOLDS = frozenset({Reason.DISABLED, Reason.NO_ACTION, Reason.NO_JOINT_STATE})
+
+
+def positive_seconds(value: object, name: str) -> float:
+    seconds = float(value)  # type: ignore[arg-type]
+    if not (math.isfinite(seconds) and seconds > 0.0):
+        raise SafetyConfigError(f"{name} must be finite and > 0, got {value!r}")
+    return seconds
+
+
+class CommandNode(GatoNode):
+    """Latest action -> Cartesian controller -> safety supervisor/limiter -> arm and gripper commands."""
+
+    def __init__(self, cfg: DictConfig, **kwargs: Any) -> None:
+        super().__init__("command_node", cfg, **kwargs)
+        safety = cfg.safety
+        self.limits = SafetyLimits.from_config(cfg)
+        self.command_interface = str(safety.command_interface)
+        if self.command_interface not in COMMAND_INTERFACES:
+            allowed = " | ".join(COMMAND_INTERFACES)
+            raise SafetyConfigError(
+                f"safety.command_interface must be {allowed}, got {self.command_interface!r}"
+            )
+        kinematics = ArmKinematics(cfg.robot)
+        self.controller = CartesianVelocityController(cfg, kinematics)
+        self.supervisor = SafetySupervisor(
+            self.limits,
+            lambda q: kinematics.tool_state(q).position,
+            start_enabled=bool(safety.start_enabled),
+        )
+        self.joint_names = list(cfg.robot.joint_names)
+        self.gripper_joint = str(cfg.robot.gripper.joint_name)
+        self.gripper_range = list(cfg.robot.gripper.driver_range)
+        self.log_period_s = positive_seconds(safety.log_period_s, "safety.log_period_s")
+        diagnostics_period_s = positive_seconds(safety.diagnostics_period_s, "safety.diagnostics_period_s")
+        self._last_log: dict[str, float] = {}
+
+        self.latest_action: tuple[np.ndarray, float] | None = None  # (action, receive time)
+        self.latest_joints: JointSample | None = None
+        self.action_fault: Reason | None = None
+        self.joint_fault: Reason | None = None
+        self.last_joint_stamp: float | None = None  # header stamp, for the monotonicity check
+        self.events: Counter[str] = Counter()  # messages and ticks, alongside the supervisor's reasons
+        self._published_estop: bool | None = None
+        self._holding_reasons: frozenset[Reason] | None = None
+
+        if self.command_interface == "velocity":
+            self.velocity_pub = self.publisher(contract.JOINT_VELOCITY_COMMAND)
+        else:
+            self.trajectory_pub = self.publisher(contract.JOINT_TRAJECTORY_COMMAND)
+        self.gripper_pub = self.publisher(contract.GRIPPER_COMMAND)
+        self.estop_pub = self.publisher(contract.ESTOP_STATE)
+        self.diagnostics_pub = self.publisher(contract.DIAGNOSTICS)
+        self.subscription(contract.ACTION, self.on_action)
+        self.subscription(contract.JOINT_STATES, self.on_joint_state)
+        self.subscription(contract.ESTOP_REQUEST, self.on_estop_request)
+        self.service(contract.ESTOP_SERVICE, self.on_estop_service)
+        self.service(contract.RELEASE_SERVICE, self.on_release_service)
+        self.service(contract.ENABLE_SERVICE, self.on_enable_service)
+        self.timer = self.create_timer(self.limits.control_period, self.on_tick)
+        self.diagnostics_timer = self.create_timer(diagnostics_period_s, self.publish_diagnostics)
+        self.publish_estop_state()
+        state = "enabled" if self.supervisor.enabled else f"disabled (call {contract.ENABLE_SERVICE.name})"
+        rate = 1.0 / self.limits.control_period
+        self.get_logger().info(f"command node up: {rate:g} Hz, {self.command_interface} interface, {state}")
+
+    # -- logging -----------------------------------------------------------------------------------
+    def should_log(self, key: str) -> bool:
+        """At most one line per `key` per safety.log_period_s (wall time): floods stay readable."""
+        now = time.monotonic()
+        last = self._last_log.get(key)
+        if last is not None and now - last < self.log_period_s:
+            return False
+        self._last_log[key] = now
+        return True
+
+    def warn_throttled(self, key: str, message: str) -> None:
+        if self.should_log(key):
+            self.get_logger().warning(message)
+
+    def info_throttled(self, key: str, message: str) -> None:
+        if self.should_log(key):
+            self.get_logger().info(message)
+
+    def log_outcome(self, ok: bool, message: str) -> None:
+        """Info when an operator request succeeded, a warning when refused (rclpy fixes one severity per
+        call site, hence two lines)."""
+        if ok:
+            self.get_logger().info(message)
+        else:
+            self.get_logger().warning(message)
+
+    # -- inputs ------------------------------------------------------------------------------------
+    def on_action(self, msg: Float64MultiArray) -> None:
+        now = self.now_s()
+        try:
+            action = parse_action(msg.data)
+        except InputError as err:
+            self.latest_action, self.action_fault = None, err.reason
+            self.events["malformed_action_messages"] += 1
+            self.warn_throttled("action", f"malformed action, holding: {err}")
+            return
+        self.latest_action, self.action_fault = (action, now), None
+        self.events["action_messages"] += 1
+
+    def on_joint_state(self, msg: JointState) -> None:
+        now = self.now_s()
+        try:
+            stamp = contract.stamp_to_seconds(msg.header.stamp)
+            check_monotonic_stamp(self.last_joint_stamp, stamp)
+            parsed = parse_joint_state(
+                msg.name, msg.position, self.joint_names, self.gripper_joint, self.gripper_range
+            )
+        except InputError as err:
+            self.latest_joints, self.joint_fault = None, err.reason
+            self.events["malformed_joint_state_messages"] += 1
+            self.warn_throttled("joint_state", f"malformed joint state, holding: {err}")
+            return
+        self.last_joint_stamp = stamp
+        self.latest_joints = JointSample(parsed.positions, now, parsed.gripper_closed_fraction)
+        self.joint_fault = None
+        self.events["joint_state_messages"] += 1
+
+    def on_estop_request(self, msg: Bool) -> None:
+        self.supervisor.set_estop_input(bool(msg.data), self.now_s())
+        if msg.data:
+            self.warn_throttled("estop_topic", f"e-stop latched by {contract.ESTOP_REQUEST.name}")
+        self.publish_estop_state()
+
+    def on_estop_service(self, _request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        self.supervisor.request_estop(self.now_s())
+        self.get_logger().warning(f"e-stop latched by {contract.ESTOP_SERVICE.name}")
+        self.publish_estop_state()
+        response.success, response.message = True, "e-stop latched"
+        return response
+
+    def on_release_service(self, _request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        ok, message = self.supervisor.release_estop(self.now_s())
+        self.log_outcome(ok, f"e-stop release: {message}")
+        self.publish_estop_state()
+        response.success, response.message = ok, message
+        return response
+
+    def on_enable_service(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
+        ok, message = self.supervisor.set_enabled(bool(request.data), self.now_s())
+        self.log_outcome(ok, f"enable({bool(request.data)}): {message}")
+        response.success, response.message = ok, message
+        return response
+
+    # -- control tick ------------------------------------------------------------------------------
+    def on_tick(self) -> None:
+        """Compute and publish this tick's command; whatever fails, a hold is published."""
+        now = self.now_s()
+        last_tick = self.supervisor.last_tick
+        if last_tick is not None and now < last_tick:
+            # The clock went back (the twin restarted under sim time): stamps from before the jump would
+            # otherwise read as "going back" until the new clock passed the old one.
+            self.last_joint_stamp = None
+            self.warn_throttled("clock", f"clock went back from {last_tick:.3f} s to {now:.3f} s: holding")
+        try:
+            command = self.compute_command(now)
+        except Exception as err:
+            self.events["tick_exceptions"] += 1
+            self.warn_throttled("tick", f"control tick failed, holding: {err!r}")
+            command = self.supervisor.emergency_hold(now)
+        self.publish_command(command, now)
+        self.log_hold_transitions(command)
+
+    def compute_command(self, now: float) -> SafeCommand:
+        joints = self.latest_joints
+        request = None
+        if self.latest_action is not None:
+            action, received = self.latest_action
+            if joints is None:  # held for the missing joint state; the request itself is fine
+                joint_velocity = np.zeros(len(self.joint_names))
+            else:
+                joint_velocity = self.controller.joint_velocity(joints.positions, action)
+            request = CommandRequest(joint_velocity, self.controller.gripper_command(action), received)
+        faults = [fault for fault in (self.action_fault, self.joint_fault) if fault is not None]
+        return self.supervisor.tick(now, joints, request, faults)
+
+    def publish_command(self, command: SafeCommand, now: float) -> None:
+        try:
+            if self.command_interface == "velocity":
+                self.velocity_pub.publish(Float64MultiArray(data=command.joint_velocity.tolist()))
+            else:
+                self.trajectory_pub.publish(self.trajectory(command, now))
+            if command.gripper is not None:
+                self.gripper_pub.publish(Float64MultiArray(data=[float(command.gripper)]))
+            self.events["commands_published"] += 1
+        except Exception as err:  # e.g. the context is shutting down
+            self.events["publish_errors"] += 1
+            self.warn_throttled("publish", f"could not publish the command: {err!r}")
+        self.publish_estop_state()
+
+    def trajectory(self, command: SafeCommand, now: float) -> JointTrajectory:
+        """One point a control period ahead; a hold without a fresh joint state is the empty trajectory,
+        which a ros2_control joint trajectory controller treats as "stop and hold where you are"."""
+        msg = JointTrajectory()
+        msg.header.stamp = time_msg(now)
+        msg.joint_names = list(self.joint_names)
+        joints = self.latest_joints
+        if joints is None or self.supervisor.is_stale(joints.stamp, now):
+            return msg
+        period = self.limits.control_period
+        point = JointTrajectoryPoint()
+        point.positions = (joints.positions + command.joint_velocity * period).tolist()
+        point.velocities = command.joint_velocity.tolist()
+        nanos = round(period * 1e9)
+        point.time_from_start = Duration(sec=nanos // 1_000_000_000, nanosec=nanos % 1_000_000_000)
+        msg.points = [point]
+        return msg
+
+    def log_hold_transitions(self, command: SafeCommand) -> None:
+        """Log when the arm starts or stops holding, or holds for other reasons (rate-limited: a flapping
+        input must not flood the log)."""
+        holding = frozenset(r for r in command.reasons if r.is_hold) if command.hold else frozenset()
+        if holding == self._holding_reasons:
+            return
+        self._holding_reasons = holding
+        if not holding:
+            self.info_throttled("moving", "moving: ramping in")
+            return
+        text = ", ".join(sorted(holding))
+        if holding <= QUIET_HOLDS:
+            self.info_throttled(f"hold:{text}", f"holding: {text}")
+        else:
+            self.warn_throttled(f"hold:{text}", f"holding the arm: {text}")
+
+    # -- status ------------------------------------------------------------------------------------
+    def publish_estop_state(self) -> None:
+        latched = self.supervisor.estop_latched
+        if latched != self._published_estop:
+            self.estop_pub.publish(Bool(data=latched))
+            self._published_estop = latched
+
+    def diagnostic_status(self) -> DiagnosticStatus:
+        sup = self.supervisor
+        if sup.estop_latched:
+            level, message = DiagnosticStatus.ERROR, "e-stop latched"
+        elif sup.holding:
+            level, message = DiagnosticStatus.WARN, "holding"
+        else:
+            level, message = DiagnosticStatus.OK, "moving"
+        values = dict(sup.status())
+        values.update({key: str(count) for key, count in sorted(self.events.items())})
+        return DiagnosticStatus(
+            level=level,
+            name=DIAGNOSTIC_NAME,
+            message=message,
+            hardware_id=str(self.cfg.robot.name),
+            values=[KeyValue(key=k, value=v) for k, v in values.items()],
+        )
+
+    def publish_diagnostics(self) -> None:
+        try:
+            msg = DiagnosticArray(status=[self.diagnostic_status()])
+            msg.header.stamp = time_msg(self.now_s())
+            self.diagnostics_pub.publish(msg)
+        except Exception as err:
+            self.warn_throttled("diagnostics", f"could not publish diagnostics: {err!r}")
+
+    def close(self) -> None:
+        """On shutdown, leave the arm with a zero-velocity command."""
+        self.publish_command(self.supervisor.emergency_hold(self.now_s(), Reason.DISABLED), self.now_s())
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_node(CommandNode, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,212 @@
+"""The safety supervisor: watchdog, e-stop latch, enable/disable and ramp-in around the `CommandLimiter`.
+
+A pure state machine of explicit time: every method takes `now` (seconds on one clock, the node's clock
+under sim time too), so tests drive it deterministically. One `tick` per control period returns the
+command to publish. A hold is zero joint velocity with the gripper kept at its last safe command, so a
+hold never drops a held object.
+
+States and transitions:
+
+- **disabled** (initial unless `start_enabled`): hold. `set_enabled(True)` starts a ramp-in.
+- **e-stop**: latched by `request_estop` or by an asserted e-stop input; survives new actions, enable
+  and disable; only `release_estop` clears it, and it refuses while the input is still asserted.
+- **watchdog**: hold when the newest action or joint state is missing or older than
+  `stale_after_periods` control periods (or stamped in the future: the clock went back).
+- **ramp-in**: after any hold (disabled, e-stop, stale or bad input), the joint-velocity request is
+  scaled by `(now - t_resume) / ramp_in_seconds` (clipped to [0, 1]), where `t_resume` is the first tick
+  that does not hold. The ramp scales the request before the limiter, which stays the last step.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from gato_ros.safety.limits import (
+    NUM_JOINTS,
+    CommandLimiter,
+    Reason,
+    SafetyLimits,
+    ToolPointFn,
+)
+
+
+@dataclass(frozen=True)
+class JointSample:
+    """The newest valid joint state: arm positions and, if measured, how far the gripper is closed."""
+
+    positions: np.ndarray  # (7,) rad
+    stamp: float  # s, when it was received (the supervisor's clock)
+    gripper_closed_fraction: float | None = None  # 0 open .. 1 closed
+
+
+@dataclass(frozen=True)
+class CommandRequest:
+    """What the controller asks for from the newest action: joint velocities and a gripper command."""
+
+    joint_velocity: np.ndarray  # (7,) rad/s
+    gripper: float
+    stamp: float  # s, when the action it comes from was received
+
+
+@dataclass(frozen=True)
+class SafeCommand:
+    """One tick's output. `gripper` is None only while no gripper command is known yet (send none)."""
+
+    joint_velocity: np.ndarray
+    gripper: float | None
+    hold: bool
+    reasons: frozenset[Reason] = field(default_factory=frozenset)
+    ramp_scale: float = 0.0
+
+
+class SafetySupervisor:
+    """Watchdog, e-stop latch, enable state and ramp-in; every output goes through the `CommandLimiter`."""
+
+    def __init__(self, limits: SafetyLimits, tool_point: ToolPointFn, *, start_enabled: bool) -> None:
+        self.limits = limits
+        self.limiter = CommandLimiter(limits, tool_point)
+        self.enabled = bool(start_enabled)
+        self.estop_latched = False
+        self.estop_input_asserted = False
+        self.counters: Counter[Reason] = Counter()
+        self.previous_velocity = np.zeros(NUM_JOINTS)
+        self.last_safe_gripper: float | None = None
+        self.last_gripper_closed_fraction: float | None = None
+        self.last_tick: float | None = None
+        self.ramp_start: float | None = None
+        self.last_output: SafeCommand | None = None
+
+    # -- operator inputs ---------------------------------------------------------------------------
+    def request_estop(self, now: float) -> None:
+        """Latch the e-stop (a one-shot request, e.g. the trigger service)."""
+        self.estop_latched = True
+
+    def set_estop_input(self, asserted: bool, now: float) -> None:
+        """The e-stop input (topic): True latches; False only de-asserts it, it does not release."""
+        self.estop_input_asserted = bool(asserted)
+        if asserted:
+            self.estop_latched = True
+
+    def release_estop(self, now: float) -> tuple[bool, str]:
+        """Explicit release; refused while the e-stop input is still asserted."""
+        if self.estop_input_asserted:
+            return False, "e-stop input is still asserted: publish False on the e-stop topic first"
+        if not self.estop_latched:
+            return True, "e-stop was not latched"
+        self.estop_latched = False
+        state = "ramping in" if self.enabled else "still disabled: enable to move"
+        return True, f"e-stop released, {state}"
+
+    def set_enabled(self, enabled: bool, now: float) -> tuple[bool, str]:
+        """Enable (ramp in) or disable (hold) policy control; enabling is refused while e-stopped."""
+        if enabled and self.estop_latched:
+            return False, "e-stop is latched: release it before enabling"
+        self.enabled = bool(enabled)
+        return True, "enabled, ramping in" if enabled else "disabled, holding"
+
+    # -- control tick ------------------------------------------------------------------------------
+    def is_stale(self, stamp: float, now: float) -> bool:
+        age = now - stamp
+        return not (0.0 <= age <= self.limits.stale_after_seconds)
+
+    def ramp_scale(self, now: float) -> float:
+        if self.ramp_start is None:
+            return 0.0
+        return float(np.clip((now - self.ramp_start) / self.limits.ramp_in_seconds, 0.0, 1.0))
+
+    def tick(
+        self,
+        now: float,
+        joints: JointSample | None,
+        request: CommandRequest | None,
+        input_faults: Iterable[Reason] = (),
+    ) -> SafeCommand:
+        """The command for the tick at `now` from the newest joint state and request.
+
+        `input_faults` are hold reasons found upstream (a malformed message replaced the newest one).
+        """
+        holds: set[Reason] = set(input_faults)
+        if self.estop_latched:
+            holds.add(Reason.ESTOP)
+        if not self.enabled:
+            holds.add(Reason.DISABLED)
+        if joints is None:
+            holds.add(Reason.NO_JOINT_STATE)
+        else:
+            if joints.gripper_closed_fraction is not None:
+                self.last_gripper_closed_fraction = joints.gripper_closed_fraction
+            if self.is_stale(joints.stamp, now):
+                holds.add(Reason.STALE_JOINT_STATE)
+        if request is None:
+            holds.add(Reason.NO_ACTION)
+        elif self.is_stale(request.stamp, now):
+            holds.add(Reason.STALE_ACTION)
+        dt = self.limits.control_period if self.last_tick is None else now - self.last_tick
+        self.last_tick = now
+        if holds or joints is None or request is None:
+            return self._finish(self.hold(holds))
+        if self.ramp_start is None:
+            self.ramp_start = now
+        scale = self.ramp_scale(now)
+        limited = self.limiter.limit(
+            joints.positions,
+            self.previous_velocity,
+            dt,
+            scale * np.asarray(request.joint_velocity),
+            request.gripper,
+        )
+        reasons = set(limited.reasons)
+        if scale < 1.0:
+            reasons.add(Reason.RAMP_IN)
+        if limited.hold:
+            return self._finish(self.hold(reasons))
+        output = SafeCommand(limited.joint_velocity, limited.gripper, False, frozenset(reasons), scale)
+        self.last_safe_gripper = limited.gripper
+        return self._finish(output)
+
+    def hold(self, reasons: Iterable[Reason]) -> SafeCommand:
+        """Zero joint velocity, the last safe gripper command; the next motion ramps in again."""
+        self.ramp_start = None
+        return SafeCommand(np.zeros(NUM_JOINTS), self.hold_gripper(), True, frozenset(reasons), 0.0)
+
+    def emergency_hold(self, now: float, reason: Reason = Reason.INTERNAL_ERROR) -> SafeCommand:
+        """A hold for when the tick itself failed (an exception upstream): cannot fail."""
+        self.last_tick = now
+        return self._finish(self.hold([reason]))
+
+    def hold_gripper(self) -> float | None:
+        """The last safe gripper command; before any, keep the measured state (closed stays closed)."""
+        if self.last_safe_gripper is not None:
+            return self.last_safe_gripper
+        if self.last_gripper_closed_fraction is None:
+            return None
+        closed = self.last_gripper_closed_fraction >= self.limits.gripper_closed_fraction
+        return self.limits.gripper_high if closed else self.limits.gripper_low
+
+    def _finish(self, output: SafeCommand) -> SafeCommand:
+        self.previous_velocity = output.joint_velocity.copy()
+        self.counters.update(output.reasons)
+        self.last_output = output
+        return output
+
+    @property
+    def holding(self) -> bool:
+        return self.last_output is None or self.last_output.hold
+
+    def status(self) -> dict[str, str]:
+        """State and counters as strings, for diagnostics."""
+        last = self.last_output
+        status = {
+            "enabled": str(self.enabled),
+            "estop_latched": str(self.estop_latched),
+            "estop_input_asserted": str(self.estop_input_asserted),
+            "holding": str(self.holding),
+            "ramp_scale": f"{(last.ramp_scale if last else 0.0):.3f}",
+            "active_reasons": ",".join(sorted(last.reasons)) if last else "",
+        }
+        status.update({reason.value: str(self.counters[reason]) for reason in Reason})
+        return status

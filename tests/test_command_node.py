@@ -1,0 +1,320 @@
+"""The command node in-process with rclpy: commands in limits, holds on bad input, e-stop latch/release.
+
+A test node plays the cell (joint states) and the policy (actions) on an isolated ROS domain and
+listens to everything the command node publishes.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from functools import cache
+
+import numpy as np
+import pytest
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.context import Context
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Bool, Float64MultiArray
+from std_srvs.srv import SetBool, Trigger
+
+from gato_ros.config import load_config
+from gato_ros.control import ArmKinematics
+from gato_ros.ros import contract
+from gato_ros.ros.command_node import CommandNode
+from gato_ros.ros.launcher import isolated_domain_id
+from gato_ros.ros.messages import time_msg
+from gato_ros.safety import Reason, SafetyLimits
+
+OVERRIDES = ["safety.start_enabled=true", "safety.ramp_in_seconds=0.1", "safety.diagnostics_period_s=0.2"]
+ACTION = [0.05, -0.03, 0.02, 0.5, 1.0]  # inside the benchmark's action bounds; gripper closes
+
+
+@cache
+def posture() -> np.ndarray:
+    cfg = load_config()
+    limits = SafetyLimits.from_config(cfg)
+    q, converged = ArmKinematics(cfg.robot).inverse_kinematics(
+        0.5 * (limits.workspace_low + limits.workspace_high), 0.0
+    )
+    assert converged
+    return q
+
+
+@dataclass
+class Cell:
+    """Publishes joint states and actions like the robot driver and the policy; records the node's output."""
+
+    node: Node
+    cfg: object
+    velocity: list = field(default_factory=list)
+    gripper: list = field(default_factory=list)
+    trajectory: list = field(default_factory=list)
+    estop_state: list = field(default_factory=list)
+    diagnostics: list = field(default_factory=list)
+    action: list[float] | None = None
+    send_joint_states: bool = True
+    joint_stamp: float = 100.0
+
+    def __post_init__(self) -> None:
+        n = self.node
+        self.joint_pub = n.create_publisher(
+            JointState, contract.JOINT_STATES.name, contract.Qos.RELIABLE.profile()
+        )
+        self.action_pub = n.create_publisher(
+            Float64MultiArray, contract.ACTION.name, contract.Qos.RELIABLE.profile()
+        )
+        self.estop_pub = n.create_publisher(
+            Bool, contract.ESTOP_REQUEST.name, contract.Qos.RELIABLE.profile()
+        )
+        for topic, store in (
+            (contract.JOINT_VELOCITY_COMMAND, self.velocity),
+            (contract.GRIPPER_COMMAND, self.gripper),
+            (contract.JOINT_TRAJECTORY_COMMAND, self.trajectory),
+            (contract.ESTOP_STATE, self.estop_state),
+            (contract.DIAGNOSTICS, self.diagnostics),
+        ):
+            n.create_subscription(topic.msg_type, topic.name, store.append, topic.qos.profile())
+        self.estop_client = n.create_client(Trigger, contract.ESTOP_SERVICE.name)
+        self.release_client = n.create_client(Trigger, contract.RELEASE_SERVICE.name)
+        self.enable_client = n.create_client(SetBool, contract.ENABLE_SERVICE.name)
+        n.create_timer(1.0 / float(self.cfg.control.rate_hz), self.publish_inputs)
+
+    def joint_state(self, names=None, positions=None, stamp=None) -> JointState:
+        msg = JointState()
+        msg.header.stamp = time_msg(self.joint_stamp if stamp is None else stamp)
+        msg.name = list(names if names is not None else [*self.cfg.robot.joint_names, "gripper_driver"])
+        msg.position = list(positions if positions is not None else [*posture().tolist(), 0.0])
+        return msg
+
+    def publish_inputs(self) -> None:
+        self.joint_stamp += 1.0 / float(self.cfg.control.rate_hz)
+        if self.send_joint_states:
+            self.joint_pub.publish(self.joint_state())
+        if self.action is not None:
+            self.action_pub.publish(Float64MultiArray(data=list(self.action)))
+
+
+@pytest.fixture
+def ros_context() -> Iterator[Context]:
+    context = Context()
+    rclpy.init(context=context, domain_id=isolated_domain_id())
+    yield context
+    if context.ok():
+        rclpy.shutdown(context=context)
+
+
+def start(context: Context, overrides: list[str]) -> tuple[CommandNode, Cell, SingleThreadedExecutor]:
+    cfg = load_config(overrides)
+    command = CommandNode(cfg, context=context)
+    # the cell follows the same clock as the node (sim time when set), like the twin and the driver
+    sim_time = Parameter("use_sim_time", Parameter.Type.BOOL, bool(cfg.ros.use_sim_time))
+    cell = Cell(Node("test_cell", context=context, parameter_overrides=[sim_time]), cfg)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(command)
+    executor.add_node(cell.node)
+    return command, cell, executor
+
+
+def spin_until(
+    executor: SingleThreadedExecutor, predicate: Callable[[], bool], timeout_s: float = 5.0
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out waiting for the command node"
+        executor.spin_once(timeout_sec=0.01)
+
+
+def spin_for(executor: SingleThreadedExecutor, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        executor.spin_once(timeout_sec=0.01)
+
+
+def call(executor: SingleThreadedExecutor, client, request):
+    assert client.wait_for_service(timeout_sec=5.0)
+    future = client.call_async(request)
+    spin_until(executor, future.done)
+    return future.result()
+
+
+def moving(cell: Cell, count: int = 3) -> bool:
+    return len(cell.velocity) >= count and all(
+        np.any(np.array(m.data) != 0.0) for m in cell.velocity[-count:]
+    )
+
+
+def holding(cell: Cell, count: int = 2) -> bool:
+    return len(cell.velocity) >= count and all(
+        np.all(np.array(m.data) == 0.0) for m in cell.velocity[-count:]
+    )
+
+
+def assert_commands_in_limits(cell: Cell, limits: SafetyLimits) -> None:
+    for previous, msg in zip(cell.velocity, cell.velocity[1:], strict=False):
+        v, p = np.array(msg.data), np.array(previous.data)
+        assert v.shape == (7,) and np.all(np.isfinite(v))
+        assert np.all(np.abs(v) <= limits.velocity_limit + 1e-9)
+        braking = (v * p >= 0.0) & (np.abs(v) <= np.abs(p))
+        # the node's own dt may jitter up to a late tick; the per-tick cap holds regardless
+        assert np.all((np.abs(v - p) <= limits.max_velocity_change_per_tick + 1e-9) | braking)
+    for msg in cell.gripper:
+        assert len(msg.data) == 1 and limits.gripper_low <= msg.data[0] <= limits.gripper_high
+
+
+def test_commands_follow_the_action_in_limits_and_bad_input_holds(ros_context, capfd) -> None:
+    command, cell, executor = start(ros_context, OVERRIDES)
+    limits = command.limits
+    cell.action = ACTION
+    spin_until(executor, lambda: moving(cell, 5))
+    assert cell.gripper[-1].data[0] == limits.gripper_high
+    assert_commands_in_limits(cell, limits)
+
+    # NaN action: logged, held, no crash; the gripper keeps its last command (does not drop the object)
+    cell.action = [math.nan, 0.0, 0.0, 0.0, 1.0]
+    spin_until(executor, lambda: holding(cell, 3))
+    assert command.supervisor.counters[Reason.MALFORMED_ACTION] > 0
+    assert cell.gripper[-1].data[0] == limits.gripper_high
+    assert "malformed action" in capfd.readouterr().err
+    cell.action = [0.0, 0.0]  # wrong length
+    spin_for(executor, 0.15)
+    assert holding(cell, 2) and command.events["malformed_action_messages"] >= 2
+    cell.action = ACTION
+    spin_until(executor, lambda: moving(cell, 3))
+
+    # a malformed joint state (an arm joint missing, a stamp going back) holds until a valid one arrives
+    bad_joint_states = [
+        cell.joint_state(names=cell.cfg.robot.joint_names[:6], positions=posture()[:6]),
+        cell.joint_state(stamp=cell.joint_stamp - 10.0),
+    ]
+    for count, bad in enumerate(bad_joint_states, start=1):
+        cell.send_joint_states = False
+        cell.joint_pub.publish(bad)
+        spin_until(executor, lambda count=count: command.events["malformed_joint_state_messages"] == count)
+        spin_until(executor, lambda: holding(cell, 2))
+        assert Reason.MALFORMED_JOINT_STATE in command.supervisor.last_output.reasons
+        cell.send_joint_states = True
+        spin_until(executor, lambda: moving(cell, 3))
+    assert "malformed joint state" in capfd.readouterr().err
+
+    # stale actions (the policy stops) hold within two control periods (+ one tick)
+    cell.action = None
+    stopped = len(cell.velocity)
+    spin_until(executor, lambda: holding(cell, 1) and len(cell.velocity) > stopped)
+    ticks_to_hold = len(cell.velocity) - stopped
+    assert ticks_to_hold <= math.ceil(limits.stale_after_periods) + 2  # + one tick of executor jitter
+    assert command.supervisor.counters[Reason.STALE_ACTION] > 0
+
+    # an exception inside the tick still publishes a hold
+    cell.action = ACTION
+    spin_until(executor, lambda: moving(cell, 3))
+
+    def broken(*_args: object) -> np.ndarray:
+        raise RuntimeError("controller bug")
+
+    command.controller.joint_velocity = broken
+    before = len(cell.velocity)
+    spin_until(executor, lambda: len(cell.velocity) > before + 2 and holding(cell, 2))
+    assert command.events["tick_exceptions"] > 0
+    assert "control tick failed" in capfd.readouterr().err
+    assert_commands_in_limits(cell, limits)
+
+    # diagnostics carry the counters of every clamp and hold
+    published = len(cell.diagnostics)
+    spin_until(executor, lambda: len(cell.diagnostics) > published)
+    status = cell.diagnostics[-1].status[0]
+    values = {kv.key: kv.value for kv in status.values}
+    assert int(values[Reason.MALFORMED_ACTION.value]) > 0 and int(values[Reason.INTERNAL_ERROR.value]) > 0
+    assert all(reason.value in values for reason in Reason)
+    assert isinstance(cell.diagnostics[-1], DiagnosticArray)
+    command.destroy_node()
+
+
+def test_estop_service_and_topic_latch_and_release(ros_context) -> None:
+    command, cell, executor = start(ros_context, OVERRIDES)
+    cell.action = ACTION
+    spin_until(executor, lambda: moving(cell, 3) and len(cell.estop_state) > 0)
+    assert cell.estop_state[-1].data is False
+
+    # service: latches, survives fresh actions, released by the release service
+    assert call(executor, cell.estop_client, Trigger.Request()).success
+    spin_until(executor, lambda: holding(cell, 5) and cell.estop_state[-1].data is True)
+    spin_for(executor, 0.2)
+    assert holding(cell, 4)
+    reply = call(executor, cell.release_client, Trigger.Request())
+    assert reply.success
+    spin_until(executor, lambda: moving(cell, 3) and cell.estop_state[-1].data is False)
+
+    # topic: True latches; release refused while asserted; False alone does not release
+    cell.estop_pub.publish(Bool(data=True))
+    spin_until(executor, lambda: holding(cell, 2) and cell.estop_state[-1].data is True)
+    reply = call(executor, cell.release_client, Trigger.Request())
+    assert not reply.success and "asserted" in reply.message
+    cell.estop_pub.publish(Bool(data=False))
+    spin_until(executor, lambda: not command.supervisor.estop_input_asserted)
+    spin_for(executor, 0.15)
+    assert holding(cell, 2) and command.supervisor.estop_latched
+    assert call(executor, cell.release_client, Trigger.Request()).success
+    spin_until(executor, lambda: moving(cell, 3))
+
+    # enable service: disable holds, enable ramps back in
+    assert call(executor, cell.enable_client, SetBool.Request(data=False)).success
+    spin_until(executor, lambda: holding(cell, 3))
+    assert call(executor, cell.enable_client, SetBool.Request(data=True)).success
+    spin_until(executor, lambda: moving(cell, 3))
+    assert_commands_in_limits(cell, command.limits)
+    command.destroy_node()
+
+
+def test_trajectory_interface_and_disabled_start(ros_context) -> None:
+    overrides = [*OVERRIDES[1:], "safety.command_interface=trajectory"]  # starts disabled (the default)
+    command, cell, executor = start(ros_context, overrides)
+    cell.action = ACTION
+    spin_until(executor, lambda: len(cell.trajectory) >= 3)
+    assert not cell.velocity
+    held = cell.trajectory[-1]
+    assert len(held.points) == 1 and np.all(np.array(held.points[0].velocities) == 0.0)
+    np.testing.assert_allclose(held.points[0].positions, posture(), atol=1e-12)
+    assert command.supervisor.counters[Reason.DISABLED] > 0
+    assert call(executor, cell.enable_client, SetBool.Request(data=True)).success
+    spin_until(executor, lambda: np.any(np.array(cell.trajectory[-1].points[0].velocities) != 0.0))
+    point = cell.trajectory[-1].points[0]
+    period = command.limits.control_period
+    np.testing.assert_allclose(point.positions, posture() + np.array(point.velocities) * period, atol=1e-9)
+    assert point.time_from_start.nanosec == round(period * 1e9)
+    command.destroy_node()
+
+
+def test_sim_time_drives_the_ticks_and_the_watchdog(ros_context) -> None:
+    from rosgraph_msgs.msg import Clock
+
+    command, cell, executor = start(ros_context, [*OVERRIDES, "ros.use_sim_time=true"])
+    clock_pub = cell.node.create_publisher(Clock, contract.CLOCK.name, contract.CLOCK.qos.profile())
+    cell.action = ACTION
+    sim_time = 50.0
+
+    def advance(periods: int) -> None:
+        nonlocal sim_time
+        for _ in range(periods):
+            sim_time += command.limits.control_period
+            clock_pub.publish(Clock(clock=time_msg(sim_time)))
+            spin_for(executor, 0.02)
+
+    advance(40)
+    assert abs(command.now_s() - sim_time) < 1e-6
+    assert moving(cell, 3)
+    # the wall clock runs but sim time stands still: no tick, so no stale hold either
+    published = len(cell.velocity)
+    spin_for(executor, 0.3)
+    assert len(cell.velocity) <= published + 1
+    # sim time runs on without new actions: the watchdog holds on sim time
+    cell.action = None
+    advance(4)
+    assert holding(cell, 1) and command.supervisor.counters[Reason.STALE_ACTION] > 0
+    command.destroy_node()
