@@ -1,0 +1,304 @@
+"""The action decoder that closes the control loop: observation in, 5-D action out, at control rate.
+
+Each control step appends only the new tokens to a pre-allocated static KV cache that lives across steps
+(the previous step's last action token and the new observation with its separator, in one forward), then
+samples the action one dimension at a time with one single-token forward per dimension. Sampling is
+restricted to the value-id range, so the head computes 1024 logits instead of 33k.
+
+Context trimming: when the next step would not fit in the window, the oldest whole time steps are dropped
+and the kept ones are re-encoded into the cache behind the (unchanged) prompt prefix. The model has no
+global position encoding, so the cache after a trim is exactly what a full forward of the trimmed
+sequence computes: cached and uncached decoding agree at every step. Trimming down to
+`trim_keep_fraction` of the window (not just one step) amortises the re-encode over several steps.
+
+On CUDA the single-token forward is captured once as a CUDA graph (fixed shapes: it attends over the
+whole cache through a mask and writes at a device-side position), so each action dimension costs one
+graph launch. Call `warmup()` before the control loop so no first-time kernel selection lands in it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from gato_ros.gato.model import GatoModel
+from gato_ros.gato.serialization import TokenSequence
+from gato_ros.gato.tokenizer import ObservationTokenizer
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
+
+def model_inputs(sequence: TokenSequence, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """(tokens, image_mask, patches, patch_pos, obs_pos) of one sequence, batch axis of 1, on `device`."""
+
+    def tensor(array: np.ndarray) -> torch.Tensor:
+        # the tokenizer shares per-layout arrays as read-only views; torch wants writable memory
+        return torch.from_numpy(np.require(array, requirements=["C", "W"])).to(device)
+
+    return (
+        tensor(sequence.tokens).unsqueeze(0),
+        tensor(sequence.image_mask).unsqueeze(0),
+        tensor(sequence.patches),
+        tensor(sequence.patch_pos).unsqueeze(0),
+        tensor(sequence.obs_pos).unsqueeze(0),
+    )
+
+
+@dataclass
+class ActionResult:
+    """One control step's decision: the physical action, its token ids and where the time went."""
+
+    action: np.ndarray  # (action_dim,) float64, within the configured bounds
+    token_ids: np.ndarray  # (action_dim,) int64 value ids
+    tokenize_s: float
+    decode_s: float
+    total_s: float
+    context_tokens: int  # tokens the model attended over for the last action dimension
+    trimmed: bool  # the context was trimmed (and re-encoded) in this step
+    logits: np.ndarray | None = None  # (action_dim, num_bins) value-range logits, when record_logits
+
+
+class ActionDecoder:
+    """Autoregressive action decoding with a KV cache reused across control steps.
+
+    `cfg` is the full composed config; the decoder reads `cfg.policy.decoder` (temperature, greedy,
+    kv_cache, trim_keep_fraction, max_prompt_tokens, seed, cuda_graphs).
+    """
+
+    def __init__(self, model: GatoModel, tokenizer: ObservationTokenizer, cfg: DictConfig) -> None:
+        dcfg = cfg.policy.decoder
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.temperature = float(dcfg.temperature)
+        self.greedy = bool(dcfg.greedy)
+        self.use_kv_cache = bool(dcfg.kv_cache)
+        self.trim_keep_fraction = float(dcfg.trim_keep_fraction)
+        self.max_prompt_tokens = int(dcfg.max_prompt_tokens)
+        if not self.greedy and self.temperature <= 0:
+            raise ValueError("policy.decoder.temperature must be > 0 when sampling (greedy: false)")
+        if not 0.0 < self.trim_keep_fraction <= 1.0:
+            raise ValueError("policy.decoder.trim_keep_fraction must lie in (0, 1]")
+        if model.config.vocab_size != tokenizer.vocab_size:
+            raise ValueError(
+                f"model vocab {model.config.vocab_size} != tokenizer vocab {tokenizer.vocab_size}"
+            )
+        self.context_length = model.config.context_length
+        self.action_dim = tokenizer.action_dim
+        self.action_obs_index = model.config.action_obs_index
+        self.value_range = tokenizer.layout.value_id_range
+        self.patch_shape = (model.config.image_channels, model.config.patch_size, model.config.patch_size)
+        if self.max_prompt_tokens >= self.context_length:
+            raise ValueError("policy.decoder.max_prompt_tokens must leave room in the context for a step")
+        weight = model.head.weight
+        self.device, self.dtype = weight.device, weight.dtype
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(int(dcfg.seed))
+        self.kv_cache = model.new_kv_cache(batch=1) if self.use_kv_cache else None
+        # pre-allocated inputs of the single-token (action) forwards
+        self._one_token = torch.zeros((1, 1), dtype=torch.long, device=self.device)
+        self._one_image_mask = torch.zeros((1, 1), dtype=torch.bool, device=self.device)
+        self._no_patches = torch.zeros((0, *self.patch_shape), dtype=self.dtype, device=self.device)
+        self._one_patch_pos = torch.zeros((1, 1, 4), dtype=torch.long, device=self.device)
+        self._action_obs_pos = torch.full((1, 1), self.action_obs_index, dtype=torch.long, device=self.device)
+        self._ids = torch.zeros(self.action_dim, dtype=torch.long, device=self.device)
+        self._position = torch.zeros(1, dtype=torch.long, device=self.device)
+        self._graph: torch.cuda.CUDAGraph | None = None
+        self._graph_logits: torch.Tensor | None = None
+        if self.use_kv_cache and bool(dcfg.cuda_graphs) and self.device.type == "cuda":
+            self._capture_single_token_graph()
+        self.record_logits = False  # keep each step's value-range logits in its result (tests, analysis)
+        self._logits: list[torch.Tensor] = []
+        self.prompt: TokenSequence | None = None
+        self.reset()
+
+    # ---- episode boundaries -----------------------------------------------------------------------
+    def reset(self, prompt: TokenSequence | None = None) -> None:
+        """Start a new episode: forget the history; optionally prime with a prompt demonstration, which
+        stays pinned at the front of the context. Build it as training does, with
+        `EpisodeSerializer.prompt_sequence(demo, goal=True)` (behind `text_prefix(task)` when the
+        tokenizer prefixes task text)."""
+        if prompt is not None and len(prompt) > self.max_prompt_tokens:
+            raise ValueError(f"prompt of {len(prompt)} tokens exceeds policy.decoder.max_prompt_tokens")
+        self.prompt = prompt if prompt is not None and len(prompt) else None
+        self.steps: list[TokenSequence] = []  # whole past steps: observation, separator, action tokens
+        self.cached = 0  # tokens whose keys/values are in the cache
+        self.pending_action: int | None = None  # last action token of the previous step, not yet cached
+        if self.prompt is not None and self.use_kv_cache:
+            with torch.inference_mode():
+                self._encode(self.prompt)
+
+    def warmup(self, observation: Mapping[str, Any], prompt: TokenSequence | None = None) -> float:
+        """Run a dummy episode through its first context trim and one step beyond, then `reset(prompt)`:
+        kernel selection, cuDNN plans and allocations for every shape of the control loop happen here
+        rather than in the first real steps (which they would otherwise stall by up to a second on a
+        GPU). Call before the control loop starts; returns the seconds it took."""
+        start = time.perf_counter()
+        self.reset(prompt)
+        budget = self.context_length - self.prompt_length
+        limit = budget // max(1, self.tokenizer.step_length(observation) + self.action_dim) + 3
+        trims = 0
+        for _ in range(limit):
+            trims += self.step(observation).trimmed
+            if trims and not self.last_result.trimmed:
+                break
+        self.reset(prompt)
+        return time.perf_counter() - start
+
+    @property
+    def prompt_length(self) -> int:
+        return len(self.prompt) if self.prompt is not None else 0
+
+    def history(self) -> TokenSequence:
+        """The whole sequence the model conditions on now (prompt + kept steps): for tests and debugging."""
+        parts = ([self.prompt] if self.prompt is not None else []) + self.steps
+        return TokenSequence.concat(parts) if parts else TokenSequence.empty(self.patch_shape)
+
+    # ---- the control step -------------------------------------------------------------------------
+    def act(self, obs: Mapping[str, Any]) -> np.ndarray:
+        """Observation dict -> action (action_dim,) in physical units; details in `last_result`."""
+        return self.step(obs).action
+
+    def step(self, obs: Mapping[str, Any]) -> ActionResult:
+        t_start = time.perf_counter()
+        observation = TokenSequence.from_step(self.tokenizer.tokenize_step(obs))
+        t_tokenized = time.perf_counter()
+        step_length = len(observation) + self.action_dim
+        budget = self.context_length - self.prompt_length
+        if step_length > budget:
+            raise ValueError(f"a step of {step_length} tokens does not fit the context after the prompt")
+        trimmed = self._trim_for(step_length, budget)
+        self._logits.clear()
+        with torch.inference_mode():
+            if self.use_kv_cache:
+                ids, context = self._decode_cached(observation, trimmed)
+            else:
+                ids, context = self._decode_full(observation)
+        token_ids = ids.cpu().numpy()
+        t_decoded = time.perf_counter()
+        actions = TokenSequence.from_actions(token_ids, self.action_obs_index, self.patch_shape)
+        self.steps.append(TokenSequence.concat([observation, actions]))
+        action = self.tokenizer.detokenize_action(token_ids)
+        t_end = time.perf_counter()
+        self.last_result = ActionResult(
+            action=action,
+            token_ids=token_ids,
+            tokenize_s=t_tokenized - t_start,
+            decode_s=t_decoded - t_tokenized,
+            total_s=t_end - t_start,
+            context_tokens=context,
+            trimmed=trimmed,
+            logits=torch.stack(self._logits).cpu().numpy() if self.record_logits else None,
+        )
+        return self.last_result
+
+    # ---- internals --------------------------------------------------------------------------------
+    def _trim_for(self, step_length: int, budget: int) -> bool:
+        """Drop the oldest whole steps if the next one does not fit; True when steps were dropped."""
+        used = sum(len(s) for s in self.steps)
+        if used + step_length <= budget:
+            return False
+        keep_budget = max(int(self.trim_keep_fraction * budget), step_length) - step_length
+        kept = 0
+        first = len(self.steps)
+        while first > 0 and kept + len(self.steps[first - 1]) <= keep_budget:
+            first -= 1
+            kept += len(self.steps[first])
+        self.steps = self.steps[first:]
+        return True
+
+    def _value_logits(self, h_last: torch.Tensor) -> torch.Tensor:
+        return self.model.logits(h_last, self.value_range).float().reshape(-1)
+
+    def _choose(self, logits: torch.Tensor) -> torch.Tensor:
+        """Value-range logits of the last position -> one id (tensor, stays on the device)."""
+        if self.record_logits:
+            self._logits.append(logits)
+        if self.greedy:
+            index = torch.argmax(logits)
+        else:
+            probs = torch.softmax(logits / self.temperature, dim=-1)
+            index = torch.multinomial(probs, 1, generator=self.generator).reshape(())
+        return index + self.value_range[0]
+
+    def _encode(self, sequence: TokenSequence) -> torch.Tensor:
+        """Append a sequence to the cache; returns the last position's hidden state."""
+        inputs = model_inputs(sequence, self.device)
+        x = self.model.embed(*inputs)
+        h = self.model.hidden_cached(x, self.kv_cache, self.cached)
+        self.cached += len(sequence)
+        return h[:, -1]
+
+    def _single_token_logits(self) -> torch.Tensor:
+        """The fixed-shape forward of the token in `_one_token` at `_position`: value-range logits."""
+        x = self.model.embed(
+            self._one_token, self._one_image_mask, self._no_patches, self._one_patch_pos, self._action_obs_pos
+        )
+        return self._value_logits(self.model.hidden_static(x, self.kv_cache, self._position)[:, -1])
+
+    def _capture_single_token_graph(self) -> None:
+        """Record the single-token forward once as a CUDA graph: each action dimension then costs one
+        graph launch instead of hundreds of kernel launches. Capturing writes garbage keys/values at
+        position 0, which every episode overwrites before reading."""
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.inference_mode(), torch.cuda.stream(stream):
+            for _ in range(3):  # warm-up runs (allocations, kernel selection) outside the graph
+                self._single_token_logits()
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.inference_mode(), torch.cuda.graph(graph):
+            self._graph_logits = self._single_token_logits()
+        self._graph = graph
+
+    def _encode_action_token(self, token: torch.Tensor) -> torch.Tensor:
+        """Append one action token at position `cached`; returns the value-range logits after it."""
+        self._one_token.copy_(token.reshape(1, 1))
+        self._position.fill_(self.cached)
+        if self._graph is not None:
+            self._graph.replay()
+            logits = self._graph_logits.clone()
+        else:
+            logits = self._single_token_logits()
+        self.cached += 1
+        return logits
+
+    def _decode_cached(self, observation: TokenSequence, trimmed: bool) -> tuple[torch.Tensor, int]:
+        if trimmed:  # re-encode the kept steps behind the prompt prefix, whose cache is still valid
+            self.cached = self.prompt_length
+            self.pending_action = None
+            if self.steps:
+                self._encode(TokenSequence.concat(self.steps))
+        new = observation
+        if self.pending_action is not None:
+            pending = TokenSequence.from_actions(
+                np.array([self.pending_action]), self.action_obs_index, self.patch_shape
+            )
+            new = TokenSequence.concat([pending, observation])
+        logits = self._value_logits(self._encode(new))
+        for dim in range(self.action_dim):
+            self._ids[dim] = self._choose(logits)
+            if dim + 1 < self.action_dim:
+                logits = self._encode_action_token(self._ids[dim])
+        ids = self._ids.clone()
+        self.pending_action = int(ids[-1])  # cached with the next observation, in one forward
+        return ids, self.cached
+
+    def _decode_full(self, observation: TokenSequence) -> tuple[torch.Tensor, int]:
+        """The reference path: a full forward of the whole context for every action dimension."""
+        base = TokenSequence.concat([self.history(), observation])
+        chosen: list[int] = []
+        for dim in range(self.action_dim):
+            actions = TokenSequence.from_actions(
+                np.array(chosen, dtype=np.int64), self.action_obs_index, self.patch_shape
+            )
+            sequence = TokenSequence.concat([base, actions]) if chosen else base
+            h = self.model.hidden(self.model.embed(*model_inputs(sequence, self.device)))
+            self._ids[dim] = self._choose(self._value_logits(h[:, -1]))
+            chosen.append(int(self._ids[dim]))
+        return self._ids.clone(), len(base) + self.action_dim - 1

@@ -1,0 +1,358 @@
+"""Training of the Gato policy: masked NLL (eq. 2), AdamW + warmup/cosine, bf16 autocast, safetensors
+checkpoints, exact resume, and DistributedDataParallel under `torchrun` with no code changes.
+
+Determinism is per step, not per process: the batch of step s on rank r and the model's own randomness
+(patch-position sampling, dropout) are seeded from (seed, rank, s). Resuming from step s therefore needs
+only the weights, the optimizer state and s, and continues exactly as the uninterrupted run would.
+
+The loss is normalised per target token: the summed NLL over all target tokens of the batch divided by
+their count (under DDP each rank normalises by its own count and DDP averages the gradients).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F  # noqa: N812 - the conventional name
+from torch import nn
+
+from gato_ros.gato.model import GatoModel, build_model
+
+if TYPE_CHECKING:  # the loss/optimiser pieces need only torch (benchmarks/gpu_check.py uses them bare)
+    from omegaconf import DictConfig
+
+BATCH_FIELDS = ("tokens", "image_mask", "patches", "patch_pos", "obs_pos", "loss_mask")
+CHECKPOINT_DIR = "checkpoints"
+LATEST_FILE = "latest"
+
+
+class SerializedBatch(Protocol):
+    """A batch in the ARCHITECTURE.md "Gato token layout" (part 1's `GatoBatch` is one)."""
+
+    tokens: torch.Tensor
+    image_mask: torch.Tensor
+    patches: torch.Tensor
+    patch_pos: torch.Tensor
+    obs_pos: torch.Tensor
+    loss_mask: torch.Tensor
+
+
+# A batch source maps an optimizer step (and micro-batch index) to that step's batch, deterministically.
+BatchSource = Callable[[int, int], SerializedBatch]
+
+
+# ---- loss -----------------------------------------------------------------------------------------
+def masked_nll(model: nn.Module, batch: SerializedBatch) -> tuple[torch.Tensor, int]:
+    """Summed NLL over target tokens (loss_mask) divided by their count; logits at t-1 predict token t.
+
+    Calls the model's forward (so DDP hooks fire) with `loss_mask`, which makes it compute the head only
+    at the target positions instead of over the whole [B, T, vocab] grid.
+    """
+    total, count = model(
+        batch.tokens,
+        batch.image_mask,
+        batch.patches,
+        batch.patch_pos,
+        batch.obs_pos,
+        loss_mask=batch.loss_mask,
+    )
+    return total / max(count, 1), count
+
+
+def sequence_nll(gato: GatoModel, batch: SerializedBatch) -> tuple[torch.Tensor, int]:
+    """The same loss from full logits: the reference the fast path is tested against."""
+    logits = gato(batch.tokens, batch.image_mask, batch.patches, batch.patch_pos, batch.obs_pos)
+    mask = batch.loss_mask[:, 1:] > 0
+    nll = F.cross_entropy(logits[:, :-1][mask].float(), batch.tokens[:, 1:][mask], reduction="sum")
+    count = int(mask.sum())
+    return nll / max(count, 1), count
+
+
+# ---- optimiser and schedule -----------------------------------------------------------------------
+def lr_at(step: int, train_cfg: DictConfig) -> float:
+    """Linear warmup 0 -> lr over warmup_steps, then cosine decay to lr * min_lr_ratio at `steps`."""
+    peak, warmup, total = float(train_cfg.lr), int(train_cfg.warmup_steps), int(train_cfg.steps)
+    floor = peak * float(train_cfg.min_lr_ratio)
+    if warmup > 0 and step < warmup:
+        return peak * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return floor + 0.5 * (peak - floor) * (1.0 + math.cos(math.pi * progress))
+
+
+def parameter_groups(model: GatoModel, weight_decay: float) -> list[dict[str, Any]]:
+    """Decay Linear/Conv weight matrices; never biases, LayerNorm/GroupNorm, or embedding tables (the
+    tied output head is the token table, so it is not decayed either)."""
+    embedding_ids = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    decay_ids = {
+        id(m.weight)
+        for m in model.modules()
+        if isinstance(m, nn.Linear | nn.Conv2d) and id(m.weight) not in embedding_ids
+    }
+    decay, no_decay = [], []
+    for param in model.parameters():  # shared parameters appear once
+        (decay if id(param) in decay_ids else no_decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def make_optimizer(model: GatoModel, train_cfg: DictConfig, device: torch.device) -> torch.optim.AdamW:
+    return torch.optim.AdamW(
+        parameter_groups(model, float(train_cfg.weight_decay)),
+        lr=float(train_cfg.lr),
+        betas=tuple(float(b) for b in train_cfg.betas),
+        eps=float(train_cfg.eps),
+        fused=device.type == "cuda",
+    )
+
+
+# ---- devices, precision, processes --------------------------------------------------------------
+@dataclass(frozen=True)
+class DistContext:
+    """This process's place in a torchrun job (rank 0 of 1 when run plainly)."""
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_env(cls) -> DistContext:
+        return cls(
+            rank=int(os.environ.get("RANK", 0)),
+            local_rank=int(os.environ.get("LOCAL_RANK", 0)),
+            world_size=int(os.environ.get("WORLD_SIZE", 1)),
+        )
+
+
+def resolve_device(name: str, dist: DistContext) -> torch.device:
+    if name == "auto":
+        return torch.device(f"cuda:{dist.local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is None:  # plain "cuda": this process's GPU under torchrun
+        return torch.device(f"cuda:{dist.local_rank}")
+    return device
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast on CUDA devices that support it (auto), always (bf16), or never (fp32)."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "auto":
+        supported = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if supported else None
+    raise ValueError(f"training.precision must be auto, bf16 or fp32, not {precision!r}")
+
+
+def step_seed(seed: int, rank: int, step: int, micro: int = 0) -> int:
+    """A well-mixed 63-bit seed for one (rank, step, micro-batch): DistributedSampler-like per-rank data."""
+    return int(np.random.SeedSequence([seed, rank, step, micro]).generate_state(2, dtype=np.uint64)[0] >> 1)
+
+
+def batch_to(batch: SerializedBatch, device: torch.device) -> SerializedBatch:
+    """Move every tensor field of a batch (dataclass or plain object) to `device`."""
+    moved = {name: getattr(batch, name).to(device, non_blocking=True) for name in BATCH_FIELDS}
+    if is_dataclass(batch):
+        names = {f.name for f in fields(batch)}
+        extra = {
+            n: getattr(batch, n).to(device)
+            for n in names - set(BATCH_FIELDS)
+            if torch.is_tensor(getattr(batch, n))
+        }
+        return replace(batch, **moved, **extra)
+    return TokenBatch(**moved)
+
+
+@dataclass
+class TokenBatch:
+    """A plain serialized batch (the fields of the token layout) for sources that build their own."""
+
+    tokens: torch.Tensor
+    image_mask: torch.Tensor
+    patches: torch.Tensor
+    patch_pos: torch.Tensor
+    obs_pos: torch.Tensor
+    loss_mask: torch.Tensor
+
+
+# ---- checkpoints in a run directory -----------------------------------------------------------------
+def checkpoint_path(out_dir: str | Path, step: int) -> Path:
+    return Path(out_dir) / CHECKPOINT_DIR / f"step_{step:07d}"
+
+
+def latest_checkpoint(out_dir: str | Path) -> Path | None:
+    pointer = Path(out_dir) / CHECKPOINT_DIR / LATEST_FILE
+    if not pointer.is_file():
+        return None
+    path = pointer.parent / pointer.read_text().strip()
+    return path if path.is_dir() else None
+
+
+def _write_latest(out_dir: Path, path: Path, keep: int) -> None:
+    pointer = out_dir / CHECKPOINT_DIR / LATEST_FILE
+    tmp = pointer.with_suffix(".tmp")
+    tmp.write_text(path.name + "\n")
+    os.replace(tmp, pointer)
+    steps = sorted(p for p in pointer.parent.glob("step_*") if p.is_dir())
+    for old in steps[: max(0, len(steps) - keep)]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# ---- the loop ---------------------------------------------------------------------------------------
+@dataclass
+class TrainResult:
+    step: int
+    losses: list[float] = field(default_factory=list)
+    checkpoint: Path | None = None
+    tokens_per_s: float = 0.0
+
+
+def train(
+    cfg: DictConfig,
+    batch_source: BatchSource | None = None,
+    *,
+    vocab_size: int | None = None,
+    model: GatoModel | None = None,
+    stop_at: int | None = None,
+) -> TrainResult:
+    """Train `cfg.model` with `cfg.training`; batches from `batch_source(step, micro)` or, by default,
+    from the episode mixture of `cfg.training.data`. Runs under torchrun (DDP) as well as plainly.
+
+    `stop_at` ends this session early at that step, with a checkpoint, keeping the schedule of
+    `training.steps` (for time-sliced or preemptible jobs; resume with `training.resume=auto`).
+    """
+    tcfg = cfg.training
+    dist = DistContext.from_env()
+    if dist.world_size > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        torch.distributed.init_process_group(backend=backend)
+    device = resolve_device(str(tcfg.device), dist)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    amp_dtype = autocast_dtype(str(tcfg.precision), device)
+    threads_before = torch.get_num_threads()
+    if tcfg.get("num_threads"):
+        torch.set_num_threads(int(tcfg.num_threads))
+    try:
+        return _train(cfg, tcfg, dist, device, amp_dtype, batch_source, vocab_size, model, stop_at)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _train(
+    cfg: DictConfig,
+    tcfg: DictConfig,
+    dist: DistContext,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+    batch_source: BatchSource | None,
+    vocab_size: int | None,
+    model: GatoModel | None,
+    stop_at: int | None,
+) -> TrainResult:
+    from gato_ros.gato.checkpoint import load_training_state, save_checkpoint  # needs safetensors
+
+    seed = int(tcfg.seed)
+    out_dir = Path(str(tcfg.out_dir))
+
+    torch.manual_seed(seed)  # identical initial weights on every rank
+    gato = model if model is not None else build_model(cfg, vocab_size=vocab_size)
+    gato.to(device).train()
+    optimizer = make_optimizer(gato, tcfg, device)
+    start = 0
+    resume = tcfg.get("resume")
+    if resume:
+        path = latest_checkpoint(out_dir) if str(resume) == "auto" else Path(str(resume))
+        if path is not None:
+            start = load_training_state(path, gato, optimizer)
+    if batch_source is None:
+        batch_source = dataset_batch_source(cfg, dist)
+    net: nn.Module = gato
+    if dist.world_size > 1:
+        net = nn.parallel.DistributedDataParallel(
+            gato, device_ids=[device.index] if device.type == "cuda" else None
+        )
+
+    total_steps, accum = int(tcfg.steps), int(tcfg.grad_accum_steps)
+    log_path = out_dir / "log.jsonl"
+    if dist.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    result = TrainResult(step=start)
+    progress = None
+    if dist.is_main and bool(tcfg.progress):
+        from tqdm import tqdm
+
+        progress = tqdm(total=total_steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
+    tokens_seen, t0 = 0, time.perf_counter()
+    end = total_steps if stop_at is None else min(int(stop_at), total_steps)
+    for step in range(start, end):
+        lr = lr_at(step, tcfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss_sum = 0.0
+        for micro in range(accum):
+            torch.manual_seed(step_seed(seed, dist.rank, step, micro))
+            batch = batch_to(batch_source(step, micro), device)
+            defer_sync = micro < accum - 1 and isinstance(net, nn.parallel.DistributedDataParallel)
+            with net.no_sync() if defer_sync else contextlib.nullcontext():
+                with torch.autocast(
+                    device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
+                ):
+                    loss, _ = masked_nll(net, batch)
+                (loss / accum).backward()
+            loss_sum += float(loss.detach()) / accum
+            tokens_seen += batch.tokens.numel()
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(gato.parameters(), float(tcfg.grad_clip)))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        result.losses.append(loss_sum)
+        result.step = step + 1
+        if progress is not None:
+            progress.update(1)
+            progress.set_postfix(loss=f"{loss_sum:.4f}", lr=f"{lr:.2e}")
+        done = step + 1 == end
+        if dist.is_main and ((step + 1) % int(tcfg.log_every) == 0 or done):
+            elapsed = time.perf_counter() - t0
+            result.tokens_per_s = tokens_seen * dist.world_size / max(elapsed, 1e-9)
+            record = {
+                "step": step + 1,
+                "loss": loss_sum,
+                "lr": lr,
+                "grad_norm": grad_norm,
+                "tokens_per_s": result.tokens_per_s,
+                "time": time.time(),
+            }
+            with log_path.open("a") as log:
+                log.write(json.dumps(record) + "\n")
+        if dist.is_main and ((step + 1) % int(tcfg.checkpoint_every) == 0 or done):
+            path = save_checkpoint(
+                checkpoint_path(out_dir, step + 1), gato, cfg, step=step + 1, optimizer=optimizer
+            )
+            _write_latest(out_dir, path, int(tcfg.keep_checkpoints))
+            result.checkpoint = path
+    if progress is not None:
+        progress.close()
+    if dist.world_size > 1:
+        torch.distributed.barrier()
+    return result
+
+
+def dataset_batch_source(cfg: DictConfig, dist: DistContext) -> BatchSource:
+    """Batches from part 1's training dataset (mixture by weight, prompt conditioning), per rank."""
+    from gato_ros.gato import dataset  # part 1: episode datasets -> GatoBatch in the token layout
+
+    return dataset.make_batch_source(cfg, rank=dist.rank, world_size=dist.world_size)

@@ -1,0 +1,156 @@
+"""The KV-cached action decoder equals a full forward pass, across control steps, trims and prompts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from gato_ros.config import load_config
+from gato_ros.gato.decoder import ActionDecoder, model_inputs
+from gato_ros.gato.model import GatoModel, build_model
+from gato_ros.gato.serialization import Demonstration, EpisodeSerializer, TokenSequence
+from gato_ros.gato.tokenizer import ObservationTokenizer
+
+STEPS = 11  # 156 tokens per step: the 1024-token window fills at step 7; trims at steps 7 and 11
+
+
+def random_observation(rng: np.random.Generator) -> dict[str, np.ndarray]:
+    return {
+        "basket_front_left/pixels": rng.integers(0, 256, (128, 128, 3), dtype=np.uint8),
+        "basket_front_right/pixels": rng.integers(0, 256, (128, 128, 3), dtype=np.uint8),
+        "gripper/joints/angle": rng.uniform(0, 255, 1).astype(np.float32),
+        "sawyer/joints/angle": rng.uniform(-2, 2, 7).astype(np.float32),
+        "sawyer/pinch/pose": rng.uniform(-1, 1, 7).astype(np.float32),
+        "sawyer/tcp/pose": rng.uniform(-1, 1, 7).astype(np.float32),
+    }
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_cpu_thread():
+    """One intra-op thread: much faster than two on a shared 2-core runner; restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def setup() -> tuple[GatoModel, ObservationTokenizer]:
+    # a large init scale makes an untrained model's argmax depend on its input (a fair equality test)
+    cfg = load_config(["model.init_std=0.3"])
+    torch.manual_seed(0)
+    return build_model(cfg).eval(), ObservationTokenizer(cfg)
+
+
+def make_decoder(model, tokenizer, *overrides: str) -> ActionDecoder:
+    decoder = ActionDecoder(model, tokenizer, load_config(list(overrides)))
+    decoder.record_logits = True
+    return decoder
+
+
+def full_forward_value_logits(model: GatoModel, sequence: TokenSequence, positions: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        h = model.hidden(model.embed(*model_inputs(sequence, torch.device("cpu"))))
+        return model.logits(h[0, positions], (32000, 33024)).numpy()
+
+
+def test_cached_decoder_matches_full_forward_over_steps_and_trims(setup) -> None:
+    model, tokenizer = setup
+    cached = make_decoder(model, tokenizer)
+    uncached = make_decoder(model, tokenizer, "policy.decoder.kv_cache=false")
+    rng = np.random.default_rng(0)
+    observations = [random_observation(rng) for _ in range(STEPS)]
+    actions_seen, trims = set(), 0
+    for t, obs in enumerate(observations):
+        fast, slow = cached.step(obs), uncached.step(obs)
+        np.testing.assert_array_equal(fast.token_ids, slow.token_ids)
+        np.testing.assert_allclose(fast.logits, slow.logits, rtol=1e-4, atol=1e-4)
+        assert fast.context_tokens == slow.context_tokens <= model.config.context_length
+        trims += fast.trimmed
+        actions_seen.add(tuple(fast.token_ids))
+        # independent reference: re-tokenize the kept steps from the raw observations and actions
+        kept = len(cached.steps)
+        parts = []
+        for s in range(t + 1 - kept, t + 1):
+            parts.append(TokenSequence.from_step(tokenizer.tokenize_step(observations[s])))
+            ids = cached.steps[s - (t + 1 - kept)].tokens[-5:]
+            parts.append(TokenSequence.from_actions(ids, model.config.action_obs_index, (3, 16, 16)))
+        sequence = TokenSequence.concat(parts)
+        np.testing.assert_array_equal(sequence.tokens, cached.history().tokens)
+        first_action = len(sequence) - 5
+        reference = full_forward_value_logits(model, sequence, np.arange(first_action - 1, first_action + 4))
+        np.testing.assert_allclose(fast.logits, reference, rtol=1e-4, atol=1e-4)
+        assert cached.cached == len(sequence) - 1  # all but the last action token, cached next step
+        np.testing.assert_allclose(fast.action, tokenizer.detokenize_action(fast.token_ids))
+    assert trims == 2
+    assert len(actions_seen) > 1
+
+
+def test_prompt_stays_pinned_and_decoding_still_matches(setup) -> None:
+    model, tokenizer = setup
+    rng = np.random.default_rng(1)
+    demo = [random_observation(rng) for _ in range(4)]
+    demo_obs = {k: np.stack([o[k] for o in demo]) for k in demo[0]}
+    demo_actions = rng.uniform(-0.05, 0.05, (4, 5)).astype(np.float32)
+    cfg = load_config(["policy.decoder.max_prompt_tokens=400"])
+    serializer = EpisodeSerializer(cfg, tokenizer)
+    prompt = serializer.prompt_sequence(Demonstration(demo_obs, demo_actions), goal=True)
+    assert len(prompt) == 2 * 156  # the last two whole demonstration steps fit in 400 tokens
+    np.testing.assert_array_equal(prompt.tokens[-5:], tokenizer.tokenize_action(demo_actions[-1]))
+    cached = make_decoder(model, tokenizer, "policy.decoder.max_prompt_tokens=400")
+    uncached = make_decoder(
+        model, tokenizer, "policy.decoder.kv_cache=false", "policy.decoder.max_prompt_tokens=400"
+    )
+    cached.reset(prompt)
+    uncached.reset(prompt)
+    for _ in range(8):  # 312 prompt tokens + 4 steps fill the window: trims behind the prompt
+        obs = random_observation(rng)
+        fast, slow = cached.step(obs), uncached.step(obs)
+        np.testing.assert_array_equal(fast.token_ids, slow.token_ids)
+        np.testing.assert_allclose(fast.logits, slow.logits, rtol=1e-4, atol=1e-4)
+        np.testing.assert_array_equal(cached.history().tokens[: len(prompt)], prompt.tokens)
+    assert cached.last_result.context_tokens <= model.config.context_length
+    with pytest.raises(ValueError, match="max_prompt_tokens"):
+        cached.reset(TokenSequence.concat([prompt, prompt]))
+
+
+def test_sampling_stays_in_value_range_and_is_seeded(setup) -> None:
+    model, tokenizer = setup
+    args = ("policy.decoder.greedy=false", "policy.decoder.temperature=2.0", "policy.decoder.seed=3")
+    first, second = make_decoder(model, tokenizer, *args), make_decoder(model, tokenizer, *args)
+    rng = np.random.default_rng(2)
+    draws = []
+    for _ in range(3):
+        obs = random_observation(rng)
+        a, b = first.step(obs), second.step(obs)
+        np.testing.assert_array_equal(a.token_ids, b.token_ids)
+        draws.append(a.token_ids)
+    ids = np.concatenate(draws)
+    assert ids.min() >= 32000 and ids.max() < 33024
+    assert len(set(ids.tolist())) > 5  # temperature 2 over 1024 bins: not the argmax every time
+    low, high = np.array(load_config([]).control.action_low), np.array(load_config([]).control.action_high)
+    assert np.all(first.last_result.action >= low) and np.all(first.last_result.action <= high)
+
+
+def test_reset_forgets_the_episode(setup) -> None:
+    model, tokenizer = setup
+    decoder = make_decoder(model, tokenizer)
+    rng = np.random.default_rng(4)
+    obs = random_observation(rng)
+    first = decoder.step(obs).token_ids
+    decoder.step(random_observation(rng))
+    decoder.reset()
+    assert decoder.cached == 0 and not decoder.steps
+    np.testing.assert_array_equal(decoder.step(obs).token_ids, first)
+
+
+def test_warmup_leaves_a_fresh_episode(setup) -> None:
+    model, tokenizer = setup
+    rng = np.random.default_rng(5)
+    observations = [random_observation(rng) for _ in range(3)]
+    fresh, warmed = make_decoder(model, tokenizer), make_decoder(model, tokenizer)
+    assert warmed.warmup(observations[0]) > 0
+    assert warmed.cached == 0 and not warmed.steps
+    for obs in observations:
+        np.testing.assert_array_equal(warmed.step(obs).token_ids, fresh.step(obs).token_ids)

@@ -1,0 +1,209 @@
+"""Training: the LR schedule, decay groups, the masked loss, loss falling on episodes, exact resume."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_model import random_batch  # tests/ is on sys.path (pytest rootdir insertion)
+
+from gato_ros.config import load_config
+from gato_ros.gato.checkpoint import load_policy
+from gato_ros.gato.data import EpisodeWriter
+from gato_ros.gato.model import build_model
+from gato_ros.gato.train import (
+    DistContext,
+    TokenBatch,
+    latest_checkpoint,
+    lr_at,
+    masked_nll,
+    parameter_groups,
+    resolve_device,
+    sequence_nll,
+    train,
+)
+
+DATASET = "rgb_stacking_sim"  # the default mixture's source
+
+
+def write_synthetic_episodes(root: Path, episodes: int = 3, steps: int = 12, seed: int = 0) -> None:
+    """Episodes in the recorded format whose action is a fixed function of the arm state (learnable)."""
+    rng = np.random.default_rng(seed)
+    with EpisodeWriter(
+        root / DATASET, control_rate_hz=20.0, source="test/synthetic", background=False
+    ) as writer:
+        for _ in range(episodes):
+            writer.begin_episode(task="stack red on blue")
+            for t in range(steps):
+                joints = rng.uniform(-1, 1, 7).astype(np.float32)
+                obs = {
+                    "basket_front_left/pixels": rng.integers(0, 256, (128, 128, 3), dtype=np.uint8),
+                    "basket_front_right/pixels": rng.integers(0, 256, (128, 128, 3), dtype=np.uint8),
+                    "gripper/joints/angle": np.array([255.0 * (t > steps // 2)], dtype=np.float32),
+                    "sawyer/joints/angle": joints,
+                    "sawyer/pinch/pose": rng.uniform(-1, 1, 7).astype(np.float32),
+                    "sawyer/tcp/pose": rng.uniform(-1, 1, 7).astype(np.float32),
+                }
+                action = np.array([0.05 * joints[0], -0.03, 0.02, 0.5 * joints[1], 1.0 if t > 5 else -1.0])
+                writer.add_step(obs, action, timestamp=0.05 * t)
+            writer.end_episode(success=True)
+
+
+def small_run_overrides(tmp_path: Path, **training: object) -> list[str]:
+    values = {
+        "steps": 40,
+        "batch_size": 2,
+        "sequence_length": 320,  # two whole 156-token steps per sequence
+        "lr": 5e-3,
+        "warmup_steps": 3,
+        "log_every": 1,
+        "num_threads": 1,  # one intra-op thread: far faster than two on a shared 2-core runner
+        "checkpoint_every": 1000,
+        "progress": False,
+        "device": "cpu",
+        "out_dir": str(tmp_path / "run"),
+        "data.root": str(tmp_path / "data"),
+        "data.prompt.max_tokens": 156,
+    }
+    values.update(training)
+    return [f"training.{k}={v}" for k, v in values.items()]
+
+
+def test_lr_schedule_warms_up_linearly_then_decays_by_cosine_to_a_tenth() -> None:
+    cfg = load_config(["training.lr=1e-3", "training.warmup_steps=10", "training.steps=110"]).training
+    lrs = np.array([lr_at(s, cfg) for s in range(130)])
+    np.testing.assert_allclose(lrs[:10], 1e-3 * np.arange(1, 11) / 10)  # linear warmup to the peak
+    assert lrs[9] == pytest.approx(1e-3) and lrs[10] == pytest.approx(1e-3)
+    assert np.all(np.diff(lrs[10:111]) < 0)  # strictly decaying
+    assert lrs[60] == pytest.approx(1e-4 + 0.5 * 9e-4 * (1 + math.cos(math.pi * 0.5)))  # cosine midpoint
+    np.testing.assert_allclose(lrs[110:], 1e-4)  # floor: a tenth of the peak
+
+
+def test_weight_decay_skips_biases_norms_and_embeddings() -> None:
+    model = build_model(load_config([]))
+    decay, no_decay = parameter_groups(model, 0.1)
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    decayed = {id(p) for p in decay["params"]}
+    names = {name: id(p) in decayed for name, p in model.named_parameters()}
+    assert (
+        names["blocks.0.fc.weight"]
+        and names["blocks.0.attn.qkv.weight"]
+        and names["patch_encoder.conv1.weight"]
+    )
+    for name, is_decayed in names.items():
+        if name.endswith(".bias") or "ln" in name or "norm" in name or "embedding" in name:
+            assert not is_decayed, name
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+def test_fast_masked_loss_equals_loss_from_full_logits() -> None:
+    torch.manual_seed(0)
+    model = build_model(load_config([])).eval()
+    fields = random_batch(model)
+    loss_mask = torch.zeros_like(fields["tokens"], dtype=torch.float32)
+    loss_mask[:, 150:155] = 1.0
+    loss_mask[1, 190:195] = 1.0
+    batch = TokenBatch(**fields, loss_mask=loss_mask)
+    with torch.no_grad():
+        fast, count = masked_nll(model, batch)
+        reference, ref_count = sequence_nll(model, batch)
+    assert count == ref_count == 15
+    torch.testing.assert_close(fast, reference)
+
+
+def test_loss_falls_on_recorded_episodes_through_the_train_tool(tmp_path, capsys) -> None:
+    from gato_ros.tools import train as train_tool
+
+    write_synthetic_episodes(tmp_path / "data")
+    assert train_tool.main(small_run_overrides(tmp_path)) == 0
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == list(range(1, 41))
+    assert log[0]["loss"] == pytest.approx(
+        math.log(33026), abs=0.3
+    )  # starts near uniform over the vocabulary
+    final = np.mean([r["loss"] for r in log[-5:]])
+    assert final < 0.5 * log[0]["loss"]
+    assert final < math.log(1024)  # better than uniform over the value bins: it learned the actions
+    latest = latest_checkpoint(tmp_path / "run")
+    assert latest is not None and latest.name == "step_0000040"
+    assert load_policy(latest).step == 40
+    assert "last loss" in capsys.readouterr().out
+
+
+def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path) -> None:
+    write_synthetic_episodes(tmp_path / "data", episodes=2, steps=6)
+    full = train(load_config(small_run_overrides(tmp_path, steps=6, out_dir=tmp_path / "a")))
+    cfg = load_config(small_run_overrides(tmp_path, steps=6, out_dir=tmp_path / "b"))
+    interrupted = train(cfg, stop_at=3)  # same 6-step schedule, stopped (and checkpointed) after 3
+    assert interrupted.step == 3 and interrupted.checkpoint.name == "step_0000003"
+    cfg.training.resume = "auto"
+    resumed = train(cfg)
+    assert resumed.step == 6
+    assert resumed.losses == full.losses[3:]
+    left = load_policy(tmp_path / "a" / "checkpoints" / "step_0000006").model.state_dict()
+    right = load_policy(tmp_path / "b" / "checkpoints" / "step_0000006").model.state_dict()
+    for name, tensor in left.items():
+        assert torch.equal(tensor, right[name]), name
+
+
+@pytest.mark.slow
+def test_loss_falls_on_twin_expert_episodes(tmp_path, monkeypatch) -> None:
+    """The real pipeline end to end: scripted-expert episodes from the MuJoCo twin (rendered cameras),
+    recorded in the episode format, serialized by the dataset, trained on by the tiny model."""
+    monkeypatch.setenv("MUJOCO_GL", os.environ.get("MUJOCO_GL", "egl"))
+    from gato_ros.twin.env import StackingTwin
+    from gato_ros.twin.expert import ScriptedExpert
+
+    cfg = load_config(small_run_overrides(tmp_path))
+    with (
+        StackingTwin(cfg) as twin,
+        EpisodeWriter(tmp_path / "data" / DATASET, 20.0, "twin/scripted_expert", background=False) as writer,
+    ):
+        expert = ScriptedExpert(cfg)
+        for seed in (1, 2):
+            obs = twin.reset(seed=seed)
+            expert.reset()
+            writer.begin_episode(task="stack red on blue", seed=seed)
+            for _ in range(10):
+                action = expert.act(twin)
+                step = twin.step(action)
+                writer.add_step(obs, action, timestamp=twin.time)
+                obs = step.observation
+            writer.end_episode(success=True)  # short clips: the filter would otherwise drop them
+    result = train(cfg)
+    assert result.losses[0] > 0.9 * math.log(33026)  # an untrained model: near uniform over the vocabulary
+    final = float(np.mean(result.losses[-5:]))
+    assert final < 0.5 * result.losses[0] and final < math.log(1024)
+
+
+@pytest.mark.slow
+def test_same_command_trains_under_torchrun_with_two_processes(tmp_path) -> None:
+    """DistributedDataParallel over gloo on the CPU: `torchrun ... -m gato_ros.cli train` needs no changes."""
+    write_synthetic_episodes(tmp_path / "data", episodes=2, steps=6)
+    overrides = small_run_overrides(tmp_path, steps=4, log_every=2)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    proc = subprocess.run(
+        [*command, "-m", "gato_ros.cli", "train", *overrides], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert proc.stdout.count("trained tiny to step 4") == 1  # only rank 0 reports, logs and checkpoints
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [2, 4]
+    assert load_policy(latest_checkpoint(tmp_path / "run")).step == 4
+
+
+def test_device_names_resolve_to_this_ranks_gpu() -> None:
+    """A bare "cuda" means this process's GPU under torchrun (torch.cuda.set_device rejects it as is)."""
+    rank1 = DistContext(rank=1, local_rank=1, world_size=2)
+    assert resolve_device("cuda", rank1) == torch.device("cuda:1")
+    assert resolve_device("cuda:0", rank1) == torch.device("cuda:0")
+    assert resolve_device("cpu", rank1) == torch.device("cpu")
+    expected = torch.device("cuda:1") if torch.cuda.is_available() else torch.device("cpu")
+    assert resolve_device("auto", rank1) == expected
