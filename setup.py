@@ -42,6 +42,11 @@ setup(
     entry_points={
         "console_scripts": [
             "gato-ros = gato_ros.cli:main",
+            # the nodes, for launch_ros (`ros2 run gato_ros twin_node`, launch/stacking.launch.py)
+            "twin_node = gato_ros.ros.twin_node:main",
+            "camera_node = gato_ros.ros.camera_node:main",
+            "policy_node = gato_ros.ros.policy_node:main",
+            "command_node = gato_ros.ros.command_node:main",
         ],
     },
 )

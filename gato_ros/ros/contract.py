@@ -20,7 +20,7 @@ from rclpy.qos import (
     qos_profile_sensor_data,
 )
 from rosgraph_msgs.msg import Clock
-from sensor_msgs.msg import CameraInfo, Image, JointState
+from sensor_msgs.msg import CameraInfo, Image, JointState, TimeReference
 from std_msgs.msg import Bool, Float64, Float64MultiArray, Int64MultiArray, String
 from std_srvs.srv import SetBool, Trigger
 from trajectory_msgs.msg import JointTrajectory
@@ -92,6 +92,25 @@ def camera_image(camera: str) -> Topic:
 
 def camera_info(camera: str) -> Topic:
     return Topic(f"/cameras/{camera}/camera_info", CameraInfo, Qos.SENSOR, "intrinsics from calibration/")
+
+
+def camera_depth(camera: str) -> Topic:
+    return Topic(
+        f"/cameras/{camera}/depth/image_raw",
+        Image,
+        Qos.SENSOR,
+        "16UC1 depth in millimetres (RealSense only, optional), same stamp as the colour frame",
+    )
+
+
+def camera_time_reference(camera: str) -> Topic:
+    return Topic(
+        f"/cameras/{camera}/time_reference",
+        TimeReference,
+        Qos.SENSOR,
+        "per frame: header.stamp = the image's ROS stamp, time_ref = the device's own timestamp, "
+        "source = '<timestamp domain>:<serial>' (RealSense only)",
+    )
 
 
 # Policy output
@@ -171,7 +190,8 @@ def stamp_to_seconds(stamp: Time) -> float:
 def markdown_table(cameras: tuple[str, ...] = ("basket_front_left", "basket_front_right")) -> str:
     """The contract as the README's table (regenerate with `python -m gato_ros.ros.contract`)."""
     rows = ["| topic / service | type | QoS | carries |", "|---|---|---|---|"]
-    topics = list(TOPICS) + [f(c) for c in cameras for f in (camera_image, camera_info)]
+    per_camera = (camera_image, camera_info, camera_depth, camera_time_reference)
+    topics = list(TOPICS) + [f(c) for c in cameras for f in per_camera]
     for t in topics:
         kind = f"{t.msg_type.__module__.split('.')[0]}/{t.msg_type.__name__}"
         rows.append(f"| `{t.name}` | `{kind}` | {t.qos.value} | {t.doc} |")

@@ -1,0 +1,238 @@
+"""Observation-to-command latency and achieved control rate of the whole ROS 2 stack on this machine.
+
+Starts the sim stack of `gato-ros launch stacking sim:=true` (twin, policy, command node: separate
+processes, real DDS on an isolated ROS_DOMAIN_ID) with a randomly initialised checkpoint of the chosen
+model size (latency does not depend on the weights), listens from this process and prints:
+
+- observation -> command latency, p50/p99: from this process receiving a twin observation (the joint
+  state of tick t) to it receiving the first joint velocity command after the policy's action for that
+  observation. The command node runs on its own timer, so this includes waiting for its next tick, as on
+  the real cell;
+- its parts: the policy's own POLICY_LATENCY (observation receipt -> action publication, inside the
+  policy node) and action -> next command;
+- achieved rates: policy actions and joint commands per sim second against ``control.rate_hz``, and the
+  twin's real-time factor (sim seconds per wall second) against ``ros.twin.realtime_factor``.
+
+    .venv/bin/python benchmarks/control_loop.py                        # tiny model, CPU, 20 s
+    .venv/bin/python benchmarks/control_loop.py --seconds 60 --model small
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import rclpy
+from rclpy.context import Context
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.signals import SignalHandlerOptions
+
+from gato_ros.config import load_config
+from gato_ros.gato.checkpoint import save_checkpoint
+from gato_ros.gato.model import build_model
+from gato_ros.ros import contract
+from gato_ros.ros.launcher import NodeProcesses, isolated_domain_id, launch_overrides, stack_plan
+
+
+@dataclass
+class Timeline:
+    """Wall receipt times (monotonic, s) of what the stack publishes, as seen from one listener."""
+
+    observations: list[tuple[float, float]] = field(default_factory=list)  # (wall, stamp)
+    actions: list[float] = field(default_factory=list)
+    commands: list[float] = field(default_factory=list)
+    policy_latency: list[tuple[float, float]] = field(default_factory=list)  # (wall, seconds)
+    clock: list[tuple[float, float]] = field(default_factory=list)  # (wall, sim)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def snapshot(self) -> Timeline:
+        with self.lock:
+            return Timeline(
+                list(self.observations),
+                list(self.actions),
+                list(self.commands),
+                list(self.policy_latency),
+                list(self.clock),
+            )
+
+
+def listen(timeline: Timeline) -> tuple[Context, SingleThreadedExecutor, threading.Event]:
+    context = Context()
+    rclpy.init(args=[], context=context, signal_handler_options=SignalHandlerOptions.NO)
+    node = rclpy.create_node("control_loop_benchmark", context=context)
+
+    def record(topic: contract.Topic, on_msg) -> None:
+        def callback(msg) -> None:
+            now = time.monotonic()
+            with timeline.lock:
+                on_msg(now, msg)
+
+        node.create_subscription(topic.msg_type, topic.name, callback, topic.qos.profile())
+
+    record(
+        contract.JOINT_STATES,
+        lambda now, m: timeline.observations.append((now, contract.stamp_to_seconds(m.header.stamp))),
+    )
+    record(contract.ACTION, lambda now, m: timeline.actions.append(now))
+    record(contract.JOINT_VELOCITY_COMMAND, lambda now, m: timeline.commands.append(now))
+    record(contract.POLICY_LATENCY, lambda now, m: timeline.policy_latency.append((now, m.data)))
+    record(contract.CLOCK, lambda now, m: timeline.clock.append((now, contract.stamp_to_seconds(m.clock))))
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    stop = threading.Event()
+
+    def spin() -> None:
+        while not stop.is_set() and context.ok():
+            executor.spin_once(timeout_sec=0.05)
+
+    threading.Thread(target=spin, daemon=True).start()
+    return context, executor, stop
+
+
+def loop_latencies(t: Timeline, start: float, end: float) -> dict[str, np.ndarray]:
+    """Per action in [start, end): observation -> action, action -> next command, and their sum (s)."""
+    obs_wall = np.array([w for w, _ in t.observations])
+    commands = np.array(t.commands)
+    parts: dict[str, list[float]] = {"obs_to_command": [], "obs_to_action": [], "action_to_command": []}
+    for action in t.actions:
+        if not start <= action < end:
+            continue
+        i = np.searchsorted(obs_wall, action) - 1  # the newest observation before the action
+        j = np.searchsorted(commands, action)  # the first command after it
+        if i < 0 or j >= len(commands):
+            continue
+        parts["obs_to_command"].append(commands[j] - obs_wall[i])
+        parts["obs_to_action"].append(action - obs_wall[i])
+        parts["action_to_command"].append(commands[j] - action)
+    parts_array = {k: np.array(v) for k, v in parts.items()}
+    parts_array["policy_in_node"] = np.array([s for w, s in t.policy_latency if start <= w < end])
+    return parts_array
+
+
+def p50_p99_ms(values: np.ndarray) -> dict[str, float] | None:
+    if len(values) == 0:
+        return None
+    p50, p99 = np.percentile(values * 1e3, [50, 99])
+    return {"p50": float(p50), "p99": float(p99), "n": len(values)}
+
+
+def sim_seconds(t: Timeline, start: float, end: float) -> float:
+    sims = [s for w, s in t.clock if start <= w < end]
+    return (max(sims) - min(sims)) if len(sims) > 1 else 0.0
+
+
+def percentiles_ms(values: np.ndarray | list[float]) -> str:
+    if len(values) == 0:
+        return "n/a"
+    p50, p99 = np.percentile(np.asarray(values) * 1e3, [50, 99])
+    return f"p50 {p50:6.1f} ms   p99 {p99:6.1f} ms   (n={len(values)})"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seconds", type=float, default=20.0, help="measured wall seconds")
+    parser.add_argument(
+        "--warmup", type=float, default=3.0, help="wall seconds skipped after the first action"
+    )
+    parser.add_argument("--model", default="tiny", help="model config (gato_ros/config/model/*.yaml)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--realtime-factor", type=float, default=1.0)
+    parser.add_argument("--startup-timeout", type=float, default=180.0)
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("overrides", nargs="*", help="extra hydra overrides for every node")
+    args = parser.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="gato_control_loop_"))
+    base = load_config([f"model={args.model}"])
+    checkpoint = save_checkpoint(workdir / "checkpoint", build_model(base), base)
+    extra = [f"model={args.model}", f"ros.twin.realtime_factor={args.realtime_factor}", *args.overrides]
+    overrides = launch_overrides(True, str(checkpoint), args.device, extra)
+    cfg = load_config(overrides)
+    os.environ["ROS_DOMAIN_ID"] = str(isolated_domain_id())
+    timeline = Timeline()
+    context, executor, stop = listen(timeline)
+    log_path = workdir / "nodes.log"
+    log = log_path.open("w")
+    processes = NodeProcesses(env=dict(os.environ), output=log)
+    for spec in stack_plan(cfg, True, overrides):
+        processes.start(spec)
+    print(f"stack: {', '.join(n.spec.name for n in processes.nodes)}; model {args.model} on {args.device}; "
+          f"node output in {log_path}")  # fmt: skip
+    code = 0
+    try:
+        deadline = time.monotonic() + args.startup_timeout
+        while not timeline.snapshot().actions and time.monotonic() < deadline and not processes.exited():
+            time.sleep(0.1)
+        if not timeline.snapshot().actions or processes.exited():
+            print(f"the stack did not come up; see {log_path}", file=sys.stderr)
+            return 1
+        start = time.monotonic() + args.warmup
+        end = start + args.seconds
+        while time.monotonic() < end and not processes.exited():
+            time.sleep(0.2)
+        if processes.exited():
+            print(f"a node died during the run; see {log_path}", file=sys.stderr)
+            code = 1
+        t = timeline.snapshot()
+    finally:
+        processes.stop(cfg.ros.launch.sigint_wait_s, cfg.ros.launch.sigterm_wait_s)
+        log.close()
+        stop.set()
+        executor.shutdown()
+        rclpy.shutdown(context=context)
+
+    latency = loop_latencies(t, start, end)
+    sim = sim_seconds(t, start, end)
+    wall = end - start
+    n_actions = sum(start <= w < end for w in t.actions)
+    n_commands = sum(start <= w < end for w in t.commands)
+    rate = float(cfg.control.rate_hz)
+    figures = {
+        "model": args.model,
+        "device": args.device,
+        "wall_s": wall,
+        "sim_s": sim,
+        "realtime_factor": sim / wall,
+        "configured_realtime_factor": args.realtime_factor,
+        "configured_rate_hz": rate,
+        "actions_per_sim_s": n_actions / sim if sim else 0.0,
+        "commands_per_sim_s": n_commands / sim if sim else 0.0,
+        "actions_per_wall_s": n_actions / wall,
+        **{f"{name}_ms": p50_p99_ms(values) for name, values in latency.items()},
+    }
+    print(f"observation -> command : {percentiles_ms(latency['obs_to_command'])}")
+    print(f"  observation -> action: {percentiles_ms(latency['obs_to_action'])}")
+    print(f"    policy (in node)   : {percentiles_ms(latency['policy_in_node'])}")
+    print(f"  action -> command    : {percentiles_ms(latency['action_to_command'])}")
+    print(
+        f"control rate           : {figures['actions_per_sim_s']:.1f} actions and "
+        f"{figures['commands_per_sim_s']:.1f} commands per sim second (configured {rate:g} Hz)"
+    )
+    print(
+        f"twin real-time factor  : {figures['realtime_factor']:.2f}x (configured {args.realtime_factor:g}x) "
+        f"-> {figures['actions_per_wall_s']:.1f} actions per wall second"
+    )
+    if figures["actions_per_sim_s"] < 0.9 * rate:
+        print(f"WARNING: actions at {figures['actions_per_sim_s']:.1f} Hz of sim time, below {rate:g} Hz")
+    if figures["realtime_factor"] < 0.9 * args.realtime_factor:
+        print(
+            "WARNING: the twin runs below its real-time factor; the nodes wait for its clock, so wall-time "
+            "latencies that span a tick (action -> command) measure the twin's tick time, not the stack"
+        )
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2))
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

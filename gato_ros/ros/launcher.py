@@ -1,0 +1,189 @@
+"""What the stack consists of, and how to run it as processes without ROS 2's launch tools.
+
+`stack_plan(cfg, sim)` is the one list of nodes and their arguments. Both front ends read it:
+``launch/stacking.launch.py`` (``ros2 launch gato_ros stacking.launch.py`` on a full ROS 2 install) turns
+each `NodeSpec` into a ``launch_ros`` Node, and ``gato-ros launch stacking`` (PyPI-only installs, `make
+demo`, the end-to-end tests) starts each as ``python -m <module>`` through `NodeProcesses`.
+
+The sim stack is twin + policy + command; with ``ros.twin.action_source=expert`` the twin publishes the
+scripted expert's ACTION and no policy node runs. The real stack is one RealSense camera node per policy
+camera + policy + command; the arm's driver (ros2_control / intera) is the robot's own and not started here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import IO
+
+from omegaconf import DictConfig
+
+PACKAGE = "gato_ros"
+ROS_DOMAIN_ID_RANGE = (1, 101)  # ROS 2 domain ids that are safe on every platform (0 is the default)
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """One node of the stack: its ROS name, Python module, console script and hydra overrides."""
+
+    name: str
+    module: str
+    executable: str
+    args: tuple[str, ...] = ()
+
+    def command(self, python: str = sys.executable) -> list[str]:
+        """The process command line: ``python -m module overrides --ros-args -r __node:=name``."""
+        return [python, "-m", self.module, *self.args, "--ros-args", "-r", f"__node:={self.name}"]
+
+
+def launch_overrides(
+    sim: bool, checkpoint: str | None = None, device: str | None = None, extra: Sequence[str] = ()
+) -> list[str]:
+    """The hydra overrides that the launch arguments (sim, checkpoint, device) stand for, plus `extra`."""
+    overrides = [f"ros.use_sim_time={str(sim).lower()}"]
+    if sim:  # the twin's arm may move as soon as the stack is up; a real arm waits for /safety/enable
+        overrides.append("safety.start_enabled=true")
+    if checkpoint:
+        overrides.append(f"policy.checkpoint={checkpoint}")
+    if device:
+        overrides.append(f"policy.device={device}")
+    return overrides + list(extra)
+
+
+def stack_plan(cfg: DictConfig, sim: bool, overrides: Sequence[str] = ()) -> list[NodeSpec]:
+    """The nodes of the stack, in start order; every node gets the same `overrides` (plus its own)."""
+    common = tuple(overrides)
+    nodes: list[NodeSpec] = []
+    if sim:
+        nodes.append(NodeSpec("twin", f"{PACKAGE}.ros.twin_node", "twin_node", common))
+    else:
+        for camera in cfg.cameras.policy_cameras:
+            args = (*common, f"ros.camera.name={camera}")
+            nodes.append(NodeSpec(f"camera_{camera}", f"{PACKAGE}.ros.camera_node", "camera_node", args))
+    if not (sim and str(cfg.ros.twin.action_source) == "expert"):
+        nodes.append(NodeSpec("policy", f"{PACKAGE}.ros.policy_node", "policy_node", common))
+    nodes.append(NodeSpec("command_node", f"{PACKAGE}.ros.command_node", "command_node", common))
+    return nodes
+
+
+def isolated_domain_id(pid: int | None = None) -> int:
+    """A ROS_DOMAIN_ID derived from a process id, so that concurrent test runs do not hear each other."""
+    low, high = ROS_DOMAIN_ID_RANGE
+    return low + (os.getpid() if pid is None else pid) % (high - low + 1)
+
+
+@contextlib.contextmanager
+def ros_domain(domain_id: int) -> Iterator[int]:
+    """Run a block on ROS_DOMAIN_ID `domain_id` (this process's rclpy inits and the children it starts),
+    then restore the previous value."""
+    previous = os.environ.get("ROS_DOMAIN_ID")
+    os.environ["ROS_DOMAIN_ID"] = str(domain_id)
+    try:
+        yield domain_id
+    finally:
+        if previous is None:
+            os.environ.pop("ROS_DOMAIN_ID", None)
+        else:
+            os.environ["ROS_DOMAIN_ID"] = previous
+
+
+@dataclass
+class NodeProcess:
+    spec: NodeSpec
+    process: subprocess.Popen
+    reader: threading.Thread
+    expected_exit: bool = False
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def returncode(self) -> int | None:
+        return self.process.poll()
+
+
+@dataclass
+class NodeProcesses:
+    """Runs NodeSpecs as child processes with prefixed output and an orderly SIGINT→SIGTERM→SIGKILL stop.
+
+    Children run in their own sessions so that a terminal's Ctrl-C reaches them only through `stop`
+    (once, in order), never twice.
+    """
+
+    env: dict[str, str] | None = None
+    output: IO[str] = field(default_factory=lambda: sys.stdout)
+    on_line: Callable[[str, str], None] | None = None  # (node name, line), e.g. for tests
+    nodes: list[NodeProcess] = field(default_factory=list)
+    _print_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+
+    def start(self, spec: NodeSpec) -> NodeProcess:
+        env = dict(os.environ if self.env is None else self.env)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        env.setdefault("RCUTILS_LOGGING_BUFFERED_STREAM", "0")
+        process = subprocess.Popen(
+            spec.command(),
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            bufsize=1,
+            start_new_session=True,
+        )
+        reader = threading.Thread(target=self._relay, args=(spec.name, process), daemon=True)
+        node = NodeProcess(spec, process, reader)
+        reader.start()
+        self.nodes.append(node)
+        return node
+
+    def _relay(self, name: str, process: subprocess.Popen) -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            line = line.rstrip("\n")
+            with self._print_lock:
+                print(f"[{name}] {line}", file=self.output, flush=True)
+            if self.on_line is not None:
+                self.on_line(name, line)
+
+    def exited(self) -> list[NodeProcess]:
+        """Children that have ended without being asked to."""
+        return [n for n in self.nodes if not n.expected_exit and n.returncode() is not None]
+
+    def stop(self, sigint_wait_s: float, sigterm_wait_s: float) -> dict[str, int]:
+        """Stop every child (SIGINT, then SIGTERM, then SIGKILL); return each one's exit code."""
+        for node in self.nodes:
+            node.expected_exit = True
+        for sig, wait_s in ((signal.SIGINT, sigint_wait_s), (signal.SIGTERM, sigterm_wait_s)):
+            alive = [n for n in self.nodes if n.returncode() is None]
+            for node in alive:
+                _signal(node.process, sig)
+            deadline = time.monotonic() + wait_s
+            while alive and time.monotonic() < deadline:
+                alive = [n for n in alive if n.returncode() is None]
+                time.sleep(0.02)
+        for node in self.nodes:
+            if node.returncode() is None:
+                _signal(node.process, signal.SIGKILL)
+            node.process.wait()
+            node.reader.join(timeout=1.0)
+        return {n.spec.name: int(n.process.returncode) for n in self.nodes}
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Signal one child (for tests of what the others do when it dies)."""
+        for node in self.nodes:
+            if node.spec.name == name:
+                _signal(node.process, sig)
+                return
+        raise KeyError(name)
+
+
+def _signal(process: subprocess.Popen, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        process.send_signal(sig)

@@ -1,0 +1,187 @@
+"""One way for every gato_ros node to get its config, its clock, its topics and its life cycle.
+
+Every node module of the stack ends the same way::
+
+    class MyNode(GatoNode):
+        def __init__(self, cfg: DictConfig, **kwargs: Any) -> None:
+            super().__init__("my_node", cfg, **kwargs)    # kwargs: rclpy's context from run_node
+            self.pub = self.publisher(contract.ACTION)           # contract objects, never literal names
+            self.sub = self.subscription(contract.JOINT_STATES, self.on_joint_states)
+
+    def main(argv: list[str] | None = None) -> int:
+        return run_node(MyNode, argv)
+
+    if __name__ == "__main__":
+        sys.exit(main())
+
+and is started as ``python -m gato_ros.ros.my_node [key=value ...] [--ros-args ...]``:
+
+- **Config.** The arguments left after `rclpy.utilities.remove_ros_args` are hydra overrides
+  (``key=value``, ``+key=value``, ``group=option``) composed by `gato_ros.config.load_config`, so
+  ``control.rate_hz=10`` means the same thing to every node, to the launcher and to the tools.
+  ``--ros-args`` (remaps, ``__node:=name``, log levels) still reach rclpy.
+- **Sim time.** ``ros.use_sim_time=true`` (set by the launcher for ``sim:=true``) gives the node the ROS
+  parameter ``use_sim_time``: its clock, timers and stamps then follow the twin's ``/clock``. The twin node
+  itself publishes that clock and stays on wall time.
+- **Life cycle.** `run_node` inits an isolated rclpy context, builds the node, spins it (single- or
+  multi-threaded executor), and turns SIGINT and SIGTERM into a clean shutdown: `GatoNode.close` runs
+  (stop hardware, hold the arm), the node is destroyed and the context shut down. It returns the exit
+  code: 0 after a signal or `GatoNode.request_exit(0)`, the requested code otherwise, 1 if the node
+  raised. A node that must stop the process (e.g. the twin after its last episode) calls `request_exit`.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+import traceback
+from collections.abc import Callable, Sequence
+from types import FrameType
+from typing import Any
+
+import rclpy
+from omegaconf import DictConfig
+from rclpy.client import Client
+from rclpy.context import Context
+from rclpy.executors import Executor, MultiThreadedExecutor, SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.publisher import Publisher
+from rclpy.service import Service as RclpyService
+from rclpy.signals import SignalHandlerOptions
+from rclpy.subscription import Subscription
+from rclpy.utilities import remove_ros_args
+
+from gato_ros.config import load_config
+from gato_ros.ros.contract import Service, Topic
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+
+
+def hydra_overrides(argv: Sequence[str] | None = None) -> list[str]:
+    """The hydra overrides of a node's command line: every non-ROS argument after the program name.
+
+    Anything that is not ``key=value`` is an error here rather than silently ignored: a typo'd override
+    on a robot should stop the node, not run it with defaults.
+    """
+    args = remove_ros_args(list(sys.argv if argv is None else argv))[1:]
+    bad = [a for a in args if "=" not in a]
+    if bad:
+        raise ValueError(f"expected hydra overrides key=value, got {bad}")
+    return args
+
+
+def config_from_argv(argv: Sequence[str] | None = None) -> DictConfig:
+    """The composed config of a node: `load_config` with the overrides of its command line."""
+    return load_config(hydra_overrides(argv))
+
+
+def sim_time_parameters(cfg: DictConfig) -> list[Parameter]:
+    """The `use_sim_time` parameter every node but the twin gets from ``ros.use_sim_time``."""
+    return [Parameter("use_sim_time", Parameter.Type.BOOL, bool(cfg.ros.use_sim_time))]
+
+
+class GatoNode(Node):
+    """A node of the stack: holds the composed config and creates its endpoints from the contract."""
+
+    def __init__(
+        self, name: str, cfg: DictConfig, *, use_sim_time: bool | None = None, **kwargs: Any
+    ) -> None:
+        sim_time = bool(cfg.ros.use_sim_time) if use_sim_time is None else use_sim_time
+        overrides = [Parameter("use_sim_time", Parameter.Type.BOOL, sim_time)]
+        super().__init__(name, parameter_overrides=overrides, **kwargs)
+        self.cfg = cfg
+        self.exit_code: int | None = None
+
+    # -- endpoints from the contract ---------------------------------------------------------------
+    def publisher(self, topic: Topic) -> Publisher:
+        return self.create_publisher(topic.msg_type, topic.name, topic.qos.profile())
+
+    def subscription(self, topic: Topic, callback: Callable[[Any], None], **kwargs: Any) -> Subscription:
+        return self.create_subscription(topic.msg_type, topic.name, callback, topic.qos.profile(), **kwargs)
+
+    def service(self, service: Service, callback: Callable[[Any, Any], Any], **kwargs: Any) -> RclpyService:
+        return self.create_service(service.srv_type, service.name, callback, **kwargs)
+
+    def client(self, service: Service, **kwargs: Any) -> Client:
+        return self.create_client(service.srv_type, service.name, **kwargs)
+
+    # -- life cycle --------------------------------------------------------------------------------
+    def now_s(self) -> float:
+        """The node's clock (sim time under use_sim_time) in seconds."""
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    def request_exit(self, code: int = EXIT_OK) -> None:
+        """Ask `run_node` to shut this node down and return `code` (first request wins)."""
+        if self.exit_code is None:
+            self.exit_code = int(code)
+
+    def close(self) -> None:
+        """Release hardware / files before the node is destroyed; subclasses extend it."""
+
+
+def make_executor(context: Context, num_threads: int) -> Executor:
+    if num_threads > 1:
+        return MultiThreadedExecutor(num_threads=num_threads, context=context)
+    return SingleThreadedExecutor(context=context)
+
+
+def run_node(
+    node_factory: Callable[..., Node],
+    argv: Sequence[str] | None = None,
+    *,
+    num_threads: int = 1,
+    cfg: DictConfig | None = None,
+) -> int:
+    """Build the node from the command line's config, spin it until a signal or an exit request.
+
+    `node_factory(cfg, context=context)` builds the node in the process's own rclpy context (a
+    `GatoNode` subclass passes `**kwargs` on to `GatoNode.__init__`).
+
+    `num_threads > 1` spins a MultiThreadedExecutor (use callback groups for callbacks that may run
+    concurrently). Signals are handled here, not by rclpy, so that `close` always runs in order.
+    """
+    argv = list(sys.argv if argv is None else argv)
+    if cfg is None:
+        cfg = config_from_argv(argv)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    context = Context()
+    rclpy.init(args=argv, context=context, signal_handler_options=SignalHandlerOptions.NO)
+    node: Node | None = None
+    code = EXIT_OK
+    try:
+        node = node_factory(cfg, context=context)
+        executor = make_executor(context, num_threads)
+        executor.add_node(node)
+        spin_period = float(cfg.ros.spin_period_s)
+        while not stop.is_set() and context.ok():
+            executor.spin_once(timeout_sec=spin_period)
+            requested = getattr(node, "exit_code", None)
+            if requested is not None:
+                code = requested
+                break
+        executor.shutdown(timeout_sec=float(cfg.ros.shutdown_timeout_s))  # let running callbacks finish
+    except Exception:
+        traceback.print_exc()
+        code = EXIT_ERROR
+    finally:
+        if node is not None:
+            try:
+                if isinstance(node, GatoNode):
+                    node.close()
+                node.destroy_node()
+            except Exception:
+                traceback.print_exc()
+                code = code or EXIT_ERROR
+        if context.ok():
+            rclpy.shutdown(context=context)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return code

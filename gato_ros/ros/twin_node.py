@@ -1,0 +1,369 @@
+"""The MuJoCo twin as a ROS 2 node: to the rest of the stack it looks exactly like the real cell.
+
+It publishes what the cell's drivers publish (JOINT_STATES, each policy camera's Image + CameraInfo) and
+consumes what the cell's controllers consume (JOINT_VELOCITY_COMMAND + GRIPPER_COMMAND, or
+JOINT_TRAJECTORY_COMMAND, per ``safety.command_interface``, which the command node obeys too), applied
+through `StackingTwin.step_joint_velocity`. It also owns the simulated clock (CLOCK; the other nodes run with
+``use_sim_time``) and the episodes (EPISODE_STATUS as JSON, RESET_EPISODE service, automatic next episode).
+
+Timing. Each tick advances one control period. ``ros.twin.realtime_factor`` r > 0 ticks every
+period / r wall seconds (1.0 = real time); r = 0 is lock-step: the next tick follows as soon as the stack
+has answered the last observation (an ACTION, unless the expert is the source, and a joint command), or
+after ``lockstep_wait_s`` (a dead node cannot freeze the clock), so evaluation runs as fast as the
+stack, with the same one-tick command delay as in real time. Within a tick the twin applies
+the newest command, steps, then publishes the observation (stamped with the new sim time) *before* the
+clock, so a node woken by the clock already has that observation.
+
+Like a ros2_control forward-command controller the twin holds the last command, and zeroes the joint
+velocity once no command has arrived for ``command_timeout_s`` of sim time. Before the first episode it
+waits (clock running, physics paused, arm still) until the stack is up: a joint command and, unless the
+expert is the action source, an ACTION have been heard, or ``wait_for_stack_s`` has passed.
+
+With ``ros.twin.action_source=expert`` the twin publishes the scripted expert's ACTION for each new
+observation (the expert needs the privileged object poses, which exist only here); the command node
+turns it into joint commands as it would a policy's.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig
+from rosgraph_msgs.msg import Clock
+from sensor_msgs.msg import CameraInfo
+from std_msgs.msg import Float64MultiArray, String
+from std_srvs.srv import Trigger
+from trajectory_msgs.msg import JointTrajectory
+
+from gato_ros.ros import contract
+from gato_ros.ros.messages import (
+    camera_info_msg,
+    camera_intrinsics,
+    float_array_msg,
+    image_msg,
+    joint_state_msg,
+    load_calibration,
+    time_msg,
+)
+from gato_ros.ros.runtime import GatoNode, run_node
+from gato_ros.twin.env import StackingTwin, TwinStep
+
+LOCKSTEP = 0.0
+
+
+def trajectory_velocity(
+    msg: JointTrajectory, joint_names: list[str], joint_positions: np.ndarray, period: float
+) -> np.ndarray | None:
+    """Joint velocities of a one-point trajectory (in `joint_names` order): its velocities if given, else
+    the ones that reach its positions at its time_from_start (at least one control period). None if it
+    does not name every arm joint once or holds non-finite values."""
+    names = list(msg.joint_names)
+    if not msg.points or sorted(names) != sorted(joint_names) or len(set(names)) != len(names):
+        return None
+    order = [names.index(n) for n in joint_names]
+    point = msg.points[0]
+    if len(point.velocities) == len(names):
+        qdot = np.asarray(point.velocities, dtype=float)[order]
+    elif len(point.positions) == len(names):
+        horizon = point.time_from_start.sec + 1e-9 * point.time_from_start.nanosec
+        target = np.asarray(point.positions, dtype=float)[order]
+        qdot = (target - joint_positions) / max(horizon, period)
+    else:
+        return None
+    return qdot if np.all(np.isfinite(qdot)) else None
+
+
+class TwinNode(GatoNode):
+    """Steps `StackingTwin` from ROS joint commands and publishes the cell's sensors and sim clock."""
+
+    def __init__(self, cfg: DictConfig, twin: StackingTwin | None = None, **kwargs: Any) -> None:
+        super().__init__("twin", cfg, use_sim_time=False, **kwargs)  # it *is* the sim clock
+        tcfg = cfg.ros.twin
+        # the node renders a camera only when its image topic has subscribers (see publish_observation)
+        self.twin = twin if twin is not None else StackingTwin(cfg, render=False)
+        self.lazy_images = bool(tcfg.lazy_images)
+        self.period = self.twin.control_period
+        self.realtime_factor = float(tcfg.realtime_factor)
+        if self.realtime_factor < 0:
+            raise ValueError("ros.twin.realtime_factor must be >= 0 (0 = lock-step)")
+        self.command_timeout_ticks = int(np.floor(float(tcfg.command_timeout_s) / self.period + 1e-9))
+        self.auto_reset = bool(tcfg.auto_reset)
+        self.seed_stride = int(tcfg.seed_stride)
+        self.expert_source = str(tcfg.action_source) == "expert"
+        if str(tcfg.action_source) not in {"policy", "expert"}:
+            raise ValueError(f"ros.twin.action_source must be policy or expert, not {tcfg.action_source}")
+        self.joint_names = [str(n) for n in cfg.robot.joint_names]
+        self.num_joints = len(self.joint_names)
+        self.gripper_joint = str(cfg.robot.gripper.joint_name)
+        self.gripper_range = np.asarray(cfg.robot.gripper.driver_range, dtype=float)
+        self.gripper_command_max = float(cfg.robot.gripper.command_range[1])
+        self.cameras = [str(c) for c in cfg.cameras.policy_cameras]
+        calibration = load_calibration(cfg)
+        width, height = int(cfg.cameras.width), int(cfg.cameras.height)
+        self.intrinsics = {c: camera_intrinsics(calibration, c, width, height) for c in self.cameras}
+
+        self.joint_pub = self.publisher(contract.JOINT_STATES)
+        self.clock_pub = self.publisher(contract.CLOCK)
+        self.status_pub = self.publisher(contract.EPISODE_STATUS)
+        self.image_pubs = {c: self.publisher(contract.camera_image(c)) for c in self.cameras}
+        self.info_pubs = {c: self.publisher(contract.camera_info(c)) for c in self.cameras}
+        self.action_pub = self.publisher(contract.ACTION) if self.expert_source else None
+        self.expert = self._make_expert() if self.expert_source else None
+
+        interface = str(cfg.safety.command_interface)
+        if interface == "velocity":
+            self.subscription(contract.JOINT_VELOCITY_COMMAND, self.on_velocity_command)
+        elif interface == "trajectory":
+            self.subscription(contract.JOINT_TRAJECTORY_COMMAND, self.on_trajectory_command)
+        else:
+            raise ValueError(f"safety.command_interface must be velocity or trajectory, not {interface}")
+        self.subscription(contract.GRIPPER_COMMAND, self.on_gripper_command)
+        self.subscription(contract.ACTION, self.on_action)
+        self.service(contract.RESET_EPISODE, self.on_reset)
+
+        # command state: the newest command and the tick it arrived in
+        self.qdot_command = np.zeros(self.num_joints)
+        self.gripper_command = -self.gripper_command_max  # open
+        self.last_command_tick: int | None = None
+        self.heard_action = self.expert_source
+        self.command_since_tick = self.action_since_tick = False
+
+        # clock and episodes: `tick` counts control periods since the node started; /clock never resets
+        self.tick_count = 0
+        self.episode = -1
+        self.episode_done = False
+        self.last_step: TwinStep | None = None
+        self.held_observation: dict[str, np.ndarray] | None = None  # the still world while holding
+        self.waiting_for_stack = float(tcfg.wait_for_stack_s) > 0
+        self.wait_deadline = time.monotonic() + float(tcfg.wait_for_stack_s)
+        self.pace_report_s = float(tcfg.pace_report_s)
+        self.pace_tolerance = float(tcfg.pace_tolerance)
+        self.log_period_s = float(tcfg.log_period_s)
+        self._pace_start: float | None = None
+        self._pace_ticks = 0
+
+        self.start_episode()
+        if self.realtime_factor == LOCKSTEP:
+            self.timer = self.create_timer(float(tcfg.lockstep_wait_s), self.tick)
+        else:
+            self.timer = self.create_timer(self.period / self.realtime_factor, self.tick)
+        mode = "lock-step" if self.realtime_factor == LOCKSTEP else f"{self.realtime_factor:g}x real time"
+        self.get_logger().info(
+            f"twin at {1.0 / self.period:g} Hz, {mode}, commands via {interface}, actions from "
+            f"{'the scripted expert' if self.expert_source else 'the policy'}"
+        )
+
+    def _make_expert(self) -> Any:
+        from gato_ros.twin.expert import ScriptedExpert
+
+        return ScriptedExpert(self.cfg)
+
+    # -- time ----------------------------------------------------------------------------------------
+    @property
+    def clock_s(self) -> float:
+        """Sim seconds since the node started (starts at one period: ROS reads 0 as "no time yet")."""
+        return (self.tick_count + 1) * self.period
+
+    # -- commands ------------------------------------------------------------------------------------
+    def on_velocity_command(self, msg: Float64MultiArray) -> None:
+        qdot = np.asarray(msg.data, dtype=float)
+        if qdot.shape != (self.num_joints,) or not np.all(np.isfinite(qdot)):
+            self.get_logger().error(
+                f"ignoring joint velocity command {list(msg.data)}", throttle_duration_sec=self.log_period_s
+            )
+            return
+        self._accept_command(qdot)
+
+    def on_trajectory_command(self, msg: JointTrajectory) -> None:
+        qdot = trajectory_velocity(msg, self.joint_names, self.twin.joint_positions(), self.period)
+        if qdot is None:
+            self.get_logger().error(
+                "ignoring a joint trajectory without one finite point for every arm joint",
+                throttle_duration_sec=self.log_period_s,
+            )
+            return
+        self._accept_command(qdot)
+
+    def _accept_command(self, qdot: np.ndarray) -> None:
+        self.qdot_command = qdot
+        self.last_command_tick = self.tick_count
+        self.command_since_tick = True
+        self._lockstep_tick()
+
+    def _lockstep_tick(self) -> None:
+        """Lock-step: tick once the stack has answered the last observation (an ACTION from the policy,
+        and a joint command); the timer ticks anyway after `lockstep_wait_s`, so a dead node cannot
+        freeze the clock (the command node then holds, as in real time)."""
+        answered = self.command_since_tick and (self.action_since_tick or self.expert_source)
+        if self.realtime_factor == LOCKSTEP and answered:
+            self.tick()
+            self.timer.reset()
+
+    def on_gripper_command(self, msg: Float64MultiArray) -> None:
+        if len(msg.data) == 1 and np.isfinite(msg.data[0]):
+            self.gripper_command = float(msg.data[0])
+
+    def on_action(self, _msg: Float64MultiArray) -> None:
+        self.heard_action = True
+        if not self.expert_source:
+            self.action_since_tick = True
+            self._lockstep_tick()
+
+    def current_command(self) -> tuple[np.ndarray, float]:
+        """The command in force this tick: the newest one, or zero velocity once it is too old."""
+        if (
+            self.last_command_tick is None
+            or self.tick_count - self.last_command_tick > self.command_timeout_ticks
+        ):
+            return np.zeros(self.num_joints), self.gripper_command
+        return self.qdot_command, self.gripper_command
+
+    # -- episodes ------------------------------------------------------------------------------------
+    def episode_seed(self, episode: int) -> int:
+        return int(self.cfg.seed) + episode * self.seed_stride
+
+    def start_episode(self) -> None:
+        """Reset the twin to the next seeded episode; a reset takes one control period of the clock, so
+        no two different states ever share a stamp."""
+        if self.episode >= 0:
+            self.tick_count += 1
+        self.episode += 1
+        self.twin.reset(seed=self.episode_seed(self.episode))
+        if self.expert is not None:
+            self.expert.reset()
+        self.episode_done = False
+        self.last_step = None
+        self.held_observation = None
+        self.publish_observation(self.twin.observation())
+        self.publish_status()
+        self.publish_expert_action()
+
+    def on_reset(self, _request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        self.start_episode()
+        response.success = True
+        response.message = f"episode {self.episode} (seed {self.episode_seed(self.episode)})"
+        return response
+
+    def status(self) -> dict[str, Any]:
+        step = self.last_step
+        triplet = self.cfg.twin.triplet if str(self.cfg.twin.objects) == "triplet" else None
+        return {
+            "episode": self.episode,
+            "seed": self.episode_seed(self.episode),
+            "step": self.twin.step_count,
+            "sim_time": self.twin.time,
+            "clock": self.clock_s,
+            "success": bool(step.success) if step else False,
+            "done": self.episode_done,
+            "time_limit": bool(step.info.get("time_limit", False)) if step else False,
+            "triplet": triplet,
+            "objects": list(self.twin.object_ids or ()),
+        }
+
+    def publish_status(self) -> None:
+        self.status_pub.publish(String(data=json.dumps(self.status())))
+
+    # -- the tick ------------------------------------------------------------------------------------
+    def tick(self) -> None:
+        self._check_pace()
+        self.command_since_tick = self.action_since_tick = False
+        if self.waiting_for_stack:
+            ready = self.last_command_tick is not None and self.heard_action
+            if ready or time.monotonic() > self.wait_deadline:
+                self.waiting_for_stack = False
+                if not ready:
+                    self.get_logger().warning("the stack did not come up in time; starting anyway")
+        if self.waiting_for_stack or self.episode_done:  # hold the world still, let the clock run
+            if self.held_observation is None:
+                self.held_observation = self.twin.observation()
+            self.tick_count += 1
+            self.publish_observation(self.held_observation)
+            self.publish_status()
+            self.publish_expert_action()
+            return
+        self.held_observation = None
+        qdot, gripper = self.current_command()
+        step = self.twin.step_joint_velocity(qdot, gripper)
+        self.tick_count += 1
+        self.last_step = step
+        self.episode_done = bool(step.done)
+        self.publish_observation(step.observation)
+        self.publish_status()
+        if self.episode_done:
+            self.finish_episode(step)
+        else:
+            self.publish_expert_action()
+
+    def finish_episode(self, step: TwinStep) -> None:
+        result = self.status()
+        outcome = "success" if step.success else "time limit"
+        self.get_logger().info(
+            f"episode {self.episode} (seed {result['seed']}): {outcome} after {self.twin.time:.2f} s sim, "
+            f"{self.twin.step_count} steps"
+        )
+        if self.auto_reset:
+            self.start_episode()
+
+    def publish_expert_action(self) -> None:
+        if self.expert is not None and self.action_pub is not None and not self.episode_done:
+            self.action_pub.publish(float_array_msg(self.expert.act(self.twin)))
+
+    def publish_observation(self, obs: dict[str, np.ndarray]) -> None:
+        """Joint states and images at the new sim time, then the clock. Rendering is most of a tick's
+        cost, so with ``ros.twin.lazy_images`` a camera nobody subscribes to (e.g. the expert demo
+        without a viewer) is not rendered."""
+        stamp = time_msg(self.clock_s)
+        q = self.twin.joint_positions()
+        low, high = self.gripper_range
+        gripper_units = float(obs["gripper/joints/angle"][0])
+        gripper_rad = low + (high - low) * gripper_units / self.gripper_command_max
+        self.joint_pub.publish(
+            joint_state_msg(
+                [*self.joint_names, self.gripper_joint],
+                [*q, gripper_rad],
+                [*self.twin.joint_velocities(), 0.0],
+                stamp,
+            )
+        )
+        for camera in self.cameras:
+            frame = contract.camera_optical_frame(camera)
+            publisher = self.image_pubs[camera]
+            if not self.lazy_images or publisher.get_subscription_count() > 0:
+                key = f"{camera}/pixels"
+                if key not in obs:  # rendered once per state (a held observation keeps its images)
+                    obs[key] = self.twin.render(camera)
+                publisher.publish(image_msg(obs[key], stamp, frame, "rgb8"))
+            info: CameraInfo = camera_info_msg(self.intrinsics[camera], stamp, frame)
+            self.info_pubs[camera].publish(info)
+        self.clock_pub.publish(Clock(clock=stamp))
+
+    def _check_pace(self) -> None:
+        """Warn (every `late_tick_warn_s`) when the twin runs below its real-time factor."""
+        now = time.monotonic()
+        if self._pace_start is None:
+            self._pace_start, self._pace_ticks = now, self.tick_count
+            return
+        wall = now - self._pace_start
+        if wall < self.pace_report_s:
+            return
+        achieved = (self.tick_count - self._pace_ticks) * self.period / wall
+        if self.realtime_factor > 0 and achieved < self.pace_tolerance * self.realtime_factor:
+            self.get_logger().warning(
+                f"twin runs at {achieved:.2f}x real time, below the configured {self.realtime_factor:g}x"
+            )
+        self._pace_start, self._pace_ticks = now, self.tick_count
+
+    def close(self) -> None:
+        self.twin.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_node(TwinNode, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,250 @@
+"""`gato-ros launch stacking [sim:=true|false] [checkpoint:=DIR] [device:=auto|cpu|cuda] [key=value ...]`
+
+Starts the nodes of `gato_ros.ros.launcher.stack_plan` as separate processes (``python -m <module>``),
+the same nodes with the same arguments as ``ros2 launch gato_ros stacking.launch.py``, for installs
+without ROS 2's launch tools. Output lines are prefixed with the node's name. Ctrl-C (SIGINT) or SIGTERM
+stops every node (SIGINT, then SIGTERM, then SIGKILL); if any node dies on its own, the others are
+stopped and the exit code is non-zero. On the twin, every finished episode is printed with its outcome,
+and the run ends with the success rate and its Wilson 95% interval.
+
+Options:
+  --episodes N   stop after N finished episodes (sim only)
+  --duration S   stop after S wall seconds
+  --isolated     run on a ROS_DOMAIN_ID of its own (derived from the pid), e.g. beside another stack
+
+Examples:
+  gato-ros launch stacking sim:=true ros.twin.action_source=expert --episodes 3   # the scripted expert
+  gato-ros launch stacking sim:=true checkpoint:=runs/tiny/checkpoint              # a trained policy
+  gato-ros launch stacking sim:=false checkpoint:=runs/tiny/checkpoint device:=cuda  # the real cell
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from types import FrameType
+
+from gato_ros.config import load_config
+from gato_ros.ros.launcher import NodeProcesses, isolated_domain_id, launch_overrides, stack_plan
+
+STACKS = ("stacking",)
+LAUNCH_ARGS = ("sim", "checkpoint", "device")
+WILSON_Z = 1.959964  # 95% two-sided normal quantile
+
+
+def wilson_interval(successes: int, trials: int, z: float = WILSON_Z) -> tuple[float, float]:
+    """Wilson score interval of a success rate (sensible at 0 % and 100 % and for few trials)."""
+    if trials == 0:
+        return 0.0, 1.0
+    p = successes / trials
+    denominator = 1.0 + z * z / trials
+    centre = (p + z * z / (2 * trials)) / denominator
+    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+@dataclass
+class EpisodeLog:
+    """Finished episodes as the twin reports them on EPISODE_STATUS (thread-safe)."""
+
+    finished: dict[int, dict] = field(default_factory=dict)
+    heard: bool = False
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+
+    def add(self, status: dict) -> dict | None:
+        """Record a status; returns it if it newly finished an episode."""
+        with self._lock:
+            self.heard = True
+            if not status.get("done") or status["episode"] in self.finished:
+                return None
+            self.finished[status["episode"]] = status
+            return status
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self.finished)
+
+    def summary(self) -> str:
+        with self._lock:
+            results = list(self.finished.values())
+        if not results:
+            return "no episode finished"
+        wins = sum(bool(r["success"]) for r in results)
+        low, high = wilson_interval(wins, len(results))
+        seeds = ",".join(str(r["seed"]) for r in results)
+        return (
+            f"stacked {wins}/{len(results)} episodes = {100 * wins / len(results):.0f}% "
+            f"(Wilson 95% CI {100 * low:.0f}-{100 * high:.0f}%), seeds {seeds}"
+        )
+
+
+class EpisodeMonitor:
+    """A small rclpy node in the launcher that prints each finished episode of the twin."""
+
+    def __init__(self, log: EpisodeLog, say) -> None:
+        import rclpy
+        from rclpy.context import Context
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.signals import SignalHandlerOptions
+
+        from gato_ros.ros import contract
+
+        self.log, self.say = log, say
+        self.context = Context()
+        rclpy.init(args=[], context=self.context, signal_handler_options=SignalHandlerOptions.NO)
+        self.node = rclpy.create_node("launch_monitor", context=self.context)
+        topic = contract.EPISODE_STATUS
+        self.node.create_subscription(topic.msg_type, topic.name, self.on_status, topic.qos.profile())
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self.running = True
+        self.thread = threading.Thread(target=self._spin, name="episode_monitor", daemon=True)
+        self.thread.start()
+
+    def _spin(self) -> None:
+        while self.running and self.context.ok():
+            self.executor.spin_once(timeout_sec=0.1)
+
+    def on_status(self, msg) -> None:
+        try:
+            status = json.loads(msg.data)
+        except ValueError:
+            return
+        done = self.log.add(status)
+        if done is not None:
+            outcome = (
+                "SUCCESS" if done["success"] else ("time limit" if done.get("time_limit") else "failure")
+            )
+            self.say(
+                f"episode {done['episode']} (seed {done['seed']}, triplet {done.get('triplet')}): {outcome} "
+                f"after {done['sim_time']:.2f} s sim, {done['step']} steps"
+            )
+
+    def close(self) -> None:
+        import rclpy
+
+        self.running = False
+        self.thread.join(timeout=1.0)
+        self.executor.shutdown()
+        self.node.destroy_node()
+        rclpy.shutdown(context=self.context)
+
+
+def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, dict[str, str], list[str]]:
+    parser = argparse.ArgumentParser(
+        prog="gato-ros launch",
+        description="Start the gato_ros stack as processes.",
+        epilog="launch arguments: sim:=true|false checkpoint:=DIR device:=auto|cpu|cuda; "
+        "anything else of the form key=value is a hydra override for every node",
+    )
+    parser.add_argument("stack", choices=STACKS)
+    parser.add_argument("--episodes", type=int, default=0, help="stop after N finished episodes (sim)")
+    parser.add_argument("--duration", type=float, default=0.0, help="stop after S wall seconds")
+    parser.add_argument("--isolated", action="store_true", help="use a ROS_DOMAIN_ID of this run's own")
+    args, rest = parser.parse_known_args(list(argv))
+    launch_args: dict[str, str] = {}
+    overrides: list[str] = []
+    for item in rest:
+        if ":=" in item:
+            key, value = item.split(":=", 1)
+            if key not in LAUNCH_ARGS:
+                parser.error(f"unknown launch argument {key!r} (known: {', '.join(LAUNCH_ARGS)})")
+            launch_args[key] = value
+        elif "=" in item and not item.startswith("-"):
+            overrides.append(item)
+        else:
+            parser.error(f"unrecognized argument {item!r}")
+    return args, launch_args, overrides
+
+
+def parse_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value not in {"true", "false", "1", "0", "yes", "no"}:
+        raise ValueError(f"expected true or false, got {text!r}")
+    return value in {"true", "1", "yes"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, launch_args, extra = parse_args(sys.argv[1:] if argv is None else argv)
+    sim = parse_bool(launch_args.get("sim", "true"))
+    overrides = launch_overrides(sim, launch_args.get("checkpoint"), launch_args.get("device"), extra)
+    cfg = load_config(overrides)
+    plan = stack_plan(cfg, sim, overrides)
+    lcfg = cfg.ros.launch
+    if args.isolated:  # the nodes and this process's episode monitor alike
+        os.environ["ROS_DOMAIN_ID"] = str(isolated_domain_id())
+    env = dict(os.environ)
+    if args.episodes and not sim:
+        print("gato-ros launch: --episodes needs sim:=true", file=sys.stderr)
+        return 2
+
+    print_lock = threading.Lock()
+
+    def say(line: str) -> None:
+        with print_lock:
+            print(f"[launch] {line}", flush=True)
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    log = EpisodeLog()
+    monitor = None
+    processes = NodeProcesses(env=env)
+    code = 0
+    try:
+        if sim:
+            monitor = EpisodeMonitor(log, say)
+        say(f"ROS_DOMAIN_ID={env.get('ROS_DOMAIN_ID', '0')}; nodes: {', '.join(s.name for s in plan)}")
+        for spec in plan:
+            node = processes.start(spec)
+            say(f"started {spec.name} (pid {node.pid}): {' '.join(spec.command()[1:])}")
+        started = time.monotonic()
+        while not stop.is_set():
+            dead = processes.exited()
+            if dead:
+                for node in dead:
+                    say(f"{node.spec.name} exited with code {node.returncode()}; stopping the stack")
+                code = next((n.returncode() for n in dead if n.returncode()), 1)
+                break
+            elapsed = time.monotonic() - started
+            if args.duration and elapsed >= args.duration:
+                say(f"--duration {args.duration:g} s reached")
+                break
+            if args.episodes:
+                if log.count() >= args.episodes:
+                    say(f"{args.episodes} episodes finished")
+                    break
+                if not log.heard and elapsed > float(lcfg.startup_grace_s):
+                    say(f"no episode status within {lcfg.startup_grace_s} s; stopping")
+                    code = 1
+                    break
+            time.sleep(float(lcfg.poll_period_s))
+        if stop.is_set():
+            say("interrupted; stopping the stack")
+    finally:
+        exits = processes.stop(float(lcfg.sigint_wait_s), float(lcfg.sigterm_wait_s))
+        unclean = {name: rc for name, rc in exits.items() if rc != 0}
+        if unclean and code == 0:
+            say(f"nodes did not exit cleanly: {unclean}")
+            code = 1
+        if monitor is not None:
+            monitor.close()
+            say(log.summary())
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

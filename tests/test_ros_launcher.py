@@ -1,0 +1,178 @@
+"""The stack plan, the ROS 2 launch file built on it, and `gato-ros launch` as a process supervisor."""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from gato_ros.config import load_config
+from gato_ros.ros.launcher import NodeSpec, isolated_domain_id, launch_overrides, stack_plan
+from gato_ros.ros.runtime import hydra_overrides
+from gato_ros.tools.launch import EpisodeLog, parse_args, wilson_interval
+
+ROOT = Path(__file__).resolve().parents[1]
+LAUNCH_FILE = ROOT / "launch" / "stacking.launch.py"
+
+
+def plan(sim: bool, *extra: str) -> list[NodeSpec]:
+    overrides = launch_overrides(sim, "/ckpt", "cpu", list(extra))
+    return stack_plan(load_config(overrides), sim, overrides)
+
+
+def console_scripts() -> dict[str, str]:
+    """name -> module:function of setup.py's console_scripts."""
+    text = (ROOT / "setup.py").read_text()
+    return dict(re.findall(r'"([\w-]+) = ([\w.]+:\w+)"', text))
+
+
+def test_sim_plan_is_twin_policy_command_with_sim_time() -> None:
+    nodes = plan(True)
+    assert [n.name for n in nodes] == ["twin", "policy", "command_node"]
+    scripts = console_scripts()
+    for node in nodes:
+        assert importlib.util.find_spec(node.module) is not None, node.module
+        assert scripts[node.executable] == f"{node.module}:main"  # what launch_ros runs
+        assert "ros.use_sim_time=true" in node.args and "safety.start_enabled=true" in node.args
+        assert "policy.checkpoint=/ckpt" in node.args and "policy.device=cpu" in node.args
+
+
+def test_expert_plan_has_no_policy_node() -> None:
+    assert [n.name for n in plan(True, "ros.twin.action_source=expert")] == ["twin", "command_node"]
+
+
+def test_real_plan_is_one_camera_per_policy_camera_and_never_enabled() -> None:
+    cfg = load_config()
+    nodes = plan(False)
+    cameras = [f"camera_{c}" for c in cfg.cameras.policy_cameras]
+    assert [n.name for n in nodes] == [*cameras, "policy", "command_node"]
+    for node, camera in zip(nodes, cfg.cameras.policy_cameras, strict=False):
+        assert f"ros.camera.name={camera}" in node.args
+    for node in nodes:
+        assert "ros.use_sim_time=false" in node.args
+        assert not any(a.startswith("safety.start_enabled") for a in node.args)  # a real arm waits
+
+
+def test_node_command_line_round_trips_through_the_runtime() -> None:
+    node = plan(True, "control.rate_hz=10")[0]
+    command = node.command(python="python")
+    assert command[:3] == ["python", "-m", node.module]
+    assert command[-3:] == ["--ros-args", "-r", f"__node:={node.name}"]
+    overrides = hydra_overrides(["prog", *command[3:]])
+    assert overrides == list(node.args)
+    assert load_config(overrides).control.rate_hz == 10
+    with pytest.raises(ValueError):
+        hydra_overrides(["prog", "not-an-override"])
+
+
+def test_launch_file_declares_the_arguments_and_builds_nodes_from_stack_plan() -> None:
+    tree = ast.parse(LAUNCH_FILE.read_text())
+    imported = {
+        alias.name
+        for n in ast.walk(tree)
+        if isinstance(n, ast.ImportFrom) and n.module == "gato_ros.ros.launcher"
+        for alias in n.names
+    }
+    assert {"stack_plan", "launch_overrides"} <= imported
+    calls = {n.func.id for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
+    assert {"stack_plan", "launch_overrides", "Node", "DeclareLaunchArgument"} <= calls
+    declared = {
+        n.args[0].value
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "DeclareLaunchArgument"
+    }
+    assert declared == {"sim", "checkpoint", "device", "overrides"}
+    functions = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+    assert "generate_launch_description" in functions
+
+
+def test_launch_arguments_parse() -> None:
+    args, launch_args, overrides = parse_args(
+        ["stacking", "sim:=false", "checkpoint:=/c", "control.rate_hz=10", "--episodes", "3"]
+    )
+    assert (args.stack, args.episodes) == ("stacking", 3)
+    assert launch_args == {"sim": "false", "checkpoint": "/c"}
+    assert overrides == ["control.rate_hz=10"]
+    with pytest.raises(SystemExit):
+        parse_args(["stacking", "speed:=11"])
+
+
+def test_wilson_interval_and_episode_log() -> None:
+    low, high = wilson_interval(0, 10)
+    assert low == 0.0 and high == pytest.approx(0.2775, abs=1e-3)
+    low, high = wilson_interval(5, 10)
+    assert (low, high) == pytest.approx((0.2366, 0.7634), abs=1e-3)
+    log = EpisodeLog()
+    assert log.add({"episode": 0, "done": False}) is None
+    assert log.add({"episode": 0, "done": True, "success": True, "seed": 0}) is not None
+    assert log.add({"episode": 0, "done": True, "success": True, "seed": 0}) is None  # reported once
+    log.add({"episode": 1, "done": True, "success": False, "seed": 1})
+    assert log.count() == 2 and log.summary().startswith("stacked 1/2 episodes = 50%")
+
+
+def run_launcher(*args: str) -> subprocess.Popen:
+    env = dict(os.environ, ROS_DOMAIN_ID=str(isolated_domain_id()), PYTHONUNBUFFERED="1")
+    return subprocess.Popen(
+        [sys.executable, "-m", "gato_ros.cli", "launch", "stacking", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=ROOT,
+    )
+
+
+def started_pids(lines: list[str]) -> dict[str, int]:
+    return {m[1]: int(m[2]) for line in lines if (m := re.search(r"started (\S+) \(pid (\d+)\)", line))}
+
+
+def assert_gone(pids: dict[str, int]) -> None:
+    for name, pid in pids.items():
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+            pytest.fail(f"{name} (pid {pid}) still runs")
+
+
+@pytest.mark.slow
+def test_launcher_stops_the_stack_when_a_node_dies() -> None:
+    # no checkpoint: the policy node refuses to start; the launcher must stop twin and command node
+    launcher = run_launcher("sim:=true")
+    out, _ = launcher.communicate(timeout=180)
+    lines = out.splitlines()
+    assert launcher.returncode != 0, out
+    assert any("policy exited with code 1; stopping the stack" in line for line in lines), out
+    assert any("policy.checkpoint is not set" in line for line in lines), out
+    pids = started_pids(lines)
+    assert set(pids) == {"twin", "policy", "command_node"}
+    assert_gone(pids)
+
+
+@pytest.mark.slow
+def test_launcher_forwards_ctrl_c_and_every_node_exits_cleanly() -> None:
+    launcher = run_launcher("sim:=true", "ros.twin.action_source=expert")
+    lines: list[str] = []
+    assert launcher.stdout is not None
+    deadline = time.monotonic() + 120
+    up = {"twin": "[twin]", "command_node": "command node up"}
+    seen: set[str] = set()
+    while time.monotonic() < deadline and seen != set(up):
+        line = launcher.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        seen |= {name for name, text in up.items() if text in line and "[INFO]" in line}
+    assert seen == set(up), "".join(lines)
+    launcher.send_signal(signal.SIGINT)
+    out, _ = launcher.communicate(timeout=60)
+    lines += out.splitlines()
+    assert launcher.returncode == 0, "".join(lines)
+    assert any("interrupted; stopping the stack" in line for line in lines)
+    assert_gone(started_pids(lines))

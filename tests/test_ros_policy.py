@@ -1,0 +1,194 @@
+"""Policy node: acts only on fresh, synchronized observations; its observation matches the twin's."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rclpy
+from rclpy.executors import SingleThreadedExecutor
+from rosgraph_msgs.msg import Clock
+from std_msgs.msg import String
+
+from gato_ros.config import load_config
+from gato_ros.control.kinematics import ArmKinematics
+from gato_ros.gato.checkpoint import save_checkpoint
+from gato_ros.gato.model import build_model
+from gato_ros.ros import contract
+from gato_ros.ros.launcher import isolated_domain_id, ros_domain
+from gato_ros.ros.messages import image_msg, joint_state_msg, time_msg
+from gato_ros.ros.policy_node import ObservationAssembler, PolicyNode, fit_image
+
+T0 = 100.0  # sim time at the start of the test
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    cfg = load_config()
+    model = build_model(cfg)
+    return save_checkpoint(tmp_path_factory.mktemp("policy") / "random_tiny", model, cfg)
+
+
+@pytest.fixture
+def ros_context():
+    with ros_domain(isolated_domain_id()):
+        rclpy.init()
+        yield
+        rclpy.shutdown()
+
+
+class FakeCell:
+    """Publishes clock, joint states and camera images with chosen stamps; records the policy's output."""
+
+    def __init__(self, cfg) -> None:
+        self.cfg = cfg
+        self.node = rclpy.create_node("policy_test_cell")
+        self.cameras = list(cfg.cameras.policy_cameras)
+
+        def pub(topic):
+            return self.node.create_publisher(topic.msg_type, topic.name, topic.qos.profile())
+
+        self.clock = pub(contract.CLOCK)
+        self.joints = pub(contract.JOINT_STATES)
+        self.status = pub(contract.EPISODE_STATUS)
+        self.images = {c: pub(contract.camera_image(c)) for c in self.cameras}
+        self.actions, self.tokens, self.latencies = [], [], []
+        for topic, store in (
+            (contract.ACTION, self.actions),
+            (contract.ACTION_TOKENS, self.tokens),
+            (contract.POLICY_LATENCY, self.latencies),
+        ):
+            self.node.create_subscription(topic.msg_type, topic.name, store.append, topic.qos.profile())
+        self.rng = np.random.default_rng(0)
+
+    def publish(self, now: float, image_stamp: float, joint_stamp: float) -> None:
+        q = np.asarray(self.cfg.robot.nominal_posture)
+        self.joints.publish(
+            joint_state_msg(
+                [*self.cfg.robot.joint_names, self.cfg.robot.gripper.joint_name],
+                [*q, 0.4],
+                [0.0] * 8,
+                time_msg(joint_stamp),
+            )
+        )
+        for camera, publisher in self.images.items():
+            pixels = self.rng.integers(0, 256, (96, 160, 3), dtype=np.uint8)  # resized by the node
+            publisher.publish(image_msg(pixels, time_msg(image_stamp), contract.camera_optical_frame(camera)))
+        self.clock.publish(Clock(clock=time_msg(now)))
+
+
+def spin_for(executor, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        executor.spin_once(timeout_sec=0.01)
+
+
+def run_ticks(
+    executor, cell: FakeCell, start: float, ticks: int, image_lag: float, joint_lag: float
+) -> float:
+    period = 1.0 / cell.cfg.control.rate_hz
+    now = start
+    for _ in range(ticks):
+        now += period
+        cell.publish(now, now - image_lag, now - joint_lag)
+        spin_for(executor, 0.06)
+    return now
+
+
+def test_policy_node_acts_only_on_fresh_synchronized_observations(ros_context, checkpoint: Path) -> None:
+    overrides = ["ros.use_sim_time=true", f"policy.checkpoint={checkpoint}", "policy.device=auto"]
+    # an age limit well above the skew limit, so each check below is tested on its own (with lags of
+    # whole periods: sensor messages of one tick may arrive around the clock of the previous one)
+    cfg = load_config([*overrides, "policy.max_observation_age_s=0.5", "policy.max_observation_skew_s=0.1"])
+    policy = PolicyNode(cfg)
+    cell = FakeCell(cfg)
+    executor = SingleThreadedExecutor()
+    executor.add_node(policy)
+    executor.add_node(cell.node)
+    try:
+        deadline = time.monotonic() + 10
+        while cell.clock.get_subscription_count() == 0 and time.monotonic() < deadline:
+            executor.spin_once(timeout_sec=0.05)
+        max_age = cfg.policy.max_observation_age_s
+        max_skew = cfg.policy.max_observation_skew_s
+        period = 1.0 / cfg.control.rate_hz
+
+        # stale: every part older than the allowed age -> no action at all
+        now = run_ticks(executor, cell, T0, 6, image_lag=max_age + 2 * period, joint_lag=max_age + 2 * period)
+        assert cell.actions == []
+        # unsynchronized: fresh enough, but images and joints stamped too far apart
+        now = run_ticks(executor, cell, now, 6, image_lag=max_skew + 2 * period, joint_lag=0.0)
+        assert cell.actions == []
+        # fresh and synchronized -> one action per control period
+        now = run_ticks(executor, cell, now, 6, image_lag=0.0, joint_lag=0.0)
+        spin_for(executor, 0.2)
+        assert 4 <= len(cell.actions) <= 7
+        low, high = np.asarray(cfg.control.action_low), np.asarray(cfg.control.action_high)
+        for msg in cell.actions:
+            action = np.asarray(msg.data)
+            assert action.shape == (5,) and np.all(action >= low) and np.all(action <= high)
+        value_low = cfg.tokenizer.text_vocab_size
+        for msg in cell.tokens:
+            assert len(msg.data) == 5 and all(
+                value_low <= t < value_low + cfg.tokenizer.num_bins for t in msg.data
+            )
+        assert cell.latencies and all(0.0 <= m.data < 5.0 for m in cell.latencies)
+
+        # data stops (e.g. a camera dies): nothing new -> the policy stops acting (the first clock tick
+        # may still act on the last data, if a busy executor merged two timer periods into one)
+        count = None
+        for tick in range(6):
+            now += period
+            cell.clock.publish(Clock(clock=time_msg(now)))
+            spin_for(executor, 0.06)
+            if tick == 1:
+                count = len(cell.actions)
+        assert len(cell.actions) == count
+
+        # a new episode on the twin's status clears the cache (and the node keeps acting afterwards)
+        cell.status.publish(String(data='{"episode": 0}'))
+        spin_for(executor, 0.1)
+        cell.status.publish(String(data='{"episode": 1}'))
+        spin_for(executor, 0.1)
+        assert policy.decoder.history().tokens.size == 0
+        run_ticks(executor, cell, now, 3, image_lag=0.0, joint_lag=0.0)
+        assert len(cell.actions) > count
+    finally:
+        executor.shutdown()
+        policy.destroy_node()
+        cell.node.destroy_node()
+
+
+def test_observation_matches_the_twin() -> None:
+    """The policy's observation built from joint states equals the twin's own for the same state."""
+    from gato_ros.twin.env import StackingTwin
+
+    cfg = load_config()
+    twin = StackingTwin(cfg, render=False)
+    try:
+        obs = twin.reset(seed=3)
+        assembler = ObservationAssembler(cfg, [], ArmKinematics(cfg.robot))
+        low, high = cfg.robot.gripper.driver_range
+        gripper_rad = (
+            low + (high - low) * float(obs["gripper/joints/angle"][0]) / cfg.robot.gripper.command_range[1]
+        )
+        assembler.add_joints(twin.joint_positions(), gripper_rad, stamp_s=1.0, received_s=0.0)
+        mine = assembler.assemble(now_s=1.0)
+        assert not isinstance(mine, str), mine
+        for key in ("gripper/joints/angle", "sawyer/joints/angle", "sawyer/pinch/pose", "sawyer/tcp/pose"):
+            np.testing.assert_allclose(mine.values[key], obs[key], atol=1e-4, err_msg=key)
+        # the same stamp is not acted on twice
+        assert assembler.assemble(now_s=1.0).startswith("no new observation since the last action")
+        assembler.add_joints(twin.joint_positions(), gripper_rad, stamp_s=1.05, received_s=0.05)
+        assert not isinstance(assembler.assemble(now_s=1.05), str)
+    finally:
+        twin.close()
+
+
+def test_fit_image_crops_to_aspect_then_resizes() -> None:
+    wide = np.zeros((480, 640, 3), np.uint8)
+    wide[:, 80:560] = 255  # the centred square
+    out = fit_image(wide, 128, 128)
+    assert out.shape == (128, 128, 3) and out.min() == 255
