@@ -78,19 +78,19 @@ def config_from_argv(argv: Sequence[str] | None = None) -> DictConfig:
     return load_config(hydra_overrides(argv))
 
 
-def sim_time_parameters(cfg: DictConfig) -> list[Parameter]:
-    """The `use_sim_time` parameter every node but the twin gets from ``ros.use_sim_time``."""
-    return [Parameter("use_sim_time", Parameter.Type.BOOL, bool(cfg.ros.use_sim_time))]
-
-
 class GatoNode(Node):
     """A node of the stack: holds the composed config and creates its endpoints from the contract."""
 
     def __init__(
         self, name: str, cfg: DictConfig, *, use_sim_time: bool | None = None, **kwargs: Any
     ) -> None:
-        sim_time = bool(cfg.ros.use_sim_time) if use_sim_time is None else use_sim_time
-        overrides = [Parameter("use_sim_time", Parameter.Type.BOOL, sim_time)]
+        # An explicit choice (the twin: always wall time) or ros.use_sim_time=true wins; otherwise the
+        # parameter is left to rclpy's default, so `--ros-args -p use_sim_time:=true` still works.
+        if use_sim_time is None and bool(cfg.ros.use_sim_time):
+            use_sim_time = True
+        overrides = (
+            [] if use_sim_time is None else [Parameter("use_sim_time", Parameter.Type.BOOL, use_sim_time)]
+        )
         super().__init__(name, parameter_overrides=overrides, **kwargs)
         self.cfg = cfg
         self.exit_code: int | None = None

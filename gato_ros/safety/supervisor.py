@@ -63,6 +63,9 @@ class SafeCommand:
     ramp_scale: float = 0.0
 
 
+STALE_TOLERANCE_S = 1e-9
+
+
 class SafetySupervisor:
     """Watchdog, e-stop latch, enable state and ramp-in; every output goes through the `CommandLimiter`."""
 
@@ -111,7 +114,8 @@ class SafetySupervisor:
     # -- control tick ------------------------------------------------------------------------------
     def is_stale(self, stamp: float, now: float) -> bool:
         age = now - stamp
-        return not (0.0 <= age <= self.limits.stale_after_seconds)
+        # 1 ns of slack: an input exactly `stale_after_periods` old must not flip on float rounding.
+        return not (0.0 <= age <= self.limits.stale_after_seconds + STALE_TOLERANCE_S)
 
     def ramp_scale(self, now: float) -> float:
         if self.ramp_start is None:
