@@ -1,0 +1,135 @@
+"""Twin speed and scripted-expert success, measured (not asserted).
+
+    .venv/bin/python benchmarks/twin.py                       # speed + 50 episodes per triplet, 2 workers
+    .venv/bin/python benchmarks/twin.py --episodes 5          # quick
+    .venv/bin/python benchmarks/twin.py --skip-speed --triplets 3 --episodes 100 twin.expert.max_attempts=5
+
+Speed: simulated seconds per wall-clock second of `StackingTwin.step` while the expert works (contacts,
+grasps), with and without rendering both policy cameras. Success: the benchmark's detector, seeds
+0..episodes-1 per triplet, with a Wilson 95 % interval. Trailing key=value arguments are hydra overrides.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import multiprocessing as mp
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from gato_ros.config import load_config
+from gato_ros.twin import ScriptedExpert, StackingTwin
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def measure_speed(overrides: list[str], render: bool, steps: int, seed: int) -> float:
+    """Simulated seconds per wall second of twin.step (expert actions; resets excluded)."""
+    cfg = load_config(overrides)
+    expert = ScriptedExpert(cfg)
+    with StackingTwin(cfg, render=render) as twin:
+        twin.reset(seed=seed)
+        expert.reset()
+        twin.step([0.0] * 5)  # first render creates the GL context: not part of the rate
+        wall, simulated = 0.0, 0.0
+        for _ in range(steps):
+            action = expert.act(twin)
+            start = time.perf_counter()
+            result = twin.step(action)
+            wall += time.perf_counter() - start
+            simulated += twin.control_period
+            if result.done:
+                seed += 1
+                twin.reset(seed=seed)
+                expert.reset()
+    return simulated / wall
+
+
+def run_episode(job: tuple[list[str], str, int]) -> dict:
+    overrides, triplet, seed = job
+    cfg = load_config([*overrides, f"twin.triplet={triplet}", "twin.render=false"])
+    expert = ScriptedExpert(cfg)
+    start = time.perf_counter()
+    with StackingTwin(cfg) as twin:
+        twin.reset(seed=seed)
+        expert.reset()
+        result = None
+        for _ in range(twin.max_steps):
+            result = twin.step(expert.act(twin))
+            if result.done:
+                break
+    return {
+        "triplet": triplet,
+        "seed": seed,
+        "success": bool(result.success),
+        "seconds": twin.time,
+        "attempts": min(expert.attempts, int(cfg.twin.expert.max_attempts)),
+        "unstable": bool(result.info["physics_unstable"]),
+        "wall": time.perf_counter() - start,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--episodes", type=int, default=50, help="seeded episodes per triplet")
+    parser.add_argument("--triplets", default="1,2,3,4,5")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--speed-steps", type=int, default=400, help="control steps per speed measurement")
+    parser.add_argument("--skip-speed", action="store_true")
+    parser.add_argument("--skip-expert", action="store_true")
+    args, overrides = parser.parse_known_args(argv)
+    print(f"cpu cores visible: {os.cpu_count()}  (other processes may share them)")
+
+    if not args.skip_speed:
+        for render in (False, True):
+            rate = measure_speed(overrides, render, args.speed_steps, seed=0)
+            label = "with both policy cameras rendered" if render else "physics + controller, no rendering"
+            print(f"twin speed, {label}: {rate:.2f} simulated s per wall s")
+
+    if not args.skip_expert:
+        triplets = [t.strip() for t in args.triplets.split(",") if t.strip()]
+        jobs = [(overrides, t, seed) for t in triplets for seed in range(args.episodes)]
+        start = time.perf_counter()
+        with mp.get_context("spawn").Pool(args.workers) as pool:
+            results = pool.map(run_episode, jobs, chunksize=1)
+        wall = time.perf_counter() - start
+        print(
+            f"scripted expert, seeds 0..{args.episodes - 1} per triplet "
+            f"({args.workers} workers, {wall:.0f} s):"
+        )
+        total = 0
+        for triplet in triplets:
+            rows = [r for r in results if r["triplet"] == triplet]
+            wins = sum(r["success"] for r in rows)
+            total += wins
+            low, high = wilson_interval(wins, len(rows))
+            mean_time = sum(r["seconds"] for r in rows if r["success"]) / max(wins, 1)
+            unstable = sum(r["unstable"] for r in rows)
+            failed = [r["seed"] for r in rows if not r["success"]]
+            print(
+                f"  triplet {triplet}: {wins}/{len(rows)} = {100 * wins / len(rows):.1f} % "
+                f"(95 % CI {100 * low:.1f}-{100 * high:.1f}), mean time to success {mean_time:.1f} s, "
+                f"unstable {unstable}, failed seeds {failed[:12]}{' ...' if len(failed) > 12 else ''}"
+            )
+        n = len(results)
+        low, high = wilson_interval(total, n)
+        print(f"  all: {total}/{n} = {100 * total / n:.1f} % (95 % CI {100 * low:.1f}-{100 * high:.1f})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

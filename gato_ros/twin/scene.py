@@ -1,0 +1,317 @@
+"""Build the twin's MuJoCo model with `mujoco.MjSpec`: cell, basket, Sawyer + gripper, RGB objects, cameras.
+
+Collision filtering is what makes the twin fast: three contype/conaffinity classes (static cell, objects,
+robot) so that the robot never collides with itself (it cannot within the workspace) and the cell never
+collides with itself; robot links collide through fitted primitives, not their visual meshes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import mujoco
+import numpy as np
+import yaml
+from omegaconf import DictConfig
+
+from gato_ros.control.arm_model import (
+    ARM_JOINTS,
+    GRIPPER_DRIVER_JOINTS,
+    GRIPPER_PREFIX,
+    WRIST_SENSOR_PREFIX,
+    build_arm_spec,
+)
+from gato_ros.paths import calibration_dir, sim_dir
+from gato_ros.twin.assets import COLORS, mesh_path
+
+# contype/conaffinity bits: static cell, free objects, robot.
+STATIC, OBJECT, ROBOT = 1, 2, 4
+VISUAL_GROUP, COLLISION_GROUP = 1, 3  # group 3 is hidden by default in renders
+# Visual geoms the policy cameras never see (robot base, head, first link): the twin's renderer skips
+# this group, which saves a third of the triangles a frame costs.
+OUT_OF_VIEW_GROUP = 2
+ARM_ROOT_BODY = "arm_base_link"
+SUPPORT_GEOMS = ("ground", "basket_floor")
+# Sawyer links near the basket: they collide through capsules fitted to their meshes.
+ARM_COLLISION_LINKS = ("l3", "l4", "l5", "l6")
+# Gripper parts that collide, through primitives fitted to their meshes: the finger pads as boxes (flat
+# contact faces hold objects stably), the base and the wrist sensor as capsules.
+GRIPPER_PADS = ("left_pad", "right_pad")
+FITTED_GRIPPER_PARTS = {
+    GRIPPER_PREFIX + "left_pad": mujoco.mjtGeom.mjGEOM_BOX,
+    GRIPPER_PREFIX + "right_pad": mujoco.mjtGeom.mjGEOM_BOX,
+    GRIPPER_PREFIX + "base": mujoco.mjtGeom.mjGEOM_CAPSULE,
+    WRIST_SENSOR_PREFIX + "fts300_body": mujoco.mjtGeom.mjGEOM_CAPSULE,
+}
+
+
+@dataclass(frozen=True)
+class SceneIndex:
+    """Ids resolved once after compiling, so stepping and observing never look names up."""
+
+    arm_qpos: np.ndarray
+    arm_dof: np.ndarray
+    arm_actuators: np.ndarray
+    gripper_actuator: int
+    gripper_driver_qpos: int
+    object_bodies: tuple[int, int, int]  # red, green, blue
+    object_qpos: tuple[int, int, int]
+    object_dof: tuple[int, int, int]
+    object_geoms: tuple[frozenset[int], frozenset[int], frozenset[int]]
+    support_geoms: frozenset[int]
+    robot_geoms: frozenset[int]
+    cameras: dict[str, int]
+
+    @classmethod
+    def resolve(cls, model: mujoco.MjModel) -> SceneIndex:
+        arm_joints = [model.joint(name) for name in ARM_JOINTS]
+        bodies = tuple(model.body(color).id for color in COLORS)
+        freejoints = [model.body_jntadr[b] for b in bodies]
+        robot_root = model.body(ARM_ROOT_BODY).id
+        geom_body = model.geom_bodyid
+        return cls(
+            arm_qpos=np.array([j.qposadr[0] for j in arm_joints]),
+            arm_dof=np.array([j.dofadr[0] for j in arm_joints]),
+            arm_actuators=np.array([model.actuator(f"sawyer/{name}").id for name in ARM_JOINTS]),
+            gripper_actuator=model.actuator(GRIPPER_PREFIX + "fingers_actuator").id,
+            gripper_driver_qpos=int(model.joint(GRIPPER_DRIVER_JOINTS[0]).qposadr[0]),
+            object_bodies=bodies,  # type: ignore[arg-type]
+            object_qpos=tuple(int(model.jnt_qposadr[j]) for j in freejoints),  # type: ignore[arg-type]
+            object_dof=tuple(int(model.jnt_dofadr[j]) for j in freejoints),  # type: ignore[arg-type]
+            object_geoms=tuple(  # type: ignore[arg-type]
+                frozenset(np.flatnonzero(geom_body == b).tolist()) for b in bodies
+            ),
+            support_geoms=frozenset(model.geom(name).id for name in SUPPORT_GEOMS),
+            robot_geoms=frozenset(np.flatnonzero(model.body_rootid[geom_body] == robot_root).tolist()),
+            cameras={model.camera(i).name: i for i in range(model.ncam)},
+        )
+
+
+def body_vertices(model: mujoco.MjModel, body: int) -> np.ndarray:
+    """Vertices of a body's mesh geoms expressed in the body frame (object geometry for the expert/resets)."""
+    parts = []
+    for geom in np.flatnonzero(model.geom_bodyid == body):
+        mesh = model.geom_dataid[geom]
+        if model.geom_type[geom] != mujoco.mjtGeom.mjGEOM_MESH or mesh < 0:
+            continue
+        start, count = model.mesh_vertadr[mesh], model.mesh_vertnum[mesh]
+        rotation = np.empty(9)
+        mujoco.mju_quat2Mat(rotation, model.geom_quat[geom])
+        parts.append(model.mesh_vert[start : start + count] @ rotation.reshape(3, 3).T + model.geom_pos[geom])
+    return np.vstack(parts)
+
+
+def load_calibration(cameras_cfg: DictConfig) -> dict:
+    path = calibration_dir() / str(cameras_cfg.calibration_file)
+    return yaml.safe_load(path.read_text())
+
+
+def load_basket(twin_cfg: DictConfig) -> dict:
+    return yaml.safe_load((sim_dir() / str(twin_cfg.basket_file)).read_text())
+
+
+def _quat_from_matrix(rotation: np.ndarray) -> list[float]:
+    quat = np.empty(4)
+    mujoco.mju_mat2Quat(quat, np.ascontiguousarray(rotation).reshape(9))
+    return quat.tolist()
+
+
+def _set_collision(geom: mujoco.MjsGeom, contype: int, conaffinity: int) -> None:
+    geom.contype, geom.conaffinity = contype, conaffinity
+
+
+def _add_basket(world: mujoco.MjsBody, basket: dict) -> None:
+    """Floor slab and four sloped walls rising outward from the floor edges (plus the ground plane)."""
+    origin = np.asarray(basket["position"], dtype=float)
+    ground = world.add_geom(name="ground", type=mujoco.mjtGeom.mjGEOM_PLANE, size=[2.0, 2.0, 0.05])
+    ground.rgba = basket["ground_rgba"]
+    _set_collision(ground, STATIC, 0)
+    half = np.asarray(basket["floor"]["half_size"], dtype=float)
+    thickness = float(basket["floor"]["thickness"])
+    floor = world.add_geom(
+        name="basket_floor",
+        type=mujoco.mjtGeom.mjGEOM_BOX,
+        size=[half[0], half[1], thickness / 2],
+        pos=(origin - [0.0, 0.0, thickness / 2]).tolist(),
+    )
+    floor.rgba = basket["floor_rgba"]
+    _set_collision(floor, STATIC, 0)
+    walls = basket["walls"]
+    slope = np.deg2rad(float(walls["slope_deg"]))
+    up = np.array([0.0, 0.0, 1.0])
+    for index, outward in enumerate(([1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0])):
+        outward = np.asarray(outward, dtype=float)
+        edge_distance = float(half[0] if outward[0] else half[1])
+        along = np.cos(slope) * outward + np.sin(slope) * up  # up the slope
+        normal = -np.sin(slope) * outward + np.cos(slope) * up  # into the basket
+        side = np.cross(normal, along)
+        top_centre = origin + edge_distance * outward + 0.5 * float(walls["length"]) * along
+        centre = top_centre - 0.5 * float(walls["thickness"]) * normal
+        wall = world.add_geom(
+            name=f"basket_wall_{index}",
+            type=mujoco.mjtGeom.mjGEOM_BOX,
+            size=[0.5 * float(walls["length"]), float(walls["half_width"]), 0.5 * float(walls["thickness"])],
+            pos=centre.tolist(),
+            quat=_quat_from_matrix(np.column_stack([along, side, normal])),
+        )
+        wall.rgba = basket["rgba"]
+        _set_collision(wall, STATIC, 0)
+
+
+def _configure_robot(spec: mujoco.MjSpec, cfg: DictConfig) -> None:
+    """Dynamics, actuators, gravity compensation and collision geometry of the arm and gripper."""
+    twin, robot = cfg.twin, cfg.robot
+    dynamics = twin.arm_joint_dynamics
+    for i, name in enumerate(ARM_JOINTS):
+        joint = spec.joint(name)
+        joint.armature = float(dynamics.armature[i])
+        joint.damping = float(dynamics.damping[i])
+        joint.frictionloss = float(dynamics.frictionloss[i])
+        joint.range = [float(robot.joint_min[i]), float(robot.joint_max[i])]
+        joint.limited = mujoco.mjtLimited.mjLIMITED_TRUE
+        # Integrated velocity: ctrl is a joint velocity, act its integral (the position target, kept
+        # within the joint limits), force = kp (act - q) - kv qdot, limited to the joint's torque.
+        actuator = spec.add_actuator(name=f"sawyer/{name}", target=name)
+        actuator.trntype = mujoco.mjtTrn.mjTRN_JOINT
+        actuator.dyntype = mujoco.mjtDyn.mjDYN_INTEGRATOR
+        actuator.gaintype = mujoco.mjtGain.mjGAIN_FIXED
+        actuator.biastype = mujoco.mjtBias.mjBIAS_AFFINE
+        actuator.gainprm[0] = float(robot.position_kp)
+        actuator.biasprm[:3] = [0.0, -float(robot.position_kp), -float(robot.position_kv)]
+        actuator.ctrllimited = actuator.forcelimited = actuator.actlimited = mujoco.mjtLimited.mjLIMITED_TRUE
+        actuator.ctrlrange = [-float(robot.velocity_limit[i]), float(robot.velocity_limit[i])]
+        actuator.forcerange = [-float(robot.torque_limit[i]), float(robot.torque_limit[i])]
+        actuator.actrange = [float(robot.joint_min[i]), float(robot.joint_max[i])]
+
+    gripper = twin.gripper
+    fingers = spec.actuator(GRIPPER_PREFIX + "fingers_actuator")
+    command = [float(v) for v in robot.gripper.command_range]
+    fingers.dyntype = mujoco.mjtDyn.mjDYN_INTEGRATOR
+    fingers.ctrlrange = command
+    fingers.actlimited = mujoco.mjtLimited.mjLIMITED_TRUE
+    fingers.actrange = [0.0, command[1]]
+    fingers.gainprm[:3] = [float(gripper.command_gain), 0.0, 0.0]
+    fingers.biasprm[:3] = [0.0, -float(gripper.position_kp), 0.0]
+    fingers.forcerange = [-float(gripper.force_limit), float(gripper.force_limit)]
+    for name in GRIPPER_DRIVER_JOINTS:
+        spec.joint(name).armature = float(gripper.driver_armature)
+        spec.joint(name).damping = float(gripper.driver_damping)
+    for side in ("left", "right"):
+        spec.joint(f"{GRIPPER_PREFIX}{side}_spring_link_joint").stiffness = float(
+            gripper.spring_link_stiffness
+        )
+
+    root = spec.body(ARM_ROOT_BODY)
+    gravity_compensation = 1.0 if twin.physics.gravity_compensation else 0.0
+    pads = {GRIPPER_PREFIX + part for part in GRIPPER_PADS}
+    fitted = {**{link: mujoco.mjtGeom.mjGEOM_CAPSULE for link in ARM_COLLISION_LINKS}, **FITTED_GRIPPER_PARTS}
+    simplified = {str(name): str(kind) for name, kind in twin.visual_primitives.items()}
+    out_of_view = {str(name) for name in twin.rendering.out_of_view_geoms}
+    for body in [root, *root.find_all(mujoco.mjtObj.mjOBJ_BODY)]:
+        body.gravcomp = gravity_compensation
+        for geom in body.geoms:  # every mesh is visual only; collisions go through fitted primitives
+            _set_collision(geom, 0, 0)
+            geom.group = VISUAL_GROUP
+            if geom.name in simplified:  # a primitive fitted to a very dense mesh renders ~free
+                geom.type = getattr(mujoco.mjtGeom, f"mjGEOM_{simplified[geom.name].upper()}")
+            if geom.name in out_of_view:
+                geom.group = OUT_OF_VIEW_GROUP
+        if body.name in fitted:
+            mesh_geom = body.first_geom()
+            collider = body.add_geom(
+                name=f"{body.name}_collision",
+                type=fitted[body.name],
+                meshname=mesh_geom.meshname,
+                pos=list(mesh_geom.pos),
+                quat=list(mesh_geom.quat),
+                group=COLLISION_GROUP,
+            )
+            collider.mass = 0.0
+            _set_collision(collider, ROBOT, STATIC)
+            if body.name in pads:
+                collider.friction = [float(v) for v in gripper.pad_friction]
+                collider.condim = int(gripper.pad_condim)
+                collider.solimp = [float(v) for v in gripper.pad_solimp]
+                collider.solref = [float(v) for v in gripper.pad_solref]
+
+
+def _add_objects(spec: mujoco.MjSpec, cfg: DictConfig, object_ids: tuple[str, str, str]) -> None:
+    twin = cfg.twin
+    for color, object_id in zip(COLORS, object_ids, strict=True):
+        spec.add_mesh(name=f"{color}_mesh", file=str(mesh_path(object_id)))
+        body = spec.worldbody.add_body(name=color, pos=[0.0, 0.0, 0.0])
+        body.add_freejoint(name=f"{color}/free")
+        geom = body.add_geom(
+            name=f"{color}/{object_id}",
+            type=mujoco.mjtGeom.mjGEOM_MESH,
+            meshname=f"{color}_mesh",
+            rgba=[float(v) for v in twin.object_colors[color]],
+        )
+        geom.mass = float(twin.object_mass)
+        geom.friction = [float(v) for v in twin.object_friction]
+        geom.condim = int(twin.object_condim)
+        _set_collision(geom, OBJECT, STATIC | OBJECT | ROBOT)
+
+
+def _add_cameras_and_lights(spec: mujoco.MjSpec, cfg: DictConfig) -> None:
+    calibration = load_calibration(cfg.cameras)
+    for name, camera in calibration["cameras"].items():
+        spec.worldbody.add_camera(
+            name=name,
+            pos=[float(v) for v in camera["position"]],
+            quat=[float(v) for v in camera["quaternion_wxyz"]],
+            fovy=float(camera["fovy_deg"]),
+        )
+    rendering = cfg.twin.rendering
+    for name, light in rendering.lights.items():
+        added = spec.worldbody.add_light(
+            name=str(name),
+            pos=[float(v) for v in light.pos],
+            dir=[float(v) for v in light.dir],
+            type=mujoco.mjtLightType.mjLIGHT_DIRECTIONAL,
+            diffuse=[float(light.diffuse)] * 3,
+        )
+        added.castshadow = bool(rendering.shadows)
+    headlight = spec.visual.headlight
+    headlight.ambient = [float(rendering.headlight_ambient)] * 3
+    headlight.diffuse = [float(rendering.headlight_diffuse)] * 3
+
+
+def _set_physics(spec: mujoco.MjSpec, physics: DictConfig) -> None:
+    option = spec.option
+    option.timestep = float(physics.timestep)
+    option.integrator = getattr(mujoco.mjtIntegrator, f"mjINT_{str(physics.integrator).upper()}")
+    option.solver = getattr(mujoco.mjtSolver, f"mjSOL_{str(physics.solver).upper()}")
+    option.cone = getattr(mujoco.mjtCone, f"mjCONE_{str(physics.cone).upper()}")
+    option.iterations = int(physics.iterations)
+    option.ls_iterations = int(physics.ls_iterations)
+    option.tolerance = float(physics.tolerance)
+    option.impratio = float(physics.impratio)
+    option.noslip_iterations = int(physics.noslip_iterations)
+    if physics.multiccd:  # several contact points per convex mesh pair: flat faces rest stably
+        option.enableflags |= mujoco.mjtEnableBit.mjENBL_MULTICCD
+    if not physics.sensors:  # the wheel's F/T and joint-torque sensors; nothing in the twin reads them
+        option.disableflags |= mujoco.mjtDisableBit.mjDSBL_SENSOR
+    if physics.islands:  # solve independent bodies apart: resting objects do not inherit arm residuals
+        option.enableflags |= mujoco.mjtEnableBit.mjENBL_ISLAND
+
+
+def build_scene_spec(cfg: DictConfig, object_ids: tuple[str, str, str]) -> mujoco.MjSpec:
+    """The full cell as an MjSpec (not yet compiled); `object_ids` = (red, green, blue) dataset ids."""
+    spec = build_arm_spec()
+    spec.modelname = "rgb_stacking_twin"
+    spec.compiler.fitaabb = True  # fitted collision primitives enclose their meshes
+    _set_physics(spec, cfg.twin.physics)
+    spec.visual.global_.offwidth = int(cfg.cameras.width)
+    spec.visual.global_.offheight = int(cfg.cameras.height)
+    spec.visual.quality.offsamples = int(cfg.twin.rendering.multisamples)
+    _add_basket(spec.worldbody, load_basket(cfg.twin))
+    _configure_robot(spec, cfg)
+    _add_objects(spec, cfg, object_ids)
+    _add_cameras_and_lights(spec, cfg)
+    return spec
+
+
+def build_scene(cfg: DictConfig, object_ids: tuple[str, str, str]) -> tuple[mujoco.MjModel, SceneIndex]:
+    model = build_scene_spec(cfg, object_ids).compile()
+    return model, SceneIndex.resolve(model)
