@@ -231,7 +231,8 @@ class PolicyNode(GatoNode):
         )
 
     def warm_up(self) -> None:
-        """One decode of a blank observation so the first real step does not pay for allocations."""
+        """Decode a blank episode through its first context trim (`ActionDecoder.warmup`), so neither the
+        first real step nor the first trim pays for allocations and kernel selection."""
         size = (self.assembler.height, self.assembler.width, 3)
         blank: dict[str, np.ndarray] = {f"{c}{PIXELS_SUFFIX}": np.zeros(size, np.uint8) for c in self.cameras}
         q = np.asarray(self.cfg.robot.nominal_posture, dtype=float)
@@ -240,8 +241,8 @@ class PolicyNode(GatoNode):
         blank[JOINTS_KEY] = q.astype(np.float32)
         blank[PINCH_KEY] = kinematics.pinch_pose(q).astype(np.float32)
         blank[TCP_KEY] = kinematics.tcp_pose(q).astype(np.float32)
-        self.decoder.step(blank)
-        self.decoder.reset()
+        seconds = self.decoder.warmup(blank)
+        self.get_logger().info(f"decoder warmed up in {seconds:.2f} s")
 
     # -- inputs --------------------------------------------------------------------------------------
     def on_image(self, camera: str, msg: Image) -> None:
