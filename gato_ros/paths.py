@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from functools import cache
 from pathlib import Path
@@ -35,3 +36,13 @@ def sim_dir() -> Path:
 
 def launch_dir() -> Path:
     return share_dir() / "launch"
+
+
+@cache
+def installed_package_dir(module: str, provides: str) -> Path:
+    """Directory of an installed package, found without importing it (the dm-robotics wheels are read only
+    for their asset files, and importing them would pull in their whole dependency tree)."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"{module} is not installed; it provides {provides}")
+    return Path(next(iter(spec.submodule_search_locations)))

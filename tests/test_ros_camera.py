@@ -157,7 +157,9 @@ def test_camera_node_publishes_software_device_frames(ros_context, tmp_path: Pat
     info = infos[0]
     assert (info.width, info.height) == (WIDTH, HEIGHT)
     assert info.header.stamp == images[0].header.stamp
-    np.testing.assert_allclose(info.k, [focal, 0, WIDTH / 2, 0, focal, HEIGHT / 2, 0, 0, 1])
+    # OpenCV convention (pixel centres at integers): the image centre is at (W - 1) / 2
+    centre_x, centre_y = (WIDTH - 1) / 2, (HEIGHT - 1) / 2
+    np.testing.assert_allclose(info.k, [focal, 0, centre_x, 0, focal, centre_y, 0, 0, 1])
 
 
 def test_camera_info_uses_measured_intrinsics_scaled_to_the_stream(ros_context, tmp_path: Path) -> None:
@@ -182,7 +184,8 @@ def test_camera_info_uses_measured_intrinsics_scaled_to_the_stream(ros_context, 
     node = CameraNode(cfg, source=QueueFrameSource(camera.queue, SERIAL))
     try:
         k = node.intrinsics(WIDTH, HEIGHT)
-        assert (k.fx, k.fy, k.cx, k.cy) == pytest.approx((60.0, 60.5, 31.5, 23.5))
+        # a resize maps pixel centres: c -> (c + 0.5) * s - 0.5
+        assert (k.fx, k.fy, k.cx, k.cy) == pytest.approx((60.0, 60.5, 31.25, 23.25))
         assert k.distortion == pytest.approx((0.1, -0.05, 0.0, 0.0, 0.01))
     finally:
         node.close()

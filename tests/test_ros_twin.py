@@ -171,7 +171,7 @@ def test_twin_publishes_the_cell_and_follows_joint_commands(stack) -> None:
         fovy = calibration["cameras"][camera]["fovy_deg"]
         focal = (cfg.cameras.height / 2) / math.tan(math.radians(fovy) / 2)
         assert infos[-1].k[0] == pytest.approx(focal)
-        assert infos[-1].k[2] == pytest.approx(cfg.cameras.width / 2)
+        assert infos[-1].k[2] == pytest.approx((cfg.cameras.width - 1) / 2)  # pixel centres at integers
 
 
 def test_trajectory_commands_become_joint_velocities() -> None:

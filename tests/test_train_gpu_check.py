@@ -36,17 +36,23 @@ def test_builtin_config_reader_agrees_with_hydra() -> None:
             assert ours[key] == reference[key], key
 
 
-def test_gpu_check_runs_on_cpu_with_only_torch_numpy_and_the_repo(tmp_path) -> None:
-    out = tmp_path / "gpu_check.json"
-    block = "; ".join(f"sys.modules[{name!r}] = None" for name in BLOCKED)
-    args = [
-        "--model", "tiny", "--device", "cpu", "--threads", "1", "--decode-steps", "8", "--full-steps", "2",
-        "--train-steps", "3", "--batch-sizes", "2", "--out", str(out),
-    ]  # fmt: skip
+def run_gpu_check(args: list[str], blocked: tuple[str, ...]) -> subprocess.CompletedProcess:
+    """Run the script as the GPU box does, in a fresh interpreter where `blocked` modules cannot import."""
+    block = "; ".join(f"sys.modules[{name!r}] = None" for name in blocked)
     run = f"runpy.run_path({str(SCRIPT)!r}, run_name='__main__')"
     code = f"import runpy, sys; {block}; sys.argv = ['gpu_check.py', *{args!r}]; {run}"
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def test_gpu_check_runs_on_cpu_with_only_torch_numpy_and_the_repo(tmp_path) -> None:
+    out = tmp_path / "gpu_check.json"
+    args = [
+        "--model", "tiny", "--device", "cpu", "--threads", "1", "--decode-steps", "8", "--full-steps", "2",
+        "--train-steps", "3", "--batch-sizes", "2", "--out", str(out),
+    ]  # fmt: skip
+    proc = run_gpu_check(args, BLOCKED)
     assert "=== summary ===" in proc.stdout
     report = json.loads(out.read_text())
     assert report["config_source"].startswith("built-in")
@@ -62,15 +68,11 @@ def test_gpu_check_runs_on_cpu_with_only_torch_numpy_and_the_repo(tmp_path) -> N
 def test_gpu_check_trainer_smoke_run_without_hydra(tmp_path) -> None:
     """The GPU box has safetensors but no hydra/omegaconf: the real trainer must still run and checkpoint."""
     out = tmp_path / "gpu_check.json"
-    block = "; ".join(f"sys.modules[{name!r}] = None" for name in ("hydra", "omegaconf"))
     args = [
         "--model", "tiny", "--device", "cpu", "--threads", "1", "--decode-steps", "1", "--full-steps", "0",
         "--train-steps", "1", "--batch-sizes", "1", "--out", str(out),
     ]  # fmt: skip
-    run = f"runpy.run_path({str(SCRIPT)!r}, run_name='__main__')"
-    code = f"import runpy, sys; {block}; sys.argv = ['gpu_check.py', *{args!r}]; {run}"
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    run_gpu_check(args, ("hydra", "omegaconf"))
     smoke = json.loads(out.read_text())["trainer_smoke"]
     assert smoke["steps"] == 6 and len(smoke["losses"]) == 6
     assert smoke["checkpoint_reloaded_on"] == "cpu"

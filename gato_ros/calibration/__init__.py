@@ -12,7 +12,9 @@ from gato_ros.calibration.board import (
 )
 from gato_ros.calibration.calibration_file import (
     camera_entry,
+    camera_intrinsics,
     camera_pose,
+    load_cell_calibration,
     read_calibration,
     updated_calibration,
     write_calibration,
@@ -38,7 +40,9 @@ __all__ = [
     "calibrate_camera",
     "calibrate_intrinsics",
     "camera_entry",
+    "camera_intrinsics",
     "camera_pose",
+    "load_cell_calibration",
     "mujoco_camera_pose",
     "optical_camera_pose",
     "pose_change",

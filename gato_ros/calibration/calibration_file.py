@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from omegaconf import DictConfig
 
 from gato_ros.calibration.geometry import Pose
 from gato_ros.calibration.intrinsics import Intrinsics
+from gato_ros.paths import calibration_dir
 
 FILE_HEADER = """\
 # Camera calibration of the RGB-stacking cell. World frame: robot base at the origin, z up.
@@ -30,6 +32,30 @@ FILE_HEADER = """\
 POSITION_DECIMALS = 5  # 0.01 mm
 QUATERNION_DECIMALS = 6
 ANGLE_DECIMALS = 4
+
+
+def cell_calibration_path(cameras_cfg: DictConfig) -> Path:
+    """The file named by `cameras.calibration_file`: a name under calibration/, or an absolute path."""
+    return calibration_dir() / str(cameras_cfg.calibration_file)
+
+
+def load_cell_calibration(cameras_cfg: DictConfig) -> dict[str, Any]:
+    """The cell's calibration as the twin scene and the camera nodes read it (the file must exist)."""
+    return yaml.safe_load(cell_calibration_path(cameras_cfg).read_text())
+
+
+def camera_intrinsics(calibration: Mapping[str, Any], camera: str, width: int, height: int) -> Intrinsics:
+    """A camera's intrinsics at `width` x `height` from a calibration file's content.
+
+    An entry either carries measured intrinsics (`intrinsics:`, as `gato-ros calibrate` writes for a real
+    camera), resized to the requested size, or only `fovy_deg` (the twin's cameras): the ideal pinhole
+    MuJoCo renders. Both follow the OpenCV convention, so the twin and a real camera publish the same thing.
+    """
+    entry = calibration["cameras"][camera]
+    measured = entry.get("intrinsics")
+    if measured:
+        return Intrinsics.from_dict(measured).scaled_to(width, height)
+    return Intrinsics.ideal(width, height, float(entry["fovy_deg"]))
 
 
 def read_calibration(path: Path) -> dict[str, Any]:

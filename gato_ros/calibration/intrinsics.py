@@ -1,7 +1,9 @@
 """Pinhole intrinsics: from board views (OpenCV `calibrateCamera`), from RealSense factory values, or kept.
 
-Distortion is stored in OpenCV / ROS `plumb_bob` order (k1, k2, p1, p2, k3), the order `CameraInfo.d`
-and `gato_ros.ros.messages.camera_intrinsics` expect.
+One `Intrinsics` type serves calibration, the twin and the camera nodes' CameraInfo
+(`calibration_file.camera_intrinsics`, `gato_ros.ros.messages.camera_info_msg`), so all of them agree on the
+OpenCV convention (pixel centres at integer coordinates) and on how a resize moves the principal point.
+Distortion is stored in OpenCV / ROS `plumb_bob` order (k1, k2, p1, p2, k3), the order of `CameraInfo.d`.
 """
 
 from __future__ import annotations

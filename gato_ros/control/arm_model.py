@@ -7,11 +7,12 @@ never copied into the repository.
 
 from __future__ import annotations
 
-import importlib.util
 from functools import cache
 from pathlib import Path
 
 import mujoco
+
+from gato_ros.paths import installed_package_dir
 
 ARM_JOINTS = ("right_j0", "right_j1", "right_j2", "right_j3", "right_j4", "right_j5", "right_j6")
 GRIPPER_PREFIX = "gripper/"
@@ -30,10 +31,7 @@ _SAWYER_JOINT_CLASSES = ("large_joint", "medium_joint", "small_joint")
 @cache
 def moma_models_dir() -> Path:
     """`dm_robotics/moma/models` inside the installed dm-robotics-moma wheel (found without importing it)."""
-    spec = importlib.util.find_spec("dm_robotics.moma")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("dm-robotics-moma is not installed; it provides the Sawyer/Robotiq assets")
-    return Path(next(iter(spec.submodule_search_locations))) / "models"
+    return installed_package_dir("dm_robotics.moma", "the Sawyer/Robotiq assets") / "models"
 
 
 def sawyer_xml() -> Path:

@@ -17,36 +17,23 @@ from __future__ import annotations
 
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from gato_ros.gato.batch import TokenBatch
 from gato_ros.gato.data import Episode, EpisodeDataset, dataset_directory, load_episode
 from gato_ros.gato.serialization import Demonstration, EpisodeSerializer, TokenSequence
 
 
 @dataclass
-class GatoBatch:
-    """A batch B x T in the Gato token layout (torch tensors)."""
+class GatoBatch(TokenBatch):
+    """A padded training batch: the token layout plus each row's unpadded length."""
 
-    tokens: torch.Tensor  # LongTensor[B, T]; 0 at image positions, padding_id after the sequence
-    image_mask: torch.Tensor  # BoolTensor[B, T]
-    patches: torch.Tensor  # FloatTensor[N, 3, p, p], N = image_mask.sum(), row-major (b, t) order
-    patch_pos: torch.Tensor  # LongTensor[B, T, 4]
-    obs_pos: torch.Tensor  # LongTensor[B, T]
-    loss_mask: torch.Tensor  # FloatTensor[B, T]
     lengths: torch.Tensor  # LongTensor[B]: unpadded length of each row
-
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> GatoBatch:
-        return GatoBatch(
-            **{f.name: getattr(self, f.name).to(device, non_blocking=non_blocking) for f in fields(self)}
-        )
-
-    def pin_memory(self) -> GatoBatch:
-        return GatoBatch(**{f.name: getattr(self, f.name).pin_memory() for f in fields(self)})
 
     @property
     def valid_mask(self) -> torch.Tensor:

@@ -131,6 +131,10 @@ class PatchEncoder(nn.Module):
         return self.out(F.gelu(self.out_norm(h)).flatten(1))
 
 
+# One layer's (keys, values) cache, each [B, n_head, context, d_head].
+LayerKVCache = tuple[torch.Tensor, torch.Tensor]
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: GatoModelConfig) -> None:
         super().__init__()
@@ -139,47 +143,45 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(cfg.attn_width, cfg.d_model, bias=cfg.bias)
         self.dropout = cfg.dropout
 
-    def forward(
-        self, x: torch.Tensor, kv_cache: tuple[torch.Tensor, torch.Tensor] | None = None, start: int = 0
-    ) -> torch.Tensor:
-        """Full causal attention, or (with `kv_cache`) attention of x at positions [start, start+T) over
-        the cache, after writing x's keys/values into it."""
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, T, d] -> stacked q, k, v, each [B, n_head, T, d_head]."""
         B, T, _ = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.n_head, self.d_head).permute(2, 0, 3, 1, 4)
-        if kv_cache is None:
-            drop = self.dropout if self.training else 0.0
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=drop)
-        else:
-            k_cache, v_cache = kv_cache
-            end = start + T
-            k_cache[:, :, start:end] = k
-            v_cache[:, :, start:end] = v
-            keys, values = k_cache[:, :, :end], v_cache[:, :, :end]
-            if T == 1:  # the newest token sees everything before it: no mask needed
-                y = F.scaled_dot_product_attention(q, keys, values)
-            else:
-                rows = torch.arange(start, end, device=x.device).unsqueeze(1)
-                mask = torch.arange(end, device=x.device).unsqueeze(0) <= rows
-                y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+        return self.qkv(x).view(B, T, 3, self.n_head, self.d_head).permute(2, 0, 3, 1, 4)
+
+    def _merge(self, y: torch.Tensor) -> torch.Tensor:
+        """Per-head outputs [B, n_head, T, d_head] -> the projected [B, T, d]."""
+        B, _, T, _ = y.shape
         return self.proj(y.transpose(1, 2).reshape(B, T, -1))
 
+    def forward(self, x: torch.Tensor, kv_cache: LayerKVCache | None = None, start: int = 0) -> torch.Tensor:
+        """Full causal attention, or (with `kv_cache`) attention of x at positions [start, start+T) over
+        the cache, after writing x's keys/values into it."""
+        q, k, v = self._heads(x)
+        if kv_cache is None:
+            drop = self.dropout if self.training else 0.0
+            return self._merge(F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=drop))
+        k_cache, v_cache = kv_cache
+        end = start + x.shape[1]
+        k_cache[:, :, start:end] = k
+        v_cache[:, :, start:end] = v
+        keys, values = k_cache[:, :, :end], v_cache[:, :, :end]
+        if end - start == 1:  # the newest token sees everything before it: no mask needed
+            return self._merge(F.scaled_dot_product_attention(q, keys, values))
+        rows = torch.arange(start, end, device=x.device).unsqueeze(1)
+        mask = torch.arange(end, device=x.device).unsqueeze(0) <= rows
+        return self._merge(F.scaled_dot_product_attention(q, keys, values, attn_mask=mask))
+
     def forward_static(
-        self,
-        x: torch.Tensor,
-        kv_cache: tuple[torch.Tensor, torch.Tensor],
-        position: torch.Tensor,
-        visible: torch.Tensor,
+        self, x: torch.Tensor, kv_cache: LayerKVCache, position: torch.Tensor, visible: torch.Tensor
     ) -> torch.Tensor:
         """One token at the device-side `position` ([1] long) attending over the whole cache through the
         `visible` mask ([1, context] bool): fixed shapes and no host sync, so it can be captured in a CUDA
         graph and replayed at every position."""
-        B = x.shape[0]
-        q, k, v = self.qkv(x).view(B, 1, 3, self.n_head, self.d_head).permute(2, 0, 3, 1, 4)
+        q, k, v = self._heads(x)
         k_cache, v_cache = kv_cache
         k_cache.index_copy_(2, position, k)
         v_cache.index_copy_(2, position, v)
-        y = F.scaled_dot_product_attention(q, k_cache, v_cache, attn_mask=visible)
-        return self.proj(y.transpose(1, 2).reshape(B, 1, -1))
+        return self._merge(F.scaled_dot_product_attention(q, k_cache, v_cache, attn_mask=visible))
 
 
 class Block(nn.Module):
@@ -194,21 +196,18 @@ class Block(nn.Module):
         self.fc_out = nn.Linear(cfg.d_ff, cfg.d_model, bias=cfg.bias)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(
-        self, x: torch.Tensor, kv_cache: tuple[torch.Tensor, torch.Tensor] | None = None, start: int = 0
-    ) -> torch.Tensor:
-        x = x + self.drop(self.attn(self.ln1(x), kv_cache, start))
-        return x + self.drop(self.fc_out(F.gelu(self.fc(self.ln2(x)))))
+    def forward(self, x: torch.Tensor, kv_cache: LayerKVCache | None = None, start: int = 0) -> torch.Tensor:
+        return self._mlp_residual(x + self.drop(self.attn(self.ln1(x), kv_cache, start)))
 
     def forward_static(
-        self,
-        x: torch.Tensor,
-        kv_cache: tuple[torch.Tensor, torch.Tensor],
-        position: torch.Tensor,
-        visible: torch.Tensor,
+        self, x: torch.Tensor, kv_cache: LayerKVCache, position: torch.Tensor, visible: torch.Tensor
     ) -> torch.Tensor:
-        x = x + self.attn.forward_static(self.ln1(x), kv_cache, position, visible)
-        return x + self.fc_out(F.gelu(self.fc(self.ln2(x))))
+        """The decode-only path (see `CausalSelfAttention.forward_static`); inference only, so no dropout."""
+        return self._mlp_residual(x + self.attn.forward_static(self.ln1(x), kv_cache, position, visible))
+
+    def _mlp_residual(self, x: torch.Tensor) -> torch.Tensor:
+        # Dropout is the identity outside training, so the static (inference) path shares this unchanged.
+        return x + self.drop(self.fc_out(F.gelu(self.fc(self.ln2(x)))))
 
 
 class GatoModel(nn.Module):

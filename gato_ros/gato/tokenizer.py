@@ -372,7 +372,7 @@ class ObservationTokenizer:
 
     def step_length(self, obs: Mapping[str, Any]) -> int:
         """Observation tokens + separator of one step with these shapes (151 for RGB stacking)."""
-        return self._layout_for(obs, batched=False).length
+        return self._layout_for(obs, batched=False)[0].length
 
     # -- observations --------------------------------------------------------------------------------
 
@@ -388,7 +388,6 @@ class ObservationTokenizer:
         """
         if any(p.kind == "text" for p in self.plans):
             raise ValueError("tokenize_steps does not handle text observation keys; use tokenize_step")
-        self._check_keys(observations)
         return self._tokenize(observations, batched=True)
 
     def _check_keys(self, obs: Mapping[str, Any]) -> None:
@@ -400,13 +399,16 @@ class ObservationTokenizer:
         assert self._text is not None  # built in __init__ whenever text keys are configured
         return np.asarray(self._text.encode(str(value)), dtype=np.int64)
 
-    def _layout_for(self, obs: Mapping[str, Any], batched: bool) -> _StepLayout:
+    def _layout_for(self, obs: Mapping[str, Any], batched: bool) -> tuple[_StepLayout, dict[str, np.ndarray]]:
+        """The step layout for these shapes, and the text keys' ids (encoded once: they size the layout)."""
         self._check_keys(obs)
         shapes: dict[str, tuple[int, ...]] = {}
+        text_ids: dict[str, np.ndarray] = {}
         for plan in self.plans:
             value = obs[plan.key]
             if plan.kind == "text":
-                shapes[plan.key] = (len(self._text_ids(value)),)
+                text_ids[plan.key] = self._text_ids(value)
+                shapes[plan.key] = (len(text_ids[plan.key]),)
             else:
                 shape = np.shape(value)
                 shapes[plan.key] = tuple(shape[1:] if batched else shape)
@@ -414,7 +416,7 @@ class ObservationTokenizer:
         layout = self._layouts.get(cache_key)
         if layout is None:  # a layout depends only on the shapes (text: its token count)
             layout = self._layouts[cache_key] = self._build_layout(shapes)
-        return layout
+        return layout, text_ids
 
     def _build_layout(self, shapes: dict[str, tuple[int, ...]]) -> _StepLayout:
         p = self.layout.patch_size
@@ -464,7 +466,7 @@ class ObservationTokenizer:
         )
 
     def _tokenize(self, obs: Mapping[str, Any], batched: bool) -> StepTokens:
-        layout = self._layout_for(obs, batched)
+        layout, text_ids = self._layout_for(obs, batched)
         lead: tuple[int, ...] = ()
         if batched:
             lead = (int(np.shape(obs[self.plans[0].key])[0]),)
@@ -472,7 +474,7 @@ class ObservationTokenizer:
         tokens[..., -1] = self.layout.separator_id
         for plan, lo, hi in layout.segments:
             if plan.kind == "text":
-                tokens[..., lo:hi] = self._text_ids(obs[plan.key])
+                tokens[..., lo:hi] = text_ids[plan.key]
         for kind, companding, lo, hi, keys in layout.value_groups:
             parts = [np.asarray(obs[key]).reshape(*lead, -1) for key in keys]
             flat = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=-1)

@@ -18,42 +18,31 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields, is_dataclass, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812 - the conventional name
 from torch import nn
 
+from gato_ros.gato.batch import BATCH_FIELDS, TokenBatch
 from gato_ros.gato.model import GatoModel, build_model
 
 if TYPE_CHECKING:  # the loss/optimiser pieces need only torch (benchmarks/gpu_check.py uses them bare)
     from omegaconf import DictConfig
 
-BATCH_FIELDS = ("tokens", "image_mask", "patches", "patch_pos", "obs_pos", "loss_mask")
 CHECKPOINT_DIR = "checkpoints"
 LATEST_FILE = "latest"
 
 
-class SerializedBatch(Protocol):
-    """A batch in the ARCHITECTURE.md "Gato token layout" (part 1's `GatoBatch` is one)."""
-
-    tokens: torch.Tensor
-    image_mask: torch.Tensor
-    patches: torch.Tensor
-    patch_pos: torch.Tensor
-    obs_pos: torch.Tensor
-    loss_mask: torch.Tensor
-
-
 # A batch source maps an optimizer step (and micro-batch index) to that step's batch, deterministically.
-BatchSource = Callable[[int, int], SerializedBatch]
+BatchSource = Callable[[int, int], TokenBatch]
 
 
 # ---- loss -----------------------------------------------------------------------------------------
-def masked_nll(model: nn.Module, batch: SerializedBatch) -> tuple[torch.Tensor, int]:
+def masked_nll(model: nn.Module, batch: TokenBatch) -> tuple[torch.Tensor, int]:
     """Summed NLL over target tokens (loss_mask) divided by their count; logits at t-1 predict token t.
 
     Calls the model's forward (so DDP hooks fire) with `loss_mask`, which makes it compute the head only
@@ -70,7 +59,7 @@ def masked_nll(model: nn.Module, batch: SerializedBatch) -> tuple[torch.Tensor, 
     return total / max(count, 1), count
 
 
-def sequence_nll(gato: GatoModel, batch: SerializedBatch) -> tuple[torch.Tensor, int]:
+def sequence_nll(gato: GatoModel, batch: TokenBatch) -> tuple[torch.Tensor, int]:
     """The same loss from full logits: the reference the fast path is tested against."""
     logits = gato(batch.tokens, batch.image_mask, batch.patches, batch.patch_pos, batch.obs_pos)
     mask = batch.loss_mask[:, 1:] > 0
@@ -163,30 +152,11 @@ def step_seed(seed: int, rank: int, step: int, micro: int = 0) -> int:
     return int(np.random.SeedSequence([seed, rank, step, micro]).generate_state(2, dtype=np.uint64)[0] >> 1)
 
 
-def batch_to(batch: SerializedBatch, device: torch.device) -> SerializedBatch:
-    """Move every tensor field of a batch (dataclass or plain object) to `device`."""
-    moved = {name: getattr(batch, name).to(device, non_blocking=True) for name in BATCH_FIELDS}
-    if is_dataclass(batch):
-        names = {f.name for f in fields(batch)}
-        extra = {
-            n: getattr(batch, n).to(device)
-            for n in names - set(BATCH_FIELDS)
-            if torch.is_tensor(getattr(batch, n))
-        }
-        return replace(batch, **moved, **extra)
-    return TokenBatch(**moved)
-
-
-@dataclass
-class TokenBatch:
-    """A plain serialized batch (the fields of the token layout) for sources that build their own."""
-
-    tokens: torch.Tensor
-    image_mask: torch.Tensor
-    patches: torch.Tensor
-    patch_pos: torch.Tensor
-    obs_pos: torch.Tensor
-    loss_mask: torch.Tensor
+def batch_to(batch: TokenBatch, device: torch.device) -> TokenBatch:
+    """Move a batch to `device`; any object with the token-layout fields becomes a TokenBatch there."""
+    if isinstance(batch, TokenBatch):
+        return batch.to(device, non_blocking=True)
+    return TokenBatch(**{name: getattr(batch, name).to(device, non_blocking=True) for name in BATCH_FIELDS})
 
 
 # ---- checkpoints in a run directory -----------------------------------------------------------------

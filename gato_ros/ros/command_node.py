@@ -55,6 +55,13 @@ DIAGNOSTIC_NAME = "gato_ros: safety"
 QUIET_HOLDS = frozenset({Reason.DISABLED, Reason.NO_ACTION, Reason.NO_JOINT_STATE})
 
 
+def config_flag(value: object, name: str) -> bool:
+    """A YAML boolean; a string such as "false" would be truthy and silently enable a real arm."""
+    if not isinstance(value, bool):
+        raise SafetyConfigError(f"{name} must be true or false, got {value!r}")
+    return value
+
+
 def positive_seconds(value: object, name: str) -> float:
     seconds = float(value)  # type: ignore[arg-type]
     if not (math.isfinite(seconds) and seconds > 0.0):
@@ -80,7 +87,7 @@ class CommandNode(GatoNode):
         self.supervisor = SafetySupervisor(
             self.limits,
             lambda q: kinematics.tool_state(q).position,
-            start_enabled=bool(safety.start_enabled),
+            start_enabled=config_flag(safety.start_enabled, "safety.start_enabled"),
         )
         self.joint_names = list(cfg.robot.joint_names)
         self.gripper_joint = str(cfg.robot.gripper.joint_name)
@@ -145,12 +152,15 @@ class CommandNode(GatoNode):
             self.get_logger().warning(message)
 
     # -- inputs ------------------------------------------------------------------------------------
+    # Every callback catches everything: an exception escaping an rclpy callback ends the spin, and with it
+    # the ticks. A failure on an input drops that input (hold); one on an e-stop input latches the e-stop.
     def on_action(self, msg: Float64MultiArray) -> None:
-        now = self.now_s()
         try:
+            now = self.now_s()
             action = parse_action(msg.data)
-        except InputError as err:
-            self.latest_action, self.action_fault = None, err.reason
+        except Exception as err:
+            self.latest_action = None
+            self.action_fault = err.reason if isinstance(err, InputError) else Reason.MALFORMED_ACTION
             self.events["malformed_action_messages"] += 1
             self.warn_throttled("action", f"malformed action, holding: {err}")
             return
@@ -158,15 +168,16 @@ class CommandNode(GatoNode):
         self.events["action_messages"] += 1
 
     def on_joint_state(self, msg: JointState) -> None:
-        now = self.now_s()
         try:
+            now = self.now_s()
             stamp = contract.stamp_to_seconds(msg.header.stamp)
             check_monotonic_stamp(self.last_joint_stamp, stamp)
             parsed = parse_joint_state(
                 msg.name, msg.position, self.joint_names, self.gripper_joint, self.gripper_range
             )
-        except InputError as err:
-            self.latest_joints, self.joint_fault = None, err.reason
+        except Exception as err:
+            self.latest_joints = None
+            self.joint_fault = err.reason if isinstance(err, InputError) else Reason.MALFORMED_JOINT_STATE
             self.events["malformed_joint_state_messages"] += 1
             self.warn_throttled("joint_state", f"malformed joint state, holding: {err}")
             return
@@ -176,8 +187,15 @@ class CommandNode(GatoNode):
         self.events["joint_state_messages"] += 1
 
     def on_estop_request(self, msg: Bool) -> None:
-        self.supervisor.set_estop_input(bool(msg.data), self.now_s())
-        if msg.data:
+        try:
+            asserted = msg.data
+            if not isinstance(asserted, bool):
+                raise TypeError(f"e-stop data must be a bool, got {asserted!r}")
+        except Exception as err:  # unreadable: treat it as asserted, the safe reading
+            asserted = True
+            self.warn_throttled("estop_topic_malformed", f"malformed e-stop message, latching: {err!r}")
+        self.supervisor.set_estop_input(asserted, self.now_s())
+        if asserted:
             self.warn_throttled("estop_topic", f"e-stop latched by {contract.ESTOP_REQUEST.name}")
         self.publish_estop_state()
 
@@ -189,15 +207,25 @@ class CommandNode(GatoNode):
         return response
 
     def on_release_service(self, _request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
-        ok, message = self.supervisor.release_estop(self.now_s())
+        try:
+            ok, message = self.supervisor.release_estop(self.now_s())
+        except Exception as err:
+            ok, message = False, f"release failed, e-stop stays latched: {err!r}"
         self.log_outcome(ok, f"e-stop release: {message}")
         self.publish_estop_state()
         response.success, response.message = ok, message
         return response
 
     def on_enable_service(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
-        ok, message = self.supervisor.set_enabled(bool(request.data), self.now_s())
-        self.log_outcome(ok, f"enable({bool(request.data)}): {message}")
+        try:
+            enable = request.data
+            if not isinstance(enable, bool):
+                raise TypeError(f"enable data must be a bool, got {enable!r}")
+            ok, message = self.supervisor.set_enabled(enable, self.now_s())
+        except Exception as err:  # refused: a failed enable must not leave the arm enabled
+            self.supervisor.set_enabled(False, self.now_s())
+            ok, message = False, f"enable request failed, disabled: {err!r}"
+        self.log_outcome(ok, f"enable({request.data!r}): {message}")
         response.success, response.message = ok, message
         return response
 
@@ -205,20 +233,26 @@ class CommandNode(GatoNode):
     def on_tick(self) -> None:
         """Compute and publish this tick's command; whatever fails, a hold is published."""
         now = self.now_s()
-        last_tick = self.supervisor.last_tick
-        if last_tick is not None and now < last_tick:
-            # The clock went back (the twin restarted under sim time): stamps from before the jump would
-            # otherwise read as "going back" until the new clock passed the old one.
-            self.last_joint_stamp = None
-            self.warn_throttled("clock", f"clock went back from {last_tick:.3f} s to {now:.3f} s: holding")
         try:
+            last_tick = self.supervisor.last_tick
+            if last_tick is not None and now < last_tick:
+                # The clock went back (the twin restarted under sim time): stamps from before the jump
+                # would otherwise read as "going back" until the new clock passed the old one.
+                self.last_joint_stamp = None
+                self.warn_throttled(
+                    "clock", f"clock went back from {last_tick:.3f} s to {now:.3f} s: holding"
+                )
             command = self.compute_command(now)
         except Exception as err:
             self.events["tick_exceptions"] += 1
             self.warn_throttled("tick", f"control tick failed, holding: {err!r}")
             command = self.supervisor.emergency_hold(now)
         self.publish_command(command, now)
-        self.log_hold_transitions(command)
+        try:
+            self.log_hold_transitions(command)
+        except Exception as err:  # logging must never stop the ticks
+            self.events["log_errors"] += 1
+            self.warn_throttled("log", f"could not log the hold state: {err!r}")
 
     def compute_command(self, now: float) -> SafeCommand:
         joints = self.latest_joints
@@ -285,7 +319,12 @@ class CommandNode(GatoNode):
     def publish_estop_state(self) -> None:
         latched = self.supervisor.estop_latched
         if latched != self._published_estop:
-            self.estop_pub.publish(Bool(data=latched))
+            try:
+                self.estop_pub.publish(Bool(data=latched))
+            except Exception as err:  # e.g. the context is shutting down; retried on the next change/tick
+                self.events["publish_errors"] += 1
+                self.warn_throttled("publish_estop", f"could not publish the e-stop state: {err!r}")
+                return
             self._published_estop = latched
 
     def diagnostic_status(self) -> DiagnosticStatus:

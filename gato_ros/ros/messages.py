@@ -6,20 +6,31 @@ thing whether it came from MuJoCo or from a RealSense.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import yaml
 from builtin_interfaces.msg import Time
 from omegaconf import DictConfig
 from sensor_msgs.msg import CameraInfo, Image, JointState
 from std_msgs.msg import Float64MultiArray, Int64MultiArray
 
-from gato_ros.paths import calibration_dir
+from gato_ros.calibration.calibration_file import camera_intrinsics, load_cell_calibration
+from gato_ros.calibration.intrinsics import Intrinsics
+
+__all__ = [
+    "camera_info_msg",
+    "camera_intrinsics",
+    "float_array_msg",
+    "image_array",
+    "image_msg",
+    "int_array_msg",
+    "joint_positions",
+    "joint_state_msg",
+    "load_calibration",
+    "time_from_nanos",
+    "time_msg",
+]
 
 NANOS_PER_SECOND = 1_000_000_000
 
@@ -34,8 +45,7 @@ ENCODINGS: dict[str, tuple[np.dtype, int]] = {
 
 
 def time_msg(seconds: float) -> Time:
-    nanos = round(seconds * NANOS_PER_SECOND)
-    return Time(sec=nanos // NANOS_PER_SECOND, nanosec=nanos % NANOS_PER_SECOND)
+    return time_from_nanos(round(seconds * NANOS_PER_SECOND))
 
 
 def time_from_nanos(nanos: int) -> Time:
@@ -76,61 +86,13 @@ def image_array(msg: Image, want: str = "rgb8") -> np.ndarray:
     return np.ascontiguousarray(pixels.astype(dtype.newbyteorder("="), copy=False))
 
 
-@dataclass(frozen=True)
-class PinholeIntrinsics:
-    """Intrinsics of one camera at one image size (pixels); distortion in ROS `plumb_bob` order."""
-
-    width: int
-    height: int
-    fx: float
-    fy: float
-    cx: float
-    cy: float
-    distortion_model: str = "plumb_bob"
-    distortion: tuple[float, ...] = (0.0, 0.0, 0.0, 0.0, 0.0)
-
-    def scaled_to(self, width: int, height: int) -> PinholeIntrinsics:
-        """The same camera at another resolution (a pure resize, no crop)."""
-        sx, sy = width / self.width, height / self.height
-        return PinholeIntrinsics(
-            width, height, self.fx * sx, self.fy * sy, self.cx * sx, self.cy * sy,
-            self.distortion_model, self.distortion,
-        )  # fmt: skip
-
-
 def load_calibration(cfg: DictConfig) -> dict[str, Any]:
     """The calibration file named by `cameras.calibration_file` (a name under calibration/, or a path)."""
-    name = Path(str(cfg.cameras.calibration_file))
-    path = name if name.is_absolute() else calibration_dir() / name
-    with path.open() as f:
-        return yaml.safe_load(f)
+    return load_cell_calibration(cfg.cameras)
 
 
-def camera_intrinsics(
-    calibration: Mapping[str, Any], camera: str, width: int, height: int
-) -> PinholeIntrinsics:
-    """A camera's intrinsics at `width` x `height` from the calibration file.
-
-    A camera entry either carries measured intrinsics (``intrinsics: {width, height, fx, fy, cx, cy,
-    distortion_model, distortion}``, as `gato-ros calibrate` writes for a real camera), scaled to the
-    requested size, or only ``fovy_deg`` (the twin's cameras): an ideal pinhole with square pixels and
-    the principal point at the image centre, fx = fy = (height / 2) / tan(fovy / 2), as MuJoCo renders.
-    """
-    entry = calibration["cameras"][camera]
-    measured = entry.get("intrinsics")
-    if measured:
-        base = PinholeIntrinsics(
-            int(measured["width"]), int(measured["height"]),
-            float(measured["fx"]), float(measured["fy"]), float(measured["cx"]), float(measured["cy"]),
-            str(measured.get("distortion_model", "plumb_bob")),
-            tuple(float(d) for d in measured.get("distortion", (0.0,) * 5)),
-        )  # fmt: skip
-        return base.scaled_to(width, height)
-    focal = (height / 2.0) / math.tan(math.radians(float(entry["fovy_deg"])) / 2.0)
-    return PinholeIntrinsics(width, height, focal, focal, width / 2.0, height / 2.0)
-
-
-def camera_info_msg(intrinsics: PinholeIntrinsics, stamp: Time, frame_id: str) -> CameraInfo:
+def camera_info_msg(intrinsics: Intrinsics, stamp: Time, frame_id: str) -> CameraInfo:
+    """CameraInfo of an unrectified camera: K from the intrinsics, R identity, P = [K | 0]."""
     k = intrinsics
     msg = CameraInfo()
     msg.header.stamp = stamp

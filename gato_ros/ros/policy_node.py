@@ -6,9 +6,11 @@ images centre-cropped to the configured aspect and resized to ``cameras.width x 
 the gripper driver angle in 0..255 units; the tool-point (pinch) and flange (tcp) poses computed from
 the joint angles with `ArmKinematics`, exactly as the twin computes them. An observation is used only if
 its oldest part is at most ``policy.max_observation_age_s`` old on the node's clock (sim time under the
-twin), its parts were stamped within ``policy.max_observation_skew_s`` of each other, and every part is
-newer than in the last observation acted on (never two actions from one camera frame: cameras must run
-at least at the control rate). Otherwise the node publishes nothing (the command node's watchdog then
+twin), its newest part leads that clock by at most one control period (the twin's publishing order; more
+means the clock went back, e.g. a restarted twin, and the node also forgets what it acted on), its parts
+were stamped within ``policy.max_observation_skew_s`` of each other, and every part is newer than in
+the last observation acted on (never two actions from one camera frame: cameras must run at least at
+the control rate). Otherwise the node publishes nothing (the command node's watchdog then
 holds the arm) and says why, rate-limited.
 
 Decision. Once per control period (a timer at ``control.rate_hz``; if the tick's observation is not
@@ -51,6 +53,8 @@ JOINTS_KEY = "sawyer/joints/angle"
 PINCH_KEY = "sawyer/pinch/pose"
 TCP_KEY = "sawyer/tcp/pose"
 PROPRIO_KEYS = (GRIPPER_KEY, JOINTS_KEY, PINCH_KEY, TCP_KEY)
+# Float slack on stamp comparisons (s): stamps are integer nanoseconds, far below any real lead.
+STAMP_TOLERANCE_S = 1e-6
 
 
 def resolve_device(name: str) -> torch.device:
@@ -109,10 +113,14 @@ class ObservationAssembler:
         self.gripper_units = float(cfg.robot.gripper.command_range[1])
         self.max_age_s = float(cfg.policy.max_observation_age_s)
         self.max_skew_s = float(cfg.policy.max_observation_skew_s)
+        # The twin publishes a tick's observation, stamped with the new time, just before that time on
+        # its clock: a part may lead the node's clock by one control period, never by more.
+        self.max_lead_s = 1.0 / float(cfg.control.rate_hz) + STAMP_TOLERANCE_S
         self.kinematics = kinematics
         self.images: dict[str, Part] = {}
         self.joints: Part | None = None
         self.last_used: dict[str, float] = {}  # stamp of each part in the last observation acted on
+        self.last_now_s: float | None = None  # the clock at the last assembly, to notice it going back
         self._lock = threading.Lock()
 
     def add_image(self, camera: str, pixels: np.ndarray, stamp_s: float, received_s: float) -> None:
@@ -133,6 +141,11 @@ class ObservationAssembler:
         must be newer than in the last observation acted on; else one new part is enough (a dropped
         camera frame then costs one period, not the whole loop)."""
         with self._lock:
+            if self.last_now_s is not None and now_s < self.last_now_s:
+                # The clock went back (the twin restarted under sim time): what was acted on before is
+                # from another timeline; parts still stamped ahead of the clock are refused below.
+                self.last_used = {}
+            self.last_now_s = now_s
             missing = [c for c in self.cameras if c not in self.images]
             if self.joints is None:
                 missing.append("joint states")
@@ -142,6 +155,12 @@ class ObservationAssembler:
             joints = self.joints
         stamps = [p.stamp_s for p in parts.values()]
         oldest, newest = min(stamps), max(stamps)
+        if newest - now_s > self.max_lead_s:
+            ahead = max(parts, key=lambda k: parts[k].stamp_s)
+            return (
+                f"observation from the future: {ahead} is stamped {newest - now_s:.3f} s ahead of the clock "
+                f"(max {self.max_lead_s:.3f} s; did the clock go back?)"
+            )
         if now_s - oldest > self.max_age_s:
             stale = min(parts, key=lambda k: parts[k].stamp_s)
             return f"stale observation: {stale} is {now_s - oldest:.3f} s old (max {self.max_age_s} s)"

@@ -59,10 +59,14 @@ def trajectory_velocity(
     msg: JointTrajectory, joint_names: list[str], joint_positions: np.ndarray, period: float
 ) -> np.ndarray | None:
     """Joint velocities of a one-point trajectory (in `joint_names` order): its velocities if given, else
-    the ones that reach its positions at its time_from_start (at least one control period). None if it
-    does not name every arm joint once or holds non-finite values."""
+    the ones that reach its positions at its time_from_start (at least one control period). A trajectory
+    without points is the command node's hold ("stop where you are", as for a ros2_control joint
+    trajectory controller): zero velocity. None if it does not name every arm joint once or holds
+    non-finite values."""
+    if not msg.points:
+        return np.zeros(len(joint_names))
     names = list(msg.joint_names)
-    if not msg.points or sorted(names) != sorted(joint_names) or len(set(names)) != len(names):
+    if sorted(names) != sorted(joint_names) or len(set(names)) != len(names):
         return None
     order = [names.index(n) for n in joint_names]
     point = msg.points[0]
@@ -90,7 +94,13 @@ class TwinNode(GatoNode):
         self.realtime_factor = float(tcfg.realtime_factor)
         if self.realtime_factor < 0:
             raise ValueError("ros.twin.realtime_factor must be >= 0 (0 = lock-step)")
+        # A command is applied on the ticks that start less than command_timeout_s after it arrived.
         self.command_timeout_ticks = int(np.floor(float(tcfg.command_timeout_s) / self.period + 1e-9))
+        if self.command_timeout_ticks < 1:
+            raise ValueError(
+                f"ros.twin.command_timeout_s ({tcfg.command_timeout_s}) must be at least one control period "
+                f"({self.period} s): a shorter timeout would drop every command"
+            )
         self.auto_reset = bool(tcfg.auto_reset)
         self.seed_stride = int(tcfg.seed_stride)
         self.expert_source = str(tcfg.action_source) == "expert"
@@ -173,7 +183,9 @@ class TwinNode(GatoNode):
         qdot = np.asarray(msg.data, dtype=float)
         if qdot.shape != (self.num_joints,) or not np.all(np.isfinite(qdot)):
             self.get_logger().error(
-                f"ignoring joint velocity command {list(msg.data)}", throttle_duration_sec=self.log_period_s
+                f"ignoring a joint velocity command of {qdot.size} values "
+                f"(expected {self.num_joints} finite ones)",
+                throttle_duration_sec=self.log_period_s,
             )
             return
         self._accept_command(qdot)
@@ -217,7 +229,7 @@ class TwinNode(GatoNode):
         """The command in force this tick: the newest one, or zero velocity once it is too old."""
         if (
             self.last_command_tick is None
-            or self.tick_count - self.last_command_tick > self.command_timeout_ticks
+            or self.tick_count - self.last_command_tick >= self.command_timeout_ticks
         ):
             return np.zeros(self.num_joints), self.gripper_command
         return self.qdot_command, self.gripper_command

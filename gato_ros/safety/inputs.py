@@ -7,12 +7,13 @@ one with a hold until a valid message arrives again: a bad message means the ups
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from gato_ros.safety.limits import Reason
+from gato_ros.safety.limits import REAL_KINDS, Reason, is_real_scalar
 
 ACTION_SIZE = 5
 
@@ -25,9 +26,22 @@ class InputError(ValueError):
         self.reason = reason
 
 
+def real_array(values: object, reason: Reason, what: str) -> np.ndarray:
+    """`values` as a 1-D float array of real numbers; anything else (not a sequence, strings, booleans,
+    complex or nested values) raises `InputError` rather than whatever NumPy would raise."""
+    try:
+        array = np.asarray(list(values))  # type: ignore[call-overload]
+    except (TypeError, ValueError) as err:
+        raise InputError(reason, f"{what} is not a sequence of numbers: {err}") from err
+    if array.ndim != 1 or (array.size and array.dtype.kind not in REAL_KINDS):
+        raise InputError(reason, f"{what} is not a flat sequence of real numbers (dtype {array.dtype})")
+    return array.astype(float)
+
+
 def parse_action(values: Sequence[float]) -> np.ndarray:
-    """(5,) finite action [vx, vy, vz, wz, gripper]; raises `InputError` on a wrong length or NaN/inf."""
-    action = np.asarray(list(values), dtype=float)
+    """(5,) finite action [vx, vy, vz, wz, gripper]; raises `InputError` on a wrong length, a non-number
+    or NaN/inf."""
+    action = real_array(values, Reason.MALFORMED_ACTION, "action")
     if action.shape != (ACTION_SIZE,):
         raise InputError(Reason.MALFORMED_ACTION, f"action has {action.size} values, expected {ACTION_SIZE}")
     if not np.all(np.isfinite(action)):
@@ -53,14 +67,22 @@ def parse_joint_state(
     Raises `InputError` when names and positions differ in length, a name repeats, an arm joint is
     missing, or an arm position is not finite.
     """
-    names = list(names)
-    values = np.asarray(list(positions), dtype=float)
+    try:
+        names = list(names)
+    except TypeError as err:
+        raise InputError(
+            Reason.MALFORMED_JOINT_STATE, f"joint state names are not a sequence: {err}"
+        ) from err
+    if not all(isinstance(name, str) for name in names):
+        raise InputError(Reason.MALFORMED_JOINT_STATE, "joint state names are not all strings")
+    values = real_array(positions, Reason.MALFORMED_JOINT_STATE, "joint state positions")
     if values.shape != (len(names),):
         raise InputError(
             Reason.MALFORMED_JOINT_STATE, f"joint state has {len(names)} names but {values.size} positions"
         )
     if len(set(names)) != len(names):
-        raise InputError(Reason.MALFORMED_JOINT_STATE, f"joint state repeats joint names: {names}")
+        repeated = sorted(name for name, count in Counter(names).items() if count > 1)
+        raise InputError(Reason.MALFORMED_JOINT_STATE, f"joint state repeats joint names: {repeated}")
     index = {name: i for i, name in enumerate(names)}
     missing = [name for name in arm_joint_names if name not in index]
     if missing:
@@ -81,7 +103,7 @@ def parse_joint_state(
 
 def check_monotonic_stamp(previous: float | None, stamp: float) -> None:
     """Raises `InputError` when a header stamp goes back in time (a replayed or reordered message)."""
-    if not math.isfinite(stamp):
+    if not is_real_scalar(stamp) or not math.isfinite(stamp):
         raise InputError(Reason.MALFORMED_JOINT_STATE, f"joint state stamp is not finite: {stamp}")
     if previous is not None and stamp < previous:
         raise InputError(

@@ -37,6 +37,8 @@ from omegaconf import DictConfig
 NUM_JOINTS = 7
 # Floating-point slack in the limit checks (rad, rad/s, m): far below any physical meaning.
 NUMERIC_TOLERANCE = 1e-9
+# Bisection steps past the float64 mantissa refine nothing (the scale is in [0, 1]).
+MAX_WORKSPACE_SEARCH_STEPS = int(np.finfo(float).nmant)
 
 ToolPointFn = Callable[[np.ndarray], np.ndarray]
 """Forward kinematics of the tool point: joint positions (7,) -> world position (3,)."""
@@ -165,7 +167,14 @@ class SafetyLimits:
         high = _vector(safety.workspace.high, "safety.workspace.high", 3)
         if np.any(low >= high):
             raise SafetyConfigError(f"safety.workspace.low {low.tolist()} must be below high {high.tolist()}")
-        steps = int(_scalar(safety.workspace.search_steps, "safety.workspace.search_steps"))
+        steps_value = _scalar(safety.workspace.search_steps, "safety.workspace.search_steps")
+        # Beyond the float mantissa the bisection cannot refine the scale any further, only stall the tick.
+        if steps_value != int(steps_value) or steps_value > MAX_WORKSPACE_SEARCH_STEPS:
+            raise SafetyConfigError(
+                "safety.workspace.search_steps must be an integer in "
+                f"[1, {MAX_WORKSPACE_SEARCH_STEPS}], got {safety.workspace.search_steps!r}"
+            )
+        steps = int(steps_value)
         gripper = _vector(robot.gripper.command_range, "robot.gripper.command_range", 2)
         if not gripper[0] < 0.0 < gripper[1]:
             raise SafetyConfigError(f"robot.gripper.command_range must straddle 0, got {gripper.tolist()}")
@@ -211,6 +220,35 @@ class LimitedCommand:
 
 def hold_command(*reasons: Reason) -> LimitedCommand:
     return LimitedCommand(np.zeros(NUM_JOINTS), None, frozenset(reasons), 0.0)
+
+
+# dtype kinds that are numbers in the physical sense: bool, complex, object and strings are not.
+REAL_KINDS = frozenset("iuf")
+
+
+def real_vector(values: object, size: int = NUM_JOINTS) -> np.ndarray | None:
+    """`values` as a float vector of `size` real numbers, or None (wrong shape, bool/complex/object/str).
+
+    A plain `np.asarray(x, dtype=float)` would silently turn booleans into 0/1 and drop imaginary parts.
+    """
+    try:
+        array = np.asarray(values)
+    except (TypeError, ValueError):
+        return None
+    if array.dtype.kind not in REAL_KINDS or array.size != size:
+        return None
+    return array.astype(float).reshape(size)
+
+
+def is_real_scalar(value: object) -> bool:
+    """A real number (Python or NumPy, not bool): what a time step or a gripper command must be."""
+    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(
+        value, bool | np.bool_
+    )
+
+
+def real_scalar(value: object) -> float | None:
+    return float(value) if is_real_scalar(value) else None  # type: ignore[arg-type]
 
 
 def workspace_distance(point: np.ndarray, low: np.ndarray, high: np.ndarray) -> float:
@@ -260,20 +298,22 @@ class CommandLimiter:
         requested_gripper: float,
     ) -> LimitedCommand:
         lim = self.limits
-        q = np.asarray(joint_positions, dtype=float).reshape(-1)
-        request = np.asarray(requested_velocity, dtype=float).reshape(-1)
-        if q.shape != (NUM_JOINTS,) or request.shape != (NUM_JOINTS,):
+        q = real_vector(joint_positions)
+        request = real_vector(requested_velocity)
+        gripper_request = real_scalar(requested_gripper)
+        if q is None or request is None or gripper_request is None or not is_real_scalar(dt):
             return hold_command(Reason.MALFORMED_COMMAND)
         if not np.all(np.isfinite(q)):
             return hold_command(Reason.NONFINITE_JOINT_STATE)
-        if not np.all(np.isfinite(request)) or not math.isfinite(requested_gripper):
+        if not np.all(np.isfinite(request)) or not math.isfinite(gripper_request):
             return hold_command(Reason.NONFINITE_COMMAND)
+        dt = float(dt)
         if not (math.isfinite(dt) and dt > 0.0):
             return hold_command(Reason.INVALID_TIME_STEP)
         reasons: set[Reason] = set()
 
-        previous = np.asarray(previous_velocity, dtype=float).reshape(-1)
-        if previous.shape != (NUM_JOINTS,) or not np.all(np.isfinite(previous)):
+        previous = real_vector(previous_velocity)
+        if previous is None or not np.all(np.isfinite(previous)):
             previous = np.zeros(NUM_JOINTS)
             reasons.add(Reason.INVALID_PREVIOUS)
 
@@ -314,8 +354,8 @@ class CommandLimiter:
             reasons.add(Reason.WORKSPACE)
             velocity = velocity * scale
 
-        gripper = float(np.clip(requested_gripper, lim.gripper_low, lim.gripper_high))
-        if gripper != requested_gripper:
+        gripper = float(np.clip(gripper_request, lim.gripper_low, lim.gripper_high))
+        if gripper != gripper_request:
             reasons.add(Reason.GRIPPER_RANGE)
         if not np.all(np.isfinite(velocity)) or np.any(np.abs(velocity) > lim.velocity_limit):
             return hold_command(Reason.INTERNAL_ERROR)

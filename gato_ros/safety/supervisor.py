@@ -19,6 +19,7 @@ States and transitions:
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -31,6 +32,8 @@ from gato_ros.safety.limits import (
     Reason,
     SafetyLimits,
     ToolPointFn,
+    is_real_scalar,
+    real_vector,
 )
 
 
@@ -113,7 +116,10 @@ class SafetySupervisor:
 
     # -- control tick ------------------------------------------------------------------------------
     def is_stale(self, stamp: float, now: float) -> bool:
-        age = now - stamp
+        """True unless `stamp` is a number at most `stale_after_periods` old and not in the future."""
+        if not (is_real_scalar(stamp) and is_real_scalar(now)):
+            return True
+        age = float(now) - float(stamp)
         # 1 ns of slack: an input exactly `stale_after_periods` old must not flip on float rounding.
         return not (0.0 <= age <= self.limits.stale_after_seconds + STALE_TOLERANCE_S)
 
@@ -132,7 +138,20 @@ class SafetySupervisor:
         """The command for the tick at `now` from the newest joint state and request.
 
         `input_faults` are hold reasons found upstream (a malformed message replaced the newest one).
+        Never raises: inputs of the wrong type (a request of strings, a `None` stamp) end in a hold.
         """
+        try:
+            return self._tick(now, joints, request, input_faults)
+        except Exception:
+            return self.emergency_hold(now)
+
+    def _tick(
+        self,
+        now: float,
+        joints: JointSample | None,
+        request: CommandRequest | None,
+        input_faults: Iterable[Reason],
+    ) -> SafeCommand:
         holds: set[Reason] = set(input_faults)
         if self.estop_latched:
             holds.add(Reason.ESTOP)
@@ -141,8 +160,10 @@ class SafetySupervisor:
         if joints is None:
             holds.add(Reason.NO_JOINT_STATE)
         else:
-            if joints.gripper_closed_fraction is not None:
-                self.last_gripper_closed_fraction = joints.gripper_closed_fraction
+            closed = joints.gripper_closed_fraction
+            # A NaN reading must not replace the last real one: it would read as "open" on a hold.
+            if closed is not None and math.isfinite(closed):
+                self.last_gripper_closed_fraction = float(closed)
             if self.is_stale(joints.stamp, now):
                 holds.add(Reason.STALE_JOINT_STATE)
         if request is None:
@@ -156,11 +177,12 @@ class SafetySupervisor:
         if self.ramp_start is None:
             self.ramp_start = now
         scale = self.ramp_scale(now)
+        requested = real_vector(request.joint_velocity)
         limited = self.limiter.limit(
             joints.positions,
             self.previous_velocity,
             dt,
-            scale * np.asarray(request.joint_velocity),
+            request.joint_velocity if requested is None else scale * requested,  # None: the limiter holds
             request.gripper,
         )
         reasons = set(limited.reasons)

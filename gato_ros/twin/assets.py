@@ -5,12 +5,13 @@ Object ids follow the dataset's naming (the file-name prefix, e.g. `r3` in `r3_s
 
 from __future__ import annotations
 
-import importlib.util
 from functools import cache
 from pathlib import Path
 
 import numpy as np
 from omegaconf import DictConfig
+
+from gato_ros.paths import installed_package_dir
 
 COLORS = ("red", "green", "blue")
 OBJECT_SETS = ("test_triplets", "train", "heldout")
@@ -18,10 +19,7 @@ OBJECT_SETS = ("test_triplets", "train", "heldout")
 
 @cache
 def rgb_meshes_dir() -> Path:
-    spec = importlib.util.find_spec("dm_robotics.manipulation")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("dm-robotics-manipulation is not installed; it provides the RGB objects")
-    root = Path(next(iter(spec.submodule_search_locations)))
+    root = installed_package_dir("dm_robotics.manipulation", "the RGB objects")
     return root / "props/rgb_objects/assets/rgb_v1.3/meshes"
 
 

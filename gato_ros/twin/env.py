@@ -224,17 +224,19 @@ class StackingTwin:
         mujoco.mju_mat2Quat(quat, self.data.site_xmat[self._pinch_site])
         return np.concatenate([self.data.site_xpos[self._pinch_site], quat])
 
-    def tcp_pose(self) -> np.ndarray:
-        """Wrist flange position with the tool orientation (the benchmark's `tcp` convention)."""
-        pinch = self.pinch_pose()
+    def tcp_pose(self, pinch_pose: np.ndarray | None = None) -> np.ndarray:
+        """Wrist flange position with the tool orientation (the benchmark's `tcp` convention); pass the
+        `pinch_pose()` already computed this step to reuse its orientation."""
+        pinch = self.pinch_pose() if pinch_pose is None else pinch_pose
         return np.concatenate([self.data.site_xpos[self._flange_site], pinch[3:]])
 
     def observation(self) -> dict[str, np.ndarray]:
+        pinch = self.pinch_pose()
         obs = {
             "gripper/joints/angle": np.array([self.gripper_position()], dtype=np.float32),
             "sawyer/joints/angle": self.joint_positions().astype(np.float32),
-            "sawyer/pinch/pose": self.pinch_pose().astype(np.float32),
-            "sawyer/tcp/pose": self.tcp_pose().astype(np.float32),
+            "sawyer/pinch/pose": pinch.astype(np.float32),
+            "sawyer/tcp/pose": self.tcp_pose(pinch).astype(np.float32),
         }
         if self.render_images:
             for name in self.policy_cameras:

@@ -14,6 +14,7 @@ import numpy as np
 import yaml
 from omegaconf import DictConfig
 
+from gato_ros.calibration.calibration_file import load_cell_calibration
 from gato_ros.control.arm_model import (
     ARM_JOINTS,
     GRIPPER_DRIVER_JOINTS,
@@ -21,7 +22,7 @@ from gato_ros.control.arm_model import (
     WRIST_SENSOR_PREFIX,
     build_arm_spec,
 )
-from gato_ros.paths import calibration_dir, sim_dir
+from gato_ros.paths import sim_dir
 from gato_ros.twin.assets import COLORS, mesh_path
 
 # contype/conaffinity bits: static cell, free objects, robot.
@@ -99,11 +100,6 @@ def body_vertices(model: mujoco.MjModel, body: int) -> np.ndarray:
         mujoco.mju_quat2Mat(rotation, model.geom_quat[geom])
         parts.append(model.mesh_vert[start : start + count] @ rotation.reshape(3, 3).T + model.geom_pos[geom])
     return np.vstack(parts)
-
-
-def load_calibration(cameras_cfg: DictConfig) -> dict:
-    path = calibration_dir() / str(cameras_cfg.calibration_file)
-    return yaml.safe_load(path.read_text())
 
 
 def load_basket(twin_cfg: DictConfig) -> dict:
@@ -254,7 +250,7 @@ def _add_objects(spec: mujoco.MjSpec, cfg: DictConfig, object_ids: tuple[str, st
 
 
 def _add_cameras_and_lights(spec: mujoco.MjSpec, cfg: DictConfig) -> None:
-    calibration = load_calibration(cfg.cameras)
+    calibration = load_cell_calibration(cfg.cameras)
     for name, camera in calibration["cameras"].items():
         spec.worldbody.add_camera(
             name=name,
