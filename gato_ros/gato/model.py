@@ -262,7 +262,8 @@ class GatoModel(nn.Module):
     ) -> torch.Tensor:
         """[B, T] serialized inputs -> [B, T, d] input embeddings (before the first block)."""
         B, T = tokens.shape
-        x = self.token_embedding(tokens) + self.obs_pos_embedding(obs_pos)
+        local = self.obs_pos_embedding(obs_pos)
+        x = self.token_embedding(tokens) + local
         if patches.shape[0]:
             pos = patch_pos[image_mask]
             rows = self.patch_position_index(pos[:, 0], pos[:, 1])
@@ -271,7 +272,7 @@ class GatoModel(nn.Module):
             patch_x = patch_x + self.patch_row_embedding(rows) + self.patch_col_embedding(cols)
             # image positions carry token id 0: replace that embedding (keep the local position term)
             where = image_mask.reshape(-1).nonzero().squeeze(1)
-            base = self.obs_pos_embedding(obs_pos).reshape(B * T, -1).index_select(0, where)
+            base = local.reshape(B * T, -1).index_select(0, where)
             x = x.reshape(B * T, -1).index_copy(0, where, patch_x.to(x.dtype) + base).reshape(B, T, -1)
         return self.drop(x)
 

@@ -28,7 +28,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
 
@@ -89,7 +89,7 @@ class EpisodeLog:
 class EpisodeMonitor:
     """A small rclpy node in the launcher that prints each finished episode of the twin."""
 
-    def __init__(self, log: EpisodeLog, say) -> None:
+    def __init__(self, log: EpisodeLog, say: Callable[[str], None], spin_period_s: float) -> None:
         import rclpy
         from rclpy.context import Context
         from rclpy.executors import SingleThreadedExecutor
@@ -98,6 +98,7 @@ class EpisodeMonitor:
         from gato_ros.ros import contract
 
         self.log, self.say = log, say
+        self.spin_period_s = spin_period_s
         self.context = Context()
         rclpy.init(args=[], context=self.context, signal_handler_options=SignalHandlerOptions.NO)
         self.node = rclpy.create_node("launch_monitor", context=self.context)
@@ -111,7 +112,7 @@ class EpisodeMonitor:
 
     def _spin(self) -> None:
         while self.running and self.context.ok():
-            self.executor.spin_once(timeout_sec=0.1)
+            self.executor.spin_once(timeout_sec=self.spin_period_s)
 
     def on_status(self, msg) -> None:
         try:
@@ -204,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     code = 0
     try:
         if sim:
-            monitor = EpisodeMonitor(log, say)
+            monitor = EpisodeMonitor(log, say, float(cfg.ros.spin_period_s))
         say(f"ROS_DOMAIN_ID={env.get('ROS_DOMAIN_ID', '0')}; nodes: {', '.join(s.name for s in plan)}")
         for spec in plan:
             node = processes.start(spec)
