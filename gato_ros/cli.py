@@ -10,10 +10,8 @@ import importlib
 import sys
 
 TOOLS: dict[str, str] = {
-    "demo": "run the main job: the stacking cell on the twin",
+    "demo": "the scripted expert in the twin (no ROS), with a video of a camera",
     "launch": "start the ROS 2 stack as separate processes (stand-in for `ros2 launch`)",
-    "eval": "sim-in-the-loop evaluation with success rates per object triplet",
-    "collect": "record expert episodes from the twin for training",
     "train": "train a Gato policy on recorded episodes",
     "params": "print a model config's parameter count",
     "calibrate": "write camera calibration into calibration/",
