@@ -276,7 +276,9 @@ def test_trajectory_interface_and_disabled_start(ros_context) -> None:
     overrides = [*OVERRIDES[1:], "safety.command_interface=trajectory"]  # starts disabled (the default)
     command, cell, executor = start(ros_context, overrides)
     cell.action = ACTION
-    spin_until(executor, lambda: len(cell.trajectory) >= 3)
+    spin_until(executor, lambda: len(cell.trajectory) >= 3 and command.latest_joints is not None)
+    count = len(cell.trajectory)  # ticks before the first joint state arrived send the empty trajectory
+    spin_until(executor, lambda: len(cell.trajectory) >= count + 2)
     assert not cell.velocity
     held = cell.trajectory[-1]
     assert len(held.points) == 1 and np.all(np.array(held.points[0].velocities) == 0.0)
@@ -288,6 +290,24 @@ def test_trajectory_interface_and_disabled_start(ros_context) -> None:
     period = command.limits.control_period
     np.testing.assert_allclose(point.positions, posture() + np.array(point.velocities) * period, atol=1e-9)
     assert point.time_from_start.nanosec == round(period * 1e9)
+
+    # moving, the point starts where the joints are now: the reading advanced by the last command over
+    # its age (at most the stale limit), so a position-controlled arm is never pulled back
+    def moving_points(msg) -> bool:
+        return len(msg.points) == 1 and np.any(np.array(msg.points[0].velocities) != 0.0)
+
+    count = len(cell.trajectory)
+    spin_until(
+        executor,
+        lambda: len(cell.trajectory) >= count + 3 and all(map(moving_points, cell.trajectory[-2:])),
+    )
+    previous, latest = cell.trajectory[-2].points[0], cell.trajectory[-1].points[0]
+    v_prev, v = np.array(previous.velocities), np.array(latest.velocities)
+    offset = np.array(latest.positions) - v * period - posture()
+    assert np.any(v_prev != 0.0)
+    age = float(offset @ v_prev / (v_prev @ v_prev))
+    assert -1e-9 <= age <= command.limits.stale_after_seconds + 1e-9
+    np.testing.assert_allclose(offset, v_prev * age, atol=1e-9)
     command.destroy_node()
 
 
@@ -317,4 +337,18 @@ def test_sim_time_drives_the_ticks_and_the_watchdog(ros_context) -> None:
     cell.action = None
     advance(4)
     assert holding(cell, 1) and command.supervisor.counters[Reason.STALE_ACTION] > 0
+    # the twin restarts: its clock starts again from zero. The node keeps ticking on the new clock (the
+    # inputs received on the old one read as from the future: held), then moves on fresh inputs.
+    cell.action = ACTION
+    advance(10)
+    assert moving(cell, 3)
+    sim_time = 1.0
+    jumped = len(cell.velocity)
+    stale_joints = command.supervisor.counters[Reason.STALE_JOINT_STATE]
+    advance(3)  # rcl re-arms a timer one period after a backward jump
+    assert any(np.all(np.array(m.data) == 0.0) for m in cell.velocity[jumped:])
+    assert command.supervisor.counters[Reason.STALE_JOINT_STATE] > stale_joints
+    advance(10)
+    assert len(cell.velocity) >= jumped + 8 and moving(cell, 3)
+    assert_commands_in_limits(cell, command.limits)
     command.destroy_node()

@@ -6,7 +6,8 @@ publishes the joint command (JOINT_VELOCITY_COMMAND, or a one-point JOINT_TRAJEC
 ``safety.command_interface=trajectory``) and the GRIPPER_COMMAND, on every tick, holds included.
 
 Never crashes on input: a malformed action or joint state (wrong length, NaN, missing joint names, a
-stamp going back) is logged (rate-limited) and holds the arm until a valid one arrives; an exception in
+stamp going back) is logged (rate-limited) and holds the arm until a valid one arrives; a joint state that
+repeats the previous stamp is not a new reading and does not keep the watchdog from holding; an exception in
 the tick is caught, logged, and a hold is published instead. E-stop: ESTOP_REQUEST (True latches),
 ESTOP_SERVICE, RELEASE_SERVICE (refused while the e-stop input is asserted), ENABLE_SERVICE; the latched
 state goes out on ESTOP_STATE, and every clamp and hold counter on DIAGNOSTICS.
@@ -181,6 +182,14 @@ class CommandNode(GatoNode):
             self.events["malformed_joint_state_messages"] += 1
             self.warn_throttled("joint_state", f"malformed joint state, holding: {err}")
             return
+        if stamp == self.last_joint_stamp:
+            # The same stamp again is the same reading re-sent (a frozen driver or bridge republishing its
+            # cache): it must not look fresh, so the watchdog still sees the reading age and holds.
+            self.events["repeated_joint_state_stamps"] += 1
+            self.warn_throttled(
+                "joint_state_repeat", f"joint state repeats stamp {stamp:.6f} s: not a new reading, ignored"
+            )
+            return
         self.last_joint_stamp = stamp
         self.latest_joints = JointSample(parsed.positions, now, parsed.gripper_closed_fraction)
         self.joint_fault = None
@@ -282,17 +291,18 @@ class CommandNode(GatoNode):
         self.publish_estop_state()
 
     def trajectory(self, command: SafeCommand, now: float) -> JointTrajectory:
-        """One point a control period ahead; a hold without a fresh joint state is the empty trajectory,
-        which a ros2_control joint trajectory controller treats as "stop and hold where you are"."""
+        """One point a control period ahead of where the supervisor estimates the joints are now (the
+        reading advanced by the command in force since: a target at the older reading would pull a moving
+        arm back); a command without a fresh joint state is the empty trajectory, which a ros2_control
+        joint trajectory controller treats as "stop and hold where you are"."""
         msg = JointTrajectory()
         msg.header.stamp = time_msg(now)
         msg.joint_names = list(self.joint_names)
-        joints = self.latest_joints
-        if joints is None or self.supervisor.is_stale(joints.stamp, now):
+        if command.joint_positions is None:
             return msg
         period = self.limits.control_period
         point = JointTrajectoryPoint()
-        point.positions = (joints.positions + command.joint_velocity * period).tolist()
+        point.positions = (command.joint_positions + command.joint_velocity * period).tolist()
         point.velocities = command.joint_velocity.tolist()
         nanos = round(period * 1e9)
         point.time_from_start = Duration(sec=nanos // 1_000_000_000, nanosec=nanos % 1_000_000_000)
@@ -302,6 +312,8 @@ class CommandNode(GatoNode):
     def log_hold_transitions(self, command: SafeCommand) -> None:
         """Log when the arm starts or stops holding, or holds for other reasons (rate-limited: a flapping
         input must not flood the log)."""
+        if not command.hold:
+            self.log_clamps(command)
         holding = frozenset(r for r in command.reasons if r.is_hold) if command.hold else frozenset()
         if holding == self._holding_reasons:
             return
@@ -314,6 +326,14 @@ class CommandNode(GatoNode):
             self.info_throttled(f"hold:{text}", f"holding: {text}")
         else:
             self.warn_throttled(f"hold:{text}", f"holding the arm: {text}")
+
+    def log_clamps(self, command: SafeCommand) -> None:
+        """Every clamp of a moving command, with its reasons (rate-limited per set of reasons; the ramp-in
+        is the normal start of motion, logged as such, not a clamp)."""
+        clamps = sorted(r for r in command.reasons if not r.is_hold and r is not Reason.RAMP_IN)
+        if clamps:
+            text = ", ".join(clamps)
+            self.info_throttled(f"clamp:{text}", f"command clamped: {text}")
 
     # -- status ------------------------------------------------------------------------------------
     def publish_estop_state(self) -> None:

@@ -18,7 +18,9 @@ complete at the tick, as soon as it is) the node tokenizes the observation and r
 `ActionDecoder` of the checkpoint (``policy.checkpoint``, a `save_checkpoint` directory; the tokenizer
 is built from the checkpoint's own config so training and deployment agree). It publishes ACTION,
 ACTION_TOKENS and POLICY_LATENCY (monotonic seconds from the receipt of the observation's newest part to
-the action's publication). Episode boundaries (a new episode number on EPISODE_STATUS, or the
+the action's publication); an action whose observation aged past ``max_observation_age_s`` plus one
+control period while it was decoded is dropped (logged), so a slow step holds the arm rather than act on
+a world that has moved on. Episode boundaries (a new episode number on EPISODE_STATUS, or the
 RESET_POLICY service) clear the decoder's cache. Subscriptions run in their own callback group on a
 second executor thread, so new sensor data keeps arriving while the model runs.
 """
@@ -115,7 +117,8 @@ class ObservationAssembler:
         self.max_skew_s = float(cfg.policy.max_observation_skew_s)
         # The twin publishes a tick's observation, stamped with the new time, just before that time on
         # its clock: a part may lead the node's clock by one control period, never by more.
-        self.max_lead_s = 1.0 / float(cfg.control.rate_hz) + STAMP_TOLERANCE_S
+        self.period_s = 1.0 / float(cfg.control.rate_hz)
+        self.max_lead_s = self.period_s + STAMP_TOLERANCE_S
         self.kinematics = kinematics
         self.images: dict[str, Part] = {}
         self.joints: Part | None = None
@@ -135,6 +138,18 @@ class ObservationAssembler:
         """Forget what was acted on (a new episode may restart the sensors' stamps)."""
         with self._lock:
             self.last_used = {}
+
+    def expired(self, observation: Observation, now_s: float) -> str | None:
+        """Why an action decoded from `observation` must not go out at `now_s` (None if it may): the
+        observation was fresh when assembled, but the decoding may take at most one control period more.
+        A slow step would otherwise act on the world as it was, with the command node none the wiser."""
+        age = now_s - observation.oldest_stamp_s
+        if age > self.max_age_s + self.period_s + STAMP_TOLERANCE_S:
+            return (
+                f"action dropped: its observation is {age:.3f} s old by the time it was decoded "
+                f"(max {self.max_age_s} s + one control period)"
+            )
+        return None
 
     def assemble(self, now_s: float, all_new: bool = True) -> Observation | str:
         """The observation to act on at `now_s` (node clock), or why there is none. `all_new`: every part
@@ -352,6 +367,11 @@ class PolicyNode(GatoNode):
             )
             with self._decoder_lock:
                 self.decoder.reset()
+            return
+        expired = self.assembler.expired(observation, self.now_s())
+        if expired is not None:  # no action -> the command node's watchdog holds the arm
+            self._last_reason = expired
+            self.get_logger().warning(expired, throttle_duration_sec=self.log_period_s)
             return
         self.action_pub.publish(float_array_msg(result.action))
         self.tokens_pub.publish(int_array_msg(result.token_ids))

@@ -12,6 +12,9 @@ States and transitions:
   and disable; only `release_estop` clears it, and it refuses while the input is still asserted.
 - **watchdog**: hold when the newest action or joint state is missing or older than
   `stale_after_periods` control periods (or stamped in the future: the clock went back).
+- **reading age**: the limiter checks the limits from the newest joint state advanced by the last
+  command over the reading's age (`predicted_positions`): the arm kept moving while the reading aged,
+  and a check from the old reading lets a joint end up to a whole stale period further out.
 - **ramp-in**: after any hold (disabled, e-stop, stale or bad input), the joint-velocity request is
   scaled by `(now - t_resume) / ramp_in_seconds` (clipped to [0, 1]), where `t_resume` is the first tick
   that does not hold. The ramp scales the request before the limiter, which stays the last step.
@@ -64,6 +67,9 @@ class SafeCommand:
     hold: bool
     reasons: frozenset[Reason] = field(default_factory=frozenset)
     ramp_scale: float = 0.0
+    # Where the joints are estimated to be at this tick (the limits were checked from here); None without
+    # a fresh, finite joint state. A position-interface target must start here, not at the older reading.
+    joint_positions: np.ndarray | None = None
 
 
 STALE_TOLERANCE_S = 1e-9
@@ -172,14 +178,17 @@ class SafetySupervisor:
             holds.add(Reason.STALE_ACTION)
         dt = self.limits.control_period if self.last_tick is None else now - self.last_tick
         self.last_tick = now
+        positions = None
+        if joints is not None and Reason.STALE_JOINT_STATE not in holds:
+            positions = self.predicted_positions(joints, now)
         if holds or joints is None or request is None:
-            return self._finish(self.hold(holds))
+            return self._finish(self.hold(holds, positions))
         if self.ramp_start is None:
             self.ramp_start = now
         scale = self.ramp_scale(now)
         requested = real_vector(request.joint_velocity)
         limited = self.limiter.limit(
-            joints.positions,
+            joints.positions if positions is None else positions,  # None: the limiter names the fault
             self.previous_velocity,
             dt,
             request.joint_velocity if requested is None else scale * requested,  # None: the limiter holds
@@ -189,15 +198,29 @@ class SafetySupervisor:
         if scale < 1.0:
             reasons.add(Reason.RAMP_IN)
         if limited.hold:
-            return self._finish(self.hold(reasons))
-        output = SafeCommand(limited.joint_velocity, limited.gripper, False, frozenset(reasons), scale)
+            return self._finish(self.hold(reasons, positions))
+        output = SafeCommand(
+            limited.joint_velocity, limited.gripper, False, frozenset(reasons), scale, positions
+        )
         self.last_safe_gripper = limited.gripper
         return self._finish(output)
 
-    def hold(self, reasons: Iterable[Reason]) -> SafeCommand:
+    def predicted_positions(self, joints: JointSample, now: float) -> np.ndarray | None:
+        """The joint state advanced by the command in force since it was received: the arm kept moving
+        while the reading aged (up to the stale limit), and a limit checked from the old reading would
+        let it overshoot by that much. None if the reading is not 7 finite numbers."""
+        measured = real_vector(joints.positions)
+        if measured is None or not np.all(np.isfinite(measured)):
+            return None
+        age = float(np.clip(float(now) - float(joints.stamp), 0.0, self.limits.stale_after_seconds))
+        return measured + self.previous_velocity * age
+
+    def hold(self, reasons: Iterable[Reason], positions: np.ndarray | None = None) -> SafeCommand:
         """Zero joint velocity, the last safe gripper command; the next motion ramps in again."""
         self.ramp_start = None
-        return SafeCommand(np.zeros(NUM_JOINTS), self.hold_gripper(), True, frozenset(reasons), 0.0)
+        return SafeCommand(
+            np.zeros(NUM_JOINTS), self.hold_gripper(), True, frozenset(reasons), 0.0, positions
+        )
 
     def emergency_hold(self, now: float, reason: Reason = Reason.INTERNAL_ERROR) -> SafeCommand:
         """A hold for when the tick itself failed (an exception upstream): cannot fail."""
