@@ -205,8 +205,13 @@ def test_arm_holds_when_the_policy_dies(stack) -> None:
     zero = [np.abs(r.msg.data).max() == 0.0 for r in after]
     assert True in zero, "no hold after the policy died"
     first_hold = after[zero.index(True)].clock
-    # the next action was due one period after the last; the hold comes at most two periods after that
-    assert first_hold - last_action <= 3 * period + 1e-6, (first_hold - last_action) / period
+    # In the command node's own ticks: the action is stale after two periods, so at most two moving
+    # commands follow the last action and the third tick holds.
+    assert zero.index(True) <= 2, zero
+    # In sim time as the probe hears it: the next action was due one period after the last and the hold
+    # comes at most two periods after that. One period of slack: under CPU starvation the lock-step twin
+    # may advance its clock without a command (lockstep_wait_s) and a sim-time timer then skips a tick.
+    assert first_hold - last_action <= 4 * period + 1e-6, (first_hold - last_action) / period
     assert all(zero[zero.index(True) :]), "the arm moved again without a policy"
     # and the twin's arm actually stops
     state = probe.get(contract.JOINT_STATES)[-1].msg
