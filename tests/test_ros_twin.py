@@ -44,6 +44,9 @@ class Listener:
             contract.JOINT_VELOCITY_COMMAND.name,
             contract.JOINT_VELOCITY_COMMAND.qos.profile(),
         )
+        self.action = self.node.create_publisher(
+            contract.ACTION.msg_type, contract.ACTION.name, contract.ACTION.qos.profile()
+        )
         self.reset = self.node.create_client(contract.RESET_EPISODE.srv_type, contract.RESET_EPISODE.name)
 
     def __getitem__(self, topic: contract.Topic) -> list:
@@ -104,7 +107,7 @@ def test_twin_episodes_end_at_the_time_limit_and_reset_on_request(stack) -> None
 
 
 def test_twin_publishes_the_cell_and_follows_joint_commands(stack) -> None:
-    cfg, _twin, listener, executor = stack
+    cfg, twin, listener, executor = stack
     joints = listener[contract.JOINT_STATES]
     assert spin_until(executor, lambda: listener.velocity.get_subscription_count() > 0, 10)
     # a fresh episode, long enough for the commands and the timeout below
@@ -124,10 +127,22 @@ def test_twin_publishes_the_cell_and_follows_joint_commands(stack) -> None:
     q_start = np.array(start_state()[-1].position[:7])
     qdot = np.array([0.3, 0.0, 0.0, 0.0, 0.0, 0.0, 0.2])
     commands = 4
-    for _ in range(commands):
-        before = len(joints)
-        listener.velocity.publish(float_array_msg(qdot))
-        assert spin_until(executor, lambda b=before: len(joints) > b, 10)
+    # Lock-step: the twin ticks as soon as the stack answered its last observation (an ACTION and a joint
+    # command). Its fallback timer (lockstep_wait_s, 20 ms here) would also tick, and under CPU load a
+    # timer tick can come before a command arrives, so two commands share a tick. Slow the fallback down
+    # while commanding: exactly one tick per answered observation.
+    fallback_period_ns = twin.timer.timer_period_ns
+    twin.timer.timer_period_ns = int(30e9)
+    twin.timer.reset()
+    try:
+        for _ in range(commands):
+            before = len(joints)
+            listener.action.publish(float_array_msg(np.zeros(5)))
+            listener.velocity.publish(float_array_msg(qdot))
+            assert spin_until(executor, lambda b=before: len(joints) > b, 10)
+    finally:
+        twin.timer.timer_period_ns = fallback_period_ns
+        twin.timer.reset()
     # then no more commands: the twin holds the last one for at most command_timeout_s (2 ticks), then
     # zeroes the joint velocity itself, like a ros2_control controller; the lock-step timer keeps ticking
     before = len(joints)
