@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
 
 import numpy as np
-import pytest
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
@@ -28,7 +26,6 @@ from gato_ros.config import load_config
 from gato_ros.control import ArmKinematics
 from gato_ros.ros import contract
 from gato_ros.ros.command_node import CommandNode
-from gato_ros.ros.launcher import isolated_domain_id
 from gato_ros.ros.messages import time_msg
 from gato_ros.safety import Reason, SafetyLimits
 
@@ -99,15 +96,6 @@ class Cell:
             self.joint_pub.publish(self.joint_state())
         if self.action is not None:
             self.action_pub.publish(Float64MultiArray(data=list(self.action)))
-
-
-@pytest.fixture
-def ros_context() -> Iterator[Context]:
-    context = Context()
-    rclpy.init(context=context, domain_id=isolated_domain_id())
-    yield context
-    if context.ok():
-        rclpy.shutdown(context=context)
 
 
 def start(context: Context, overrides: list[str]) -> tuple[CommandNode, Cell, SingleThreadedExecutor]:

@@ -18,7 +18,6 @@ from rclpy.executors import SingleThreadedExecutor
 from gato_ros.config import load_config
 from gato_ros.ros import contract
 from gato_ros.ros.camera_node import CameraNode, HardwareClockSync, QueueFrameSource
-from gato_ros.ros.launcher import isolated_domain_id, ros_domain
 from gato_ros.ros.messages import image_array
 
 WIDTH, HEIGHT, FPS = 64, 48, 30
@@ -64,14 +63,6 @@ class SoftwareCamera:
         self.sensor.close()
 
 
-@pytest.fixture
-def ros_context():
-    with ros_domain(isolated_domain_id()):
-        rclpy.init()
-        yield
-        rclpy.shutdown()
-
-
 def collect(node, topic, store: list) -> None:
     node.create_subscription(topic.msg_type, topic.name, store.append, topic.qos.profile())
 
@@ -101,7 +92,7 @@ def test_hardware_clock_sync_keeps_device_spacing_and_never_stamps_the_future() 
     assert reset == pytest.approx(hw[-1] + clock_offset + 0.040)
 
 
-def test_camera_node_publishes_software_device_frames(ros_context, tmp_path: Path) -> None:
+def test_camera_node_publishes_software_device_frames(ros_default_context, tmp_path: Path) -> None:
     camera = SoftwareCamera()
     cfg = load_config([f"ros.camera.name={CAMERA}", "ros.camera.frame_timeout_s=0.2"])
     node = CameraNode(cfg, source=QueueFrameSource(camera.queue, SERIAL))
@@ -162,7 +153,9 @@ def test_camera_node_publishes_software_device_frames(ros_context, tmp_path: Pat
     np.testing.assert_allclose(info.k, [focal, 0, centre_x, 0, focal, centre_y, 0, 0, 1])
 
 
-def test_camera_info_uses_measured_intrinsics_scaled_to_the_stream(ros_context, tmp_path: Path) -> None:
+def test_camera_info_uses_measured_intrinsics_scaled_to_the_stream(
+    ros_default_context, tmp_path: Path
+) -> None:
     calibration = {
         "frame_id": "world",
         "cameras": {

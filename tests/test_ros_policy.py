@@ -17,7 +17,6 @@ from gato_ros.control.kinematics import ArmKinematics
 from gato_ros.gato.checkpoint import save_checkpoint
 from gato_ros.gato.model import build_model
 from gato_ros.ros import contract
-from gato_ros.ros.launcher import isolated_domain_id, ros_domain
 from gato_ros.ros.messages import image_msg, joint_state_msg, time_msg
 from gato_ros.ros.policy_node import ObservationAssembler, PolicyNode, fit_image
 
@@ -29,14 +28,6 @@ def checkpoint(tmp_path_factory) -> Path:
     cfg = load_config()
     model = build_model(cfg)
     return save_checkpoint(tmp_path_factory.mktemp("policy") / "random_tiny", model, cfg)
-
-
-@pytest.fixture
-def ros_context():
-    with ros_domain(isolated_domain_id()):
-        rclpy.init()
-        yield
-        rclpy.shutdown()
 
 
 class FakeCell:
@@ -97,7 +88,9 @@ def run_ticks(
     return now
 
 
-def test_policy_node_acts_only_on_fresh_synchronized_observations(ros_context, checkpoint: Path) -> None:
+def test_policy_node_acts_only_on_fresh_synchronized_observations(
+    ros_default_context, checkpoint: Path
+) -> None:
     overrides = ["ros.use_sim_time=true", f"policy.checkpoint={checkpoint}", "policy.device=auto"]
     # an age limit well above the skew limit, so each check below is tested on its own (with lags of
     # whole periods: sensor messages of one tick may arrive around the clock of the previous one)

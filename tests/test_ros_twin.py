@@ -21,7 +21,7 @@ EPISODE_STEPS = 20
 
 
 @pytest.fixture(scope="module")
-def ros_context():
+def ros_module_context():
     with ros_domain(isolated_domain_id()):
         rclpy.init()
         yield
@@ -64,7 +64,7 @@ def spin_until(executor, predicate, timeout_s: float) -> bool:
 
 
 @pytest.fixture(scope="module")
-def stack(ros_context):
+def stack(ros_module_context):
     cfg = load_config(
         [
             "ros.twin.realtime_factor=0",  # lock-step: every command is one tick
@@ -210,7 +210,7 @@ def test_trajectory_commands_become_joint_velocities() -> None:
     assert trajectory_velocity(msg, names, q, 0.05) is None
 
 
-def test_twin_publishes_the_scripted_experts_action(ros_context) -> None:
+def test_twin_publishes_the_scripted_experts_action(ros_module_context) -> None:
     cfg = load_config(
         ["ros.twin.action_source=expert", "ros.twin.realtime_factor=0", "ros.twin.lockstep_wait_s=0.02"]
     )
@@ -236,7 +236,7 @@ def test_twin_publishes_the_scripted_experts_action(ros_context) -> None:
     assert any(np.abs(np.asarray(m.data)[:3]).max() > 0 for m in actions)  # it moves toward the red object
 
 
-def test_twin_follows_the_command_nodes_trajectory_interface(ros_context) -> None:
+def test_twin_follows_the_command_nodes_trajectory_interface(ros_module_context) -> None:
     """The command node's one-point trajectories (safety.command_interface=trajectory) drive the twin."""
     from gato_ros.ros.command_node import CommandNode
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
 from functools import cache
 from types import SimpleNamespace
 
@@ -17,7 +16,6 @@ import pytest
 import rclpy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool, Float64MultiArray
@@ -27,7 +25,6 @@ from gato_ros.config import load_config
 from gato_ros.control import ArmKinematics
 from gato_ros.ros import contract
 from gato_ros.ros.command_node import CommandNode, config_flag
-from gato_ros.ros.launcher import isolated_domain_id
 from gato_ros.ros.messages import time_msg
 from gato_ros.ros.policy_node import ObservationAssembler
 from gato_ros.ros.twin_node import TwinNode, trajectory_velocity
@@ -405,15 +402,6 @@ def test_policy_drops_an_action_whose_observation_aged_out_while_decoding() -> N
 
 
 # -- the nodes ----------------------------------------------------------------------------------------
-@pytest.fixture
-def ros_context() -> Iterator[Context]:
-    context = Context()
-    rclpy.init(context=context, domain_id=isolated_domain_id())
-    yield context
-    if context.ok():
-        rclpy.shutdown(context=context)
-
-
 def test_twin_treats_the_command_nodes_empty_trajectory_as_stop() -> None:
     q = posture()
     moving = JointTrajectory(joint_names=ARM)
