@@ -17,8 +17,8 @@ from gato_ros.control.kinematics import ArmKinematics
 from gato_ros.gato.checkpoint import save_checkpoint
 from gato_ros.gato.model import build_model
 from gato_ros.ros import contract
-from gato_ros.ros.messages import image_msg, joint_state_msg, time_msg
-from gato_ros.ros.policy_node import ObservationAssembler, PolicyNode, fit_image
+from gato_ros.ros.messages import image_msg, joint_state_msg, pose_array_msg, time_msg
+from gato_ros.ros.policy_node import ObservationAssembler, PolicyNode, fit_image, placeholder_object_poses
 
 T0 = 100.0  # sim time at the start of the test
 
@@ -28,6 +28,17 @@ def checkpoint(tmp_path_factory) -> Path:
     cfg = load_config()
     model = build_model(cfg)
     return save_checkpoint(tmp_path_factory.mktemp("policy") / "random_tiny", model, cfg)
+
+
+# a state-based checkpoint: joint state + the privileged object poses, no cameras
+STATE_TRAINING = ["tokenizer.observation.use_privileged=true", "tokenizer.observation.image_keys=[]"]
+
+
+@pytest.fixture(scope="module")
+def state_checkpoint(tmp_path_factory) -> Path:
+    cfg = load_config(STATE_TRAINING)
+    model = build_model(cfg)
+    return save_checkpoint(tmp_path_factory.mktemp("policy") / "random_tiny_state", model, cfg)
 
 
 class FakeCell:
@@ -185,3 +196,138 @@ def test_fit_image_crops_to_aspect_then_resizes() -> None:
     wide[:, 80:560] = 255  # the centred square
     out = fit_image(wide, 128, 128)
     assert out.shape == (128, 128, 3) and out.min() == 255
+
+
+class StateCell:
+    """Publishes clock, joint states and object poses with chosen stamps; records the policy's actions."""
+
+    def __init__(self, cfg) -> None:
+        self.cfg = cfg
+        self.node = rclpy.create_node("policy_test_state_cell")
+
+        def pub(topic):
+            return self.node.create_publisher(topic.msg_type, topic.name, topic.qos.profile())
+
+        self.clock = pub(contract.CLOCK)
+        self.joints = pub(contract.JOINT_STATES)
+        self.poses = pub(contract.OBJECT_POSES)
+        self.actions: list = []
+        topic = contract.ACTION
+        self.node.create_subscription(topic.msg_type, topic.name, self.actions.append, topic.qos.profile())
+        self.object_poses = placeholder_object_poses(cfg).reshape(3, 7)
+
+    def publish_joints(self, stamp: float) -> None:
+        q = np.asarray(self.cfg.robot.nominal_posture)
+        names = [*self.cfg.robot.joint_names, self.cfg.robot.gripper.joint_name]
+        self.joints.publish(joint_state_msg(names, [*q, 0.4], [0.0] * 8, time_msg(stamp)))
+
+    def publish_poses(
+        self, stamp: float, poses: np.ndarray | None = None, frame: str = contract.WORLD_FRAME
+    ) -> None:
+        poses = self.object_poses if poses is None else poses
+        self.poses.publish(pose_array_msg(poses, time_msg(stamp), frame))
+
+    def ticks(self, executor, start: float, count: int, pose_lag: float | None, **pose_kwargs) -> float:
+        """`count` control periods of fresh joint states; object poses `pose_lag` s old (None: none)."""
+        period = 1.0 / self.cfg.control.rate_hz
+        now = start
+        for _ in range(count):
+            now += period
+            self.publish_joints(now)
+            if pose_lag is not None:
+                self.publish_poses(now - pose_lag, **pose_kwargs)
+            self.clock.publish(Clock(clock=time_msg(now)))
+            spin_for(executor, 0.06)
+        return now
+
+
+def test_state_policy_acts_on_joint_states_and_object_poses(ros_default_context, state_checkpoint) -> None:
+    overrides = ["ros.use_sim_time=true", f"policy.checkpoint={state_checkpoint}", "policy.device=cpu"]
+    cfg = load_config(overrides)
+    policy = PolicyNode(cfg)
+    assert policy.cameras == [] and policy.object_poses
+    cell = StateCell(cfg)
+    executor = SingleThreadedExecutor()
+    executor.add_node(policy)
+    executor.add_node(cell.node)
+    try:
+        deadline = time.monotonic() + 10
+        while (
+            cell.clock.get_subscription_count() == 0 or cell.poses.get_subscription_count() == 0
+        ) and time.monotonic() < deadline:
+            executor.spin_once(timeout_sec=0.05)
+        max_age = cfg.policy.max_observation_age_s
+        period = 1.0 / cfg.control.rate_hz
+
+        # joint states alone: no action, the poses are missing
+        now = cell.ticks(executor, T0, 5, pose_lag=None)
+        assert cell.actions == [] and "no data yet from object poses" in policy._last_reason
+        # malformed poses are ignored (nothing kept): two objects, a NaN, another frame
+        two = cell.object_poses[:2]
+        now = cell.ticks(executor, now, 2, pose_lag=0.0, poses=two)
+        nan = cell.object_poses.copy()
+        nan[1, 4] = np.nan
+        now = cell.ticks(executor, now, 2, pose_lag=0.0, poses=nan)
+        now = cell.ticks(executor, now, 2, pose_lag=0.0, frame="camera")
+        assert cell.actions == [] and "no data yet from object poses" in policy._last_reason
+        # stale poses: no action
+        now = cell.ticks(executor, now, 5, pose_lag=max_age + 2 * period)
+        assert cell.actions == [] and "objects/pose" in policy._last_reason
+        # fresh joint states and poses: one action per control period
+        now = cell.ticks(executor, now, 6, pose_lag=0.0)
+        spin_for(executor, 0.2)
+        assert 4 <= len(cell.actions) <= 7
+        low, high = np.asarray(cfg.control.action_low), np.asarray(cfg.control.action_high)
+        for msg in cell.actions:
+            action = np.asarray(msg.data)
+            assert action.shape == (5,) and np.all(action >= low) and np.all(action <= high)
+        # the poses stop: the node may act on the last ones while they are fresh, then holds
+        stale_after = int(np.ceil(max_age / period)) + 2
+        now = cell.ticks(executor, now, stale_after, pose_lag=None)
+        count = len(cell.actions)
+        cell.ticks(executor, now, 4, pose_lag=None)
+        assert len(cell.actions) == count and "stale observation: objects/pose" in policy._last_reason
+    finally:
+        executor.shutdown()
+        policy.destroy_node()
+        cell.node.destroy_node()
+
+
+def test_assembler_object_poses_part() -> None:
+    """``objects/pose`` is one more part: missing, malformed, stale, skewed and repeated like the others."""
+    from gato_ros.twin.env import StackingTwin
+
+    cfg = load_config(["policy.max_observation_age_s=0.15", "policy.max_observation_skew_s=0.1"])
+    twin = StackingTwin(cfg, render=False)
+    try:
+        twin.reset(seed=5)
+        truth = twin.object_poses()
+        q = twin.joint_positions()
+    finally:
+        twin.close()
+    assembler = ObservationAssembler(cfg, [], ArmKinematics(cfg.robot), object_poses=True)
+    assembler.add_joints(q, 0.0, stamp_s=1.0, received_s=0.0)
+    assert assembler.assemble(now_s=1.0) == "no data yet from object poses"
+    for bad in (truth[:2], np.vstack([truth, truth[:1]]), np.where(np.arange(7) == 3, np.inf, truth)):
+        with pytest.raises(ValueError):
+            assembler.add_object_poses(bad, stamp_s=1.0, received_s=0.0)
+    assert assembler.assemble(now_s=1.0) == "no data yet from object poses"  # nothing malformed was kept
+    assembler.add_object_poses(truth, stamp_s=1.0, received_s=0.0)
+    observation = assembler.assemble(now_s=1.0)
+    assert not isinstance(observation, str), observation
+    poses = observation.values["objects/pose"]
+    assert poses.dtype == np.float32 and poses.shape == (21,)
+    np.testing.assert_allclose(poses, truth.reshape(-1), atol=1e-6)
+    assert list(observation.values) == sorted(observation.values)  # the observation's key order
+    # the same poses are not acted on twice (all parts must be new) ...
+    assembler.add_joints(q, 0.0, stamp_s=1.05, received_s=0.05)
+    assert assembler.assemble(now_s=1.05) == "no new observation since the last action (objects/pose)"
+    # ... unless a period went without action (one new part is enough), while they are fresh
+    assert not isinstance(assembler.assemble(now_s=1.05, all_new=False), str)
+    assembler.add_joints(q, 0.0, stamp_s=1.2, received_s=0.2)
+    assert assembler.assemble(now_s=1.2, all_new=False).startswith("stale observation: objects/pose")
+    # poses stamped too far from the joint state
+    assembler.add_object_poses(truth, stamp_s=1.08, received_s=0.2)
+    assert assembler.assemble(now_s=1.2).startswith("unsynchronized observation")
+    assembler.add_object_poses(truth.reshape(-1), stamp_s=1.2, received_s=0.2)  # flat works too
+    assert not isinstance(assembler.assemble(now_s=1.2), str)

@@ -93,6 +93,7 @@ def test_twin_episodes_end_at_the_time_limit_and_reset_on_request(stack) -> None
     assert spin_until(executor, lambda: any(s["done"] for s in statuses()), 20)
     done = next(s for s in statuses() if s["done"])
     assert done["episode"] == 0 and done["time_limit"] and not done["success"]
+    assert done["physics_unstable"] is False
     assert done["step"] == EPISODE_STEPS
     assert done["seed"] == cfg.seed and done["triplet"] == cfg.twin.triplet
     assert spin_until(executor, lambda: statuses()[-1]["episode"] == 1, 10)

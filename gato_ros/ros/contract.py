@@ -12,6 +12,7 @@ from enum import Enum
 
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray
+from geometry_msgs.msg import PoseArray
 from rclpy.qos import (
     DurabilityPolicy,
     HistoryPolicy,
@@ -82,6 +83,15 @@ JOINT_STATES = Topic(
     "arm joints right_j0..right_j6 and the gripper driver joint: position, velocity, effort",
 )
 CLOCK = Topic("/clock", Clock, Qos.RELIABLE, "simulated time (twin only; nodes run with use_sim_time)")
+# Privileged state for state-based policies (tokenizer.observation.use_privileged): the twin knows it; on
+# a real cell a pose estimator may publish the same topic.
+OBJECT_POSES = Topic(
+    "/twin/object_poses",
+    PoseArray,
+    Qos.RELIABLE,
+    "poses of the red, green and blue objects (in that order), frame world, header stamp = the joint state's "
+    "of the same tick (twin: published only while subscribed; real cell: a pose estimator)",
+)
 
 
 def camera_image(camera: str) -> Topic:
@@ -162,13 +172,15 @@ EPISODE_STATUS = Topic(
     "/twin/episode",
     String,
     Qos.RELIABLE,
-    "JSON: episode, seed, step, sim_time, success, done, triplet",
+    "JSON: episode, seed, step, sim_time, clock, success, done, time_limit, physics_unstable (the physics "
+    "diverged: the episode ended, never a success), triplet, objects",
 )
 RESET_EPISODE = Service("/twin/reset", Trigger, "start the next seeded episode")
 
 TOPICS: tuple[Topic, ...] = (
     JOINT_STATES,
     CLOCK,
+    OBJECT_POSES,
     ACTION,
     ACTION_TOKENS,
     POLICY_LATENCY,

@@ -5,9 +5,10 @@
 each `NodeSpec` into a ``launch_ros`` Node, and ``gato-ros launch stacking`` (PyPI-only installs, `make
 demo`, the end-to-end tests) starts each as ``python -m <module>`` through `NodeProcesses`.
 
-The sim stack is twin + policy + command; with ``ros.twin.action_source=expert`` the twin publishes the
-scripted expert's ACTION and no policy node runs. The real stack is one RealSense camera node per policy
-camera + policy + command; the arm's driver (ros2_control / intera) is the robot's own and not started here.
+The sim stack is twin + policy + command; with ``ros.twin.action_source=expert`` (or ``random``) the twin
+publishes the scripted expert's (or a uniformly random) ACTION and no policy node runs. The real stack is
+one RealSense camera node per policy camera + policy + command; the arm's driver (ros2_control / intera)
+is the robot's own and not started here.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ def stack_plan(cfg: DictConfig, sim: bool, overrides: Sequence[str] = ()) -> lis
         for camera in cfg.cameras.policy_cameras:
             args = (*common, f"ros.camera.name={camera}")
             nodes.append(NodeSpec(f"camera_{camera}", f"{PACKAGE}.ros.camera_node", "camera_node", args))
-    if not (sim and str(cfg.ros.twin.action_source) == "expert"):
+    if not (sim and str(cfg.ros.twin.action_source) in {"expert", "random"}):  # the twin acts itself
         nodes.append(NodeSpec("policy", f"{PACKAGE}.ros.policy_node", "policy_node", common))
     nodes.append(NodeSpec("command_node", f"{PACKAGE}.ros.command_node", "command_node", common))
     return nodes

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 from builtin_interfaces.msg import Time
+from geometry_msgs.msg import Pose, PoseArray
 from omegaconf import DictConfig
 from sensor_msgs.msg import CameraInfo, Image, JointState
 from std_msgs.msg import Float64MultiArray, Int64MultiArray
@@ -28,11 +29,15 @@ __all__ = [
     "joint_positions",
     "joint_state_msg",
     "load_calibration",
+    "pose_array",
+    "pose_array_msg",
     "time_from_nanos",
     "time_msg",
 ]
 
 NANOS_PER_SECOND = 1_000_000_000
+# A pose in the observation's convention: x, y, z, qw, qx, qy, qz (scalar-first quaternion, as MuJoCo).
+POSE_SIZE = 7
 
 # encoding -> (numpy dtype, channels)
 ENCODINGS: dict[str, tuple[np.dtype, int]] = {
@@ -136,3 +141,28 @@ def float_array_msg(values: Sequence[float] | np.ndarray) -> Float64MultiArray:
 
 def int_array_msg(values: Sequence[int] | np.ndarray) -> Int64MultiArray:
     return Int64MultiArray(data=[int(x) for x in np.asarray(values, dtype=np.int64).ravel()])
+
+
+def pose_array_msg(poses: np.ndarray, stamp: Time, frame_id: str) -> PoseArray:
+    """(N, 7) poses x, y, z, qw, qx, qy, qz (the observation's scalar-first order) as a PoseArray (ROS
+    quaternions are x, y, z, w)."""
+    poses = np.asarray(poses, dtype=np.float64).reshape(-1, POSE_SIZE)
+    msg = PoseArray()
+    msg.header.stamp = stamp
+    msg.header.frame_id = frame_id
+    for x, y, z, qw, qx, qy, qz in poses.tolist():
+        pose = Pose()
+        pose.position.x, pose.position.y, pose.position.z = x, y, z
+        pose.orientation.w, pose.orientation.x = qw, qx
+        pose.orientation.y, pose.orientation.z = qy, qz
+        msg.poses.append(pose)
+    return msg
+
+
+def pose_array(msg: PoseArray) -> np.ndarray:
+    """A PoseArray as (N, 7) x, y, z, qw, qx, qy, qz (the inverse of `pose_array_msg`)."""
+    rows = []
+    for p in msg.poses:
+        position, q = p.position, p.orientation
+        rows.append((position.x, position.y, position.z, q.w, q.x, q.y, q.z))
+    return np.array(rows, dtype=np.float64).reshape(len(rows), POSE_SIZE)

@@ -4,7 +4,9 @@ Observation. `ObservationAssembler` (ROS-free) keeps the newest image of every c
 tokenizer wants and the newest joint state, and assembles the observation dict of docs/ARCHITECTURE.md:
 images centre-cropped to the configured aspect and resized to ``cameras.width x height``; joint angles;
 the gripper driver angle in 0..255 units; the tool-point (pinch) and flange (tcp) poses computed from
-the joint angles with `ArmKinematics`, exactly as the twin computes them. An observation is used only if
+the joint angles with `ArmKinematics`, exactly as the twin computes them; for a state-based checkpoint
+(trained with ``tokenizer.observation.use_privileged``) the object poses of OBJECT_POSES as
+``objects/pose`` (the twin's, or a pose estimator's on the real cell). An observation is used only if
 its oldest part is at most ``policy.max_observation_age_s`` old on the node's clock (sim time under the
 twin), its newest part leads that clock by at most one control period (the twin's publishing order; more
 means the clock went back, e.g. a restarted twin, and the node also forgets what it acted on), its parts
@@ -38,6 +40,7 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
+from geometry_msgs.msg import PoseArray
 from omegaconf import DictConfig
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from sensor_msgs.msg import Image, JointState
@@ -46,7 +49,14 @@ from std_srvs.srv import Trigger
 
 from gato_ros.control.kinematics import ArmKinematics
 from gato_ros.ros import contract
-from gato_ros.ros.messages import float_array_msg, image_array, int_array_msg, joint_positions
+from gato_ros.ros.messages import (
+    POSE_SIZE,
+    float_array_msg,
+    image_array,
+    int_array_msg,
+    joint_positions,
+    pose_array,
+)
 from gato_ros.ros.runtime import GatoNode, run_node
 
 PIXELS_SUFFIX = "/pixels"
@@ -55,6 +65,8 @@ JOINTS_KEY = "sawyer/joints/angle"
 PINCH_KEY = "sawyer/pinch/pose"
 TCP_KEY = "sawyer/tcp/pose"
 PROPRIO_KEYS = (GRIPPER_KEY, JOINTS_KEY, PINCH_KEY, TCP_KEY)
+OBJECTS_KEY = "objects/pose"  # privileged: red, green, blue poses (x, y, z, qw, qx, qy, qz each)
+OBJECTS_PART = "object poses"  # what the logs call that part
 # Float slack on stamp comparisons (s): stamps are integer nanoseconds, far below any real lead.
 STAMP_TOLERANCE_S = 1e-6
 
@@ -83,6 +95,20 @@ def fit_image(pixels: np.ndarray, width: int, height: int) -> np.ndarray:
     return cv2.resize(np.ascontiguousarray(pixels), (width, height), interpolation=cv2.INTER_AREA)
 
 
+def placeholder_object_poses(cfg: DictConfig) -> np.ndarray:
+    """A plausible ``objects/pose`` for warming up the decoder: the objects side by side across the
+    twin's drop area (``twin.reset.object_low/high``) at the drop height, upright."""
+    reset = cfg.twin.reset
+    count = len(cfg.twin.object_colors)
+    low, high = np.asarray(reset.object_low, dtype=float), np.asarray(reset.object_high, dtype=float)
+    poses = np.zeros((count, POSE_SIZE))
+    poses[:, 0] = 0.5 * (low[0] + high[0])
+    poses[:, 1] = np.linspace(low[1], high[1], count)
+    poses[:, 2] = float(reset.drop_height)
+    poses[:, 3] = 1.0  # identity quaternion (w first)
+    return poses.reshape(-1).astype(np.float32)
+
+
 @dataclass(frozen=True)
 class Part:
     """One sensor reading: its value, header stamp (node clock, s) and monotonic receipt time (s)."""
@@ -108,8 +134,13 @@ class ObservationAssembler:
         cfg: DictConfig,
         cameras: Sequence[str],
         kinematics: ArmKinematics,
+        object_poses: bool = False,
     ) -> None:
+        """`object_poses`: the observation also needs ``objects/pose`` (a state-based checkpoint), one
+        pose per ``twin.object_colors`` entry, from `add_object_poses`."""
         self.cameras = list(cameras)
+        self.object_poses = object_poses
+        self.num_objects = len(cfg.twin.object_colors)
         self.width, self.height = int(cfg.cameras.width), int(cfg.cameras.height)
         self.gripper_range = np.asarray(cfg.robot.gripper.driver_range, dtype=float)
         self.gripper_units = float(cfg.robot.gripper.command_range[1])
@@ -122,6 +153,7 @@ class ObservationAssembler:
         self.kinematics = kinematics
         self.images: dict[str, Part] = {}
         self.joints: Part | None = None
+        self.poses: Part | None = None
         self.last_used: dict[str, float] = {}  # stamp of each part in the last observation acted on
         self.last_now_s: float | None = None  # the clock at the last assembly, to notice it going back
         self._lock = threading.Lock()
@@ -133,6 +165,17 @@ class ObservationAssembler:
     def add_joints(self, arm: np.ndarray, gripper_rad: float, stamp_s: float, received_s: float) -> None:
         with self._lock:
             self.joints = Part((arm, gripper_rad), stamp_s, received_s)
+
+    def add_object_poses(self, poses: np.ndarray, stamp_s: float, received_s: float) -> None:
+        """(num_objects, 7) poses in red, green, blue order; a ValueError (and nothing kept) for a wrong
+        count or non-finite values, so a malformed message never replaces a good one."""
+        array = np.asarray(poses, dtype=np.float64)
+        if array.shape not in {(self.num_objects, POSE_SIZE), (self.num_objects * POSE_SIZE,)}:
+            raise ValueError(f"expected {self.num_objects} poses of {POSE_SIZE} values, got {array.shape}")
+        if not np.all(np.isfinite(array)):
+            raise ValueError("non-finite object pose")
+        with self._lock:
+            self.poses = Part(array.reshape(-1).astype(np.float32), stamp_s, received_s)
 
     def reset(self) -> None:
         """Forget what was acted on (a new episode may restart the sensors' stamps)."""
@@ -164,9 +207,13 @@ class ObservationAssembler:
             missing = [c for c in self.cameras if c not in self.images]
             if self.joints is None:
                 missing.append("joint states")
+            if self.object_poses and self.poses is None:
+                missing.append(OBJECTS_PART)
             if missing:
                 return f"no data yet from {', '.join(missing)}"
             parts = {**{f"{c}{PIXELS_SUFFIX}": self.images[c] for c in self.cameras}, "joints": self.joints}
+            if self.poses is not None and self.object_poses:
+                parts[OBJECTS_KEY] = self.poses
             joints = self.joints
         stamps = [p.stamp_s for p in parts.values()]
         oldest, newest = min(stamps), max(stamps)
@@ -185,7 +232,10 @@ class ObservationAssembler:
         repeated = [k for k, p in parts.items() if p.stamp_s <= self.last_used.get(k, -np.inf)]
         if repeated and (all_new or len(repeated) == len(parts)):
             return f"no new observation since the last action ({', '.join(repeated)})"
-        values = {k: fit_image(p.value, self.width, self.height) for k, p in parts.items() if k != "joints"}
+        images = {k: p for k, p in parts.items() if k.endswith(PIXELS_SUFFIX)}
+        values = {k: fit_image(p.value, self.width, self.height) for k, p in images.items()}
+        if OBJECTS_KEY in parts:
+            values[OBJECTS_KEY] = parts[OBJECTS_KEY].value
         arm, gripper_rad = joints.value
         low, high = self.gripper_range
         gripper = np.clip((gripper_rad - low) / (high - low), 0.0, 1.0) * self.gripper_units
@@ -217,7 +267,9 @@ class PolicyNode(GatoNode):
         self.decoder = ActionDecoder(checkpoint.model, self.tokenizer, cfg)
         keys = self.tokenizer.observation_keys
         self.cameras = [k.removesuffix(PIXELS_SUFFIX) for k in keys if k.endswith(PIXELS_SUFFIX)]
-        unavailable = [k for k in keys if not k.endswith(PIXELS_SUFFIX) and k not in PROPRIO_KEYS]
+        self.object_poses = OBJECTS_KEY in keys  # a state-based checkpoint: OBJECT_POSES is one more part
+        provided = (*PROPRIO_KEYS, OBJECTS_KEY)
+        unavailable = [k for k in keys if not k.endswith(PIXELS_SUFFIX) and k not in provided]
         if unavailable:
             raise ValueError(f"the checkpoint needs observation keys no ROS topic provides: {unavailable}")
         if float(trained.control.rate_hz) != float(cfg.control.rate_hz):
@@ -226,7 +278,9 @@ class PolicyNode(GatoNode):
             )
         self.joint_names = [str(n) for n in cfg.robot.joint_names]
         self.gripper_joint = str(cfg.robot.gripper.joint_name)
-        self.assembler = ObservationAssembler(cfg, self.cameras, ArmKinematics(cfg.robot))
+        self.assembler = ObservationAssembler(
+            cfg, self.cameras, ArmKinematics(cfg.robot), object_poses=self.object_poses
+        )
         self.log_period_s = float(cfg.policy.stale_log_period_s)
         self.episode: int | None = None
         self.steps = 0
@@ -250,6 +304,8 @@ class PolicyNode(GatoNode):
                 callback_group=sensors,
             )
         self.subscription(contract.JOINT_STATES, self.on_joint_states, callback_group=sensors)
+        if self.object_poses:
+            self.subscription(contract.OBJECT_POSES, self.on_object_poses, callback_group=sensors)
         self.subscription(contract.EPISODE_STATUS, self.on_episode_status, callback_group=sensors)
         self.service(contract.RESET_POLICY, self.on_reset, callback_group=sensors)
         self.action_pub = self.publisher(contract.ACTION)
@@ -260,8 +316,8 @@ class PolicyNode(GatoNode):
             1.0 / float(cfg.control.rate_hz), self.on_timer, callback_group=MutuallyExclusiveCallbackGroup()
         )
         self.get_logger().info(
-            f"policy {checkpoint.path} (step {checkpoint.step}) on {self.device}, cameras {self.cameras}, "
-            f"{cfg.control.rate_hz} Hz"
+            f"policy {checkpoint.path} (step {checkpoint.step}) on {self.device}, cameras {self.cameras}"
+            f"{', object poses' if self.object_poses else ''}, {cfg.control.rate_hz} Hz"
         )
 
     def warm_up(self) -> None:
@@ -275,6 +331,8 @@ class PolicyNode(GatoNode):
         blank[JOINTS_KEY] = q.astype(np.float32)
         blank[PINCH_KEY] = kinematics.pinch_pose(q).astype(np.float32)
         blank[TCP_KEY] = kinematics.tcp_pose(q).astype(np.float32)
+        if self.object_poses:
+            blank[OBJECTS_KEY] = placeholder_object_poses(self.cfg)
         seconds = self.decoder.warmup(blank)
         self.get_logger().info(f"decoder warmed up in {seconds:.2f} s")
 
@@ -305,6 +363,23 @@ class PolicyNode(GatoNode):
         self.assembler.add_joints(
             arm, float(gripper[0]), contract.stamp_to_seconds(msg.header.stamp), received
         )
+        self.try_step()
+
+    def on_object_poses(self, msg: PoseArray) -> None:
+        received = time.monotonic()
+        if msg.header.frame_id != contract.WORLD_FRAME:
+            self.get_logger().error(
+                f"ignoring object poses in frame {msg.header.frame_id!r} (expected {contract.WORLD_FRAME!r})",
+                throttle_duration_sec=self.log_period_s,
+            )
+            return
+        try:
+            self.assembler.add_object_poses(
+                pose_array(msg), contract.stamp_to_seconds(msg.header.stamp), received
+            )
+        except ValueError as err:
+            self.get_logger().error(f"ignoring object poses: {err}", throttle_duration_sec=self.log_period_s)
+            return
         self.try_step()
 
     def on_episode_status(self, msg: String) -> None:

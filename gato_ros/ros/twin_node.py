@@ -5,23 +5,28 @@ consumes what the cell's controllers consume (JOINT_VELOCITY_COMMAND + GRIPPER_C
 JOINT_TRAJECTORY_COMMAND, per ``safety.command_interface``, which the command node obeys too), applied
 through `StackingTwin.step_joint_velocity`. It also owns the simulated clock (CLOCK; the other nodes run with
 ``use_sim_time``) and the episodes (EPISODE_STATUS as JSON, RESET_EPISODE service, automatic next episode).
+With each observation it publishes the privileged object poses (OBJECT_POSES, for state-based policies)
+while someone subscribes to them.
 
 Timing. Each tick advances one control period. ``ros.twin.realtime_factor`` r > 0 ticks every
 period / r wall seconds (1.0 = real time); r = 0 is lock-step: the next tick follows as soon as the stack
-has answered the last observation (an ACTION, unless the expert is the source, and a joint command), or
-after ``lockstep_wait_s`` (a dead node cannot freeze the clock), so evaluation runs as fast as the
-stack, with the same one-tick command delay as in real time. Within a tick the twin applies
+has answered the last observation (an ACTION, unless the twin is its own action source, and a joint
+command), or after ``lockstep_wait_s`` (a dead node cannot freeze the clock), so evaluation runs as fast
+as the stack, with the same one-tick command delay as in real time. Within a tick the twin applies
 the newest command, steps, then publishes the observation (stamped with the new sim time) *before* the
 clock, so a node woken by the clock already has that observation.
 
 Like a ros2_control forward-command controller the twin holds the last command, and zeroes the joint
 velocity once no command has arrived for ``command_timeout_s`` of sim time. Before the first episode it
 waits (clock running, physics paused, arm still) until the stack is up: a joint command and, unless the
-expert is the action source, an ACTION have been heard, or ``wait_for_stack_s`` has passed.
+twin is its own action source, an ACTION have been heard, or ``wait_for_stack_s`` has passed.
 
 With ``ros.twin.action_source=expert`` the twin publishes the scripted expert's ACTION for each new
-observation (the expert needs the privileged object poses, which exist only here); the command node
-turns it into joint commands as it would a policy's.
+observation (the expert needs the privileged object poses, which exist only here); with ``random`` it
+publishes a uniformly random ACTION within ``control.action_low/high`` instead (a baseline), drawn from a
+``numpy.random.default_rng(episode seed)``, one draw per new observation (held ticks repeat it), so a seed
+reproduces its episode's actions. The command node turns either into joint commands as it would a
+policy's.
 """
 
 from __future__ import annotations
@@ -47,12 +52,16 @@ from gato_ros.ros.messages import (
     image_msg,
     joint_state_msg,
     load_calibration,
+    pose_array_msg,
     time_msg,
 )
 from gato_ros.ros.runtime import GatoNode, run_node
 from gato_ros.twin.env import StackingTwin, TwinStep
 
 LOCKSTEP = 0.0
+# ros.twin.action_source: who publishes ACTION. "policy" is the policy node; the others are the twin itself.
+POLICY_SOURCE = "policy"
+TWIN_SOURCES = ("expert", "random")
 
 
 def trajectory_velocity(
@@ -97,9 +106,13 @@ class TwinNode(GatoNode):
         self.command_timeout_ticks = int(np.floor(float(tcfg.command_timeout_s) / self.period + 1e-9))
         self.auto_reset = bool(tcfg.auto_reset)
         self.seed_stride = int(tcfg.seed_stride)
-        self.expert_source = str(tcfg.action_source) == "expert"
-        if str(tcfg.action_source) not in {"policy", "expert"}:
-            raise ValueError(f"ros.twin.action_source must be policy or expert, not {tcfg.action_source}")
+        self.action_source = str(tcfg.action_source)
+        if self.action_source not in (POLICY_SOURCE, *TWIN_SOURCES):
+            choices = " | ".join((POLICY_SOURCE, *TWIN_SOURCES))
+            raise ValueError(f"ros.twin.action_source must be {choices}, not {self.action_source}")
+        self.twin_acts = self.action_source in TWIN_SOURCES  # the twin publishes ACTION itself
+        self.action_low = np.asarray(cfg.control.action_low, dtype=float)
+        self.action_high = np.asarray(cfg.control.action_high, dtype=float)
         self.joint_names = [str(n) for n in cfg.robot.joint_names]
         self.num_joints = len(self.joint_names)
         self.gripper_joint = str(cfg.robot.gripper.joint_name)
@@ -115,8 +128,12 @@ class TwinNode(GatoNode):
         self.status_pub = self.publisher(contract.EPISODE_STATUS)
         self.image_pubs = {c: self.publisher(contract.camera_image(c)) for c in self.cameras}
         self.info_pubs = {c: self.publisher(contract.camera_info(c)) for c in self.cameras}
-        self.action_pub = self.publisher(contract.ACTION) if self.expert_source else None
-        self.expert = self._make_expert() if self.expert_source else None
+        self.poses_pub = self.publisher(contract.OBJECT_POSES)
+        self.action_pub = self.publisher(contract.ACTION) if self.twin_acts else None
+        self.expert = self._make_expert() if self.action_source == "expert" else None
+        # random source: the episode's generator and its draw for the newest observation
+        self.random_rng: np.random.Generator | None = None
+        self.random_action: np.ndarray | None = None
 
         interface = str(cfg.safety.command_interface)
         if interface == "velocity":
@@ -133,7 +150,7 @@ class TwinNode(GatoNode):
         self.qdot_command = np.zeros(self.num_joints)
         self.gripper_command = -self.gripper_command_max  # open
         self.last_command_tick: int | None = None
-        self.heard_action = self.expert_source
+        self.heard_action = self.twin_acts
         self.command_since_tick = self.action_since_tick = False
 
         # clock and episodes: `tick` counts control periods since the node started; /clock never resets
@@ -156,9 +173,10 @@ class TwinNode(GatoNode):
         else:
             self.timer = self.create_timer(self.period / self.realtime_factor, self.tick)
         mode = "lock-step" if self.realtime_factor == LOCKSTEP else f"{self.realtime_factor:g}x real time"
+        actor = {"policy": "the policy", "expert": "the scripted expert", "random": "uniform random draws"}
         self.get_logger().info(
             f"twin at {1.0 / self.period:g} Hz, {mode}, commands via {interface}, actions from "
-            f"{'the scripted expert' if self.expert_source else 'the policy'}"
+            f"{actor[self.action_source]}"
         )
 
     def _make_expert(self) -> Any:
@@ -204,7 +222,7 @@ class TwinNode(GatoNode):
         """Lock-step: tick once the stack has answered the last observation (an ACTION from the policy,
         and a joint command); the timer ticks anyway after `lockstep_wait_s`, so a dead node cannot
         freeze the clock (the command node then holds, as in real time)."""
-        answered = self.command_since_tick and (self.action_since_tick or self.expert_source)
+        answered = self.command_since_tick and (self.action_since_tick or self.twin_acts)
         if self.realtime_factor == LOCKSTEP and answered:
             self.tick()
             self.timer.reset()
@@ -215,7 +233,7 @@ class TwinNode(GatoNode):
 
     def on_action(self, _msg: Float64MultiArray) -> None:
         self.heard_action = True
-        if not self.expert_source:
+        if not self.twin_acts:
             self.action_since_tick = True
             self._lockstep_tick()
 
@@ -238,15 +256,18 @@ class TwinNode(GatoNode):
         if self.episode >= 0:
             self.tick_count += 1
         self.episode += 1
-        self.twin.reset(seed=self.episode_seed(self.episode))
+        seed = self.episode_seed(self.episode)
+        self.twin.reset(seed=seed)
         if self.expert is not None:
             self.expert.reset()
+        if self.action_source == "random":
+            self.random_rng = np.random.default_rng(seed)
         self.episode_done = False
         self.last_step = None
         self.held_observation = None
         self.publish_observation(self.twin.observation())
         self.publish_status()
-        self.publish_expert_action()
+        self.publish_source_action(new_observation=True)
 
     def on_reset(self, _request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         self.start_episode()
@@ -266,6 +287,7 @@ class TwinNode(GatoNode):
             "success": bool(step.success) if step else False,
             "done": self.episode_done,
             "time_limit": bool(step.info.get("time_limit", False)) if step else False,
+            "physics_unstable": bool(step.info.get("physics_unstable", False)) if step else False,
             "triplet": triplet,
             "objects": list(self.twin.object_ids or ()),
         }
@@ -289,7 +311,7 @@ class TwinNode(GatoNode):
             self.tick_count += 1
             self.publish_observation(self.held_observation)
             self.publish_status()
-            self.publish_expert_action()
+            self.publish_source_action(new_observation=False)
             return
         self.held_observation = None
         qdot, gripper = self.current_command()
@@ -302,11 +324,16 @@ class TwinNode(GatoNode):
         if self.episode_done:
             self.finish_episode(step)
         else:
-            self.publish_expert_action()
+            self.publish_source_action(new_observation=True)
 
     def finish_episode(self, step: TwinStep) -> None:
         result = self.status()
-        outcome = "success" if step.success else "time limit"
+        if step.success:
+            outcome = "success"
+        elif result["physics_unstable"]:
+            outcome = "physics unstable"
+        else:
+            outcome = "time limit"
         self.get_logger().info(
             f"episode {self.episode} (seed {result['seed']}): {outcome} after {self.twin.time:.2f} s sim, "
             f"{self.twin.step_count} steps"
@@ -314,14 +341,28 @@ class TwinNode(GatoNode):
         if self.auto_reset:
             self.start_episode()
 
-    def publish_expert_action(self) -> None:
-        if self.expert is not None and self.action_pub is not None and not self.episode_done:
-            self.action_pub.publish(float_array_msg(self.expert.act(self.twin)))
+    def publish_source_action(self, new_observation: bool) -> None:
+        """The twin as its own action source: the expert's action for the current state, or a uniform
+        draw within the action bounds. A random draw is made only for a new observation (a held tick
+        repeats it), so the generator advances once per physics step and a seed reproduces its episode
+        however long the stack took to come up."""
+        if self.action_pub is None or self.episode_done:
+            return
+        if self.expert is not None:
+            action = self.expert.act(self.twin)
+        elif self.random_rng is not None:
+            if new_observation or self.random_action is None:
+                self.random_action = self.random_rng.uniform(self.action_low, self.action_high)
+            action = self.random_action
+        else:
+            return
+        self.action_pub.publish(float_array_msg(action))
 
     def publish_observation(self, obs: dict[str, np.ndarray]) -> None:
-        """Joint states and images at the new sim time, then the clock. Rendering is most of a tick's
-        cost, so with ``ros.twin.lazy_images`` a camera nobody subscribes to (e.g. the expert demo
-        without a viewer) is not rendered."""
+        """Joint states, object poses and images at the new sim time, then the clock. Rendering is most
+        of a tick's cost, so with ``ros.twin.lazy_images`` a camera nobody subscribes to (e.g. the expert
+        demo without a viewer) is not rendered; the object poses go out only while subscribed (they are
+        privileged, for state-based policies; a subscriber count is cheaper than a message per tick)."""
         stamp = time_msg(self.clock_s)
         q = self.twin.joint_positions()
         low, high = self.gripper_range
@@ -335,6 +376,8 @@ class TwinNode(GatoNode):
                 stamp,
             )
         )
+        if self.poses_pub.get_subscription_count() > 0:  # the state of `obs` is the twin's current one
+            self.poses_pub.publish(pose_array_msg(self.twin.object_poses(), stamp, contract.WORLD_FRAME))
         for camera in self.cameras:
             frame = contract.camera_optical_frame(camera)
             publisher = self.image_pubs[camera]
