@@ -30,6 +30,7 @@ setup(
         *share_tree("launch"),
         *share_tree("calibration"),
         *share_tree("sim"),
+        *share_tree("policies"),
         *share_tree(f"{PACKAGE}/config"),
     ],
     install_requires=["setuptools"],

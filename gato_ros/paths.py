@@ -38,6 +38,11 @@ def launch_dir() -> Path:
     return share_dir() / "launch"
 
 
+def policies_dir() -> Path:
+    """Trained policies shipped with the package (each a checkpoint directory with its model card)."""
+    return share_dir() / "policies"
+
+
 @cache
 def installed_package_dir(module: str, provides: str) -> Path:
     """Directory of an installed package, found without importing it (the dm-robotics wheels are read only

@@ -147,6 +147,24 @@ def save_checkpoint(
     return path
 
 
+def resolve_checkpoint(name_or_path: str | Path) -> Path:
+    """A checkpoint directory from a path, or from the name of a policy shipped under `policies/`
+    (`policy.checkpoint=default` is the package's default policy)."""
+    from gato_ros.paths import policies_dir
+
+    path = Path(name_or_path).expanduser()
+    if (path / CONFIG_FILE).is_file():
+        return path
+    shipped = policies_dir() / str(name_or_path)
+    if not path.is_absolute() and (shipped / CONFIG_FILE).is_file():
+        return shipped
+    names = sorted(p.name for p in policies_dir().glob("*") if (p / CONFIG_FILE).is_file())
+    raise FileNotFoundError(
+        f"no checkpoint at {path} (a directory with {CONFIG_FILE} and {MODEL_FILE}), and no shipped policy "
+        f"of that name (shipped: {', '.join(names) or 'none'})"
+    )
+
+
 def read_checkpoint_config(path: str | Path) -> dict[str, Any]:
     meta = json.loads((Path(path) / CONFIG_FILE).read_text())
     if meta.get("format") != FORMAT:
@@ -155,8 +173,9 @@ def read_checkpoint_config(path: str | Path) -> dict[str, Any]:
 
 
 def load_policy(path: str | Path, device: str | torch.device = "cpu") -> PolicyCheckpoint:
-    """Rebuild the model from the checkpoint's JSON config and load its weights (eval mode)."""
-    path = Path(path)
+    """Rebuild the model from the checkpoint's JSON config and load its weights (eval mode). `path` may
+    also name a shipped policy (`resolve_checkpoint`)."""
+    path = resolve_checkpoint(path)
     meta = read_checkpoint_config(path)
     model_cfg = GatoModelConfig(**meta["model"])
     with torch.device("meta"):

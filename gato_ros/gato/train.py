@@ -16,6 +16,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -314,11 +315,23 @@ def _train(
             )
             _write_latest(out_dir, path, int(tcfg.keep_checkpoints))
             result.checkpoint = path
+            if bool(tcfg.get("plot", True)):
+                _plot_curves(log_path, str(cfg.model.name))
     if progress is not None:
         progress.close()
     if dist.world_size > 1:
         torch.distributed.barrier()
     return result
+
+
+def _plot_curves(log_path: Path, title: str) -> None:
+    """Redraw loss.png beside log.jsonl; a plotting failure must never cost the training run."""
+    from gato_ros.gato.curves import plot_training_log
+
+    try:
+        plot_training_log(log_path, title=title)
+    except Exception as err:  # e.g. a headless matplotlib problem: the log itself is intact
+        print(f"warning: could not plot {log_path}: {err!r}", file=sys.stderr)
 
 
 def dataset_batch_source(cfg: DictConfig, dist: DistContext) -> BatchSource:

@@ -1,0 +1,322 @@
+"""`gato-ros collect [key=value ...]`: record scripted-expert episodes in the twin for training (no ROS).
+
+Episode k of the collection runs with seed ``collection.first_seed + k`` in a pool of
+``collection.workers`` processes, each with its own twin (and offscreen renderer when
+``collection.render``). Successful episodes go into the dataset directory in the episode format of
+`gato_ros.gato.data` (timestamps are the twin's simulated time of each observation); failed or diverged
+expert episodes are counted but kept out of it (``collection.keep_failed=true`` writes them too, marked
+unsuccessful, which the training mixture's ``successful_only`` filter drops).
+
+Resumable: every attempted seed is appended to ``collection.jsonl`` in the dataset directory once its
+episode is on disk, and a restarted collection skips the seeds found there or in the episodes' metadata.
+Interrupting it loses only the episodes in flight.
+
+Examples:
+  gato-ros collect collection.episodes=300                        # images + proprio + object poses
+  gato-ros collect collection.render=false collection.dataset=rgb_stacking_sim_state \\
+      'training.data.mixture.rgb_stacking_sim_state={path: rgb_stacking_sim_state, weight: 1.0}'
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+LEDGER_NAME = "collection.jsonl"
+TASK_TEXT = "stack the red object on the blue object"
+SOURCE = "twin/scripted_expert"
+
+
+@dataclass
+class ExpertEpisode:
+    """One expert rollout, as a worker returns it to the writing process."""
+
+    seed: int
+    object_ids: tuple[str, str, str]
+    success: bool
+    physics_unstable: bool
+    sim_seconds: float
+    wall_seconds: float
+    observations: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    actions: list[np.ndarray] = field(default_factory=list)
+    timestamps: list[float] = field(default_factory=list)
+    successes: list[bool] = field(default_factory=list)
+
+    @property
+    def steps(self) -> int:
+        return len(self.actions)
+
+    def ledger_record(self, written: str | None) -> dict[str, Any]:
+        return {
+            "seed": self.seed,
+            "objects": list(self.object_ids),
+            "success": self.success,
+            "physics_unstable": self.physics_unstable,
+            "steps": self.steps,
+            "sim_seconds": round(self.sim_seconds, 3),
+            "wall_seconds": round(self.wall_seconds, 3),
+            "episode_file": written,
+        }
+
+
+def collection_config(cfg: DictConfig) -> DictConfig:
+    """The config a collection worker runs with: the collection's objects and render switch, and the
+    privileged object poses recorded (a state-based policy trains on them; image policies ignore them)."""
+    ccfg = cfg.collection
+    cfg = cfg.copy()
+    OmegaConf.update(cfg, "twin.objects", str(ccfg.objects))
+    OmegaConf.update(cfg, "twin.render", bool(ccfg.render))
+    OmegaConf.update(cfg, "twin.privileged_observations", True)
+    return cfg
+
+
+def output_directory(cfg: DictConfig) -> Path:
+    from gato_ros.gato.data import dataset_directory
+
+    ccfg = cfg.collection
+    if ccfg.out_dir:
+        return Path(str(ccfg.out_dir))
+    return dataset_directory(cfg, str(ccfg.dataset))
+
+
+# -- workers ---------------------------------------------------------------------------------------------
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(plain_cfg: dict[str, Any]) -> None:
+    """Per process: one twin and one expert, reused across that worker's episodes."""
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    from gato_ros.twin import ScriptedExpert, StackingTwin
+
+    cfg = OmegaConf.create(plain_cfg)
+    _WORKER["twin"] = StackingTwin(cfg)
+    _WORKER["expert"] = ScriptedExpert(cfg)
+
+
+def _rollout(seed: int) -> ExpertEpisode:
+    from gato_ros.twin.rollout import run_episode
+
+    twin, expert = _WORKER["twin"], _WORKER["expert"]
+    episode = ExpertEpisode(seed, ("", "", ""), False, False, 0.0, 0.0)
+    times: list[float] = []
+
+    def record(observation: dict[str, np.ndarray], action: np.ndarray, step: Any) -> None:
+        if not episode.observations:
+            episode.observations = {key: [] for key in observation}
+        for key, value in observation.items():
+            episode.observations[key].append(value)
+        episode.actions.append(np.asarray(action, dtype=np.float32))
+        # The observation was taken one control period before the step's time.
+        episode.timestamps.append(float(step.info["time"]) - twin.control_period)
+        episode.successes.append(bool(step.success))
+        times.append(float(step.info["time"]))
+
+    start = time.perf_counter()
+    expert.reset()
+    result = run_episode(twin, lambda t, _obs: expert.act(t), seed, observer=record)
+    episode.object_ids = result.object_ids
+    episode.success = bool(result.success)
+    episode.physics_unstable = bool(result.physics_unstable)
+    episode.sim_seconds = float(result.seconds)
+    episode.wall_seconds = time.perf_counter() - start
+    return episode
+
+
+def _close_worker() -> None:
+    twin = _WORKER.pop("twin", None)
+    if twin is not None:
+        twin.close()
+
+
+# -- the collection ----------------------------------------------------------------------------------------
+def done_seeds(directory: Path) -> set[int]:
+    """Seeds already attempted: from the ledger and from the metadata of the episodes on disk."""
+    from gato_ros.gato.data import EpisodeDataset
+
+    seeds: set[int] = set()
+    ledger = directory / LEDGER_NAME
+    if ledger.is_file():
+        for line in ledger.read_text().splitlines():
+            try:
+                seeds.add(int(json.loads(line)["seed"]))
+            except (ValueError, KeyError, TypeError):
+                continue  # a line cut short by a crash: that seed is simply collected again
+    if directory.is_dir():
+        seeds.update(int(m["seed"]) for m in EpisodeDataset(directory).metadata if "seed" in m)
+    return seeds
+
+
+def ledger_summary(directory: Path) -> dict[str, Any]:
+    """Counts over every attempt in the ledger (this run and earlier ones)."""
+    records = []
+    ledger = directory / LEDGER_NAME
+    if ledger.is_file():
+        for line in ledger.read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                continue
+    successes = [r for r in records if r.get("success")]
+    return {
+        "attempted": len(records),
+        "successful": len(successes),
+        "failed": len(records) - len(successes),
+        "physics_unstable": sum(bool(r.get("physics_unstable")) for r in records),
+        "steps_written": sum(int(r["steps"]) for r in records if r.get("episode_file")),
+    }
+
+
+def _episodes(pending: list[int], workers: int, plain_cfg: dict[str, Any]) -> Iterator[ExpertEpisode]:
+    """Rollouts of `pending` seeds, in completion order: in this process (workers <= 1) or a spawn pool
+    (MuJoCo's GL contexts do not survive fork) with a bounded number of episodes in flight."""
+    if workers <= 1:
+        _init_worker(plain_cfg)
+        try:
+            for seed in pending:
+                yield _rollout(seed)
+        finally:
+            _close_worker()
+        return
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_init_worker, initargs=(plain_cfg,)
+    ) as pool:
+        queue = iter(pending)
+        in_flight: set[Future[ExpertEpisode]] = set()
+        try:
+            for seed in queue:
+                in_flight.add(pool.submit(_rollout, seed))
+                if len(in_flight) >= 2 * workers:
+                    break
+            while in_flight:
+                finished, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    yield future.result()
+                    nxt = next(queue, None)
+                    if nxt is not None:
+                        in_flight.add(pool.submit(_rollout, nxt))
+        finally:
+            for future in in_flight:
+                future.cancel()
+
+
+def collect(cfg: DictConfig) -> dict[str, Any]:
+    """Run the collection of `cfg.collection`; returns its summary (also printed by `main`)."""
+    from gato_ros.gato.data import EpisodeWriter
+
+    ccfg = cfg.collection
+    directory = output_directory(cfg)
+    directory.mkdir(parents=True, exist_ok=True)
+    first, count = int(ccfg.first_seed), int(ccfg.episodes)
+    skip = done_seeds(directory)
+    pending = [s for s in range(first, first + count) if s not in skip]
+    wcfg = collection_config(cfg)
+    plain = OmegaConf.to_container(wcfg, resolve=True)
+    assert isinstance(plain, dict)
+    progress = None
+    if bool(ccfg.progress):
+        from tqdm import tqdm
+
+        progress = tqdm(
+            total=count, initial=count - len(pending), desc="collect", unit="ep", dynamic_ncols=True
+        )
+    run = {"attempted": 0, "successful": 0, "steps": 0, "sim_seconds": 0.0}
+    start = time.perf_counter()
+    writer = EpisodeWriter(
+        directory,
+        control_rate_hz=float(cfg.control.rate_hz),
+        source=SOURCE,
+        clock="twin_sim_time",
+        compress=bool(ccfg.compress),
+        background=False,  # the ledger line follows the file, so a resumed run never skips a lost episode
+    )
+    try:
+        with (directory / LEDGER_NAME).open("a") as ledger:
+            for episode in _episodes(pending, int(ccfg.workers), plain):
+                written = None
+                if episode.success or bool(ccfg.keep_failed):
+                    written = _write_episode(writer, episode, wcfg)
+                ledger.write(json.dumps(episode.ledger_record(written)) + "\n")
+                ledger.flush()
+                os.fsync(ledger.fileno())
+                run["attempted"] += 1
+                run["successful"] += int(episode.success)
+                run["steps"] += episode.steps
+                run["sim_seconds"] += episode.sim_seconds
+                if progress is not None:
+                    progress.update(1)
+                    progress.set_postfix(success=f"{run['successful']}/{run['attempted']}")
+    finally:
+        writer.close()
+        if progress is not None:
+            progress.close()
+    wall = time.perf_counter() - start
+    summary = {
+        "directory": str(directory),
+        "this_run": {
+            **run,
+            "wall_seconds": round(wall, 2),
+            "episodes_per_hour": round(3600 * run["attempted"] / wall, 1) if wall > 0 else None,
+            "steps_per_second": round(run["steps"] / wall, 1) if wall > 0 else None,
+            "sim_speedup": round(run["sim_seconds"] / wall, 2) if wall > 0 else None,
+        },
+        "all_runs": ledger_summary(directory),
+    }
+    return summary
+
+
+def _write_episode(writer: Any, episode: ExpertEpisode, cfg: DictConfig) -> str | None:
+    triplet = int(cfg.twin.triplet) if str(cfg.twin.objects) == "triplet" else None
+    writer.begin_episode(
+        task=TASK_TEXT,
+        seed=episode.seed,
+        triplet=triplet,
+        objects=str(cfg.twin.objects),
+        object_ids=list(episode.object_ids),
+        physics_unstable=episode.physics_unstable,
+    )
+    for t in range(episode.steps):
+        writer.add_step(
+            {key: values[t] for key, values in episode.observations.items()},
+            episode.actions[t],
+            reward=float(episode.successes[t]),
+            success=episode.successes[t],
+            timestamp=episode.timestamps[t],
+        )
+    path = writer.end_episode(success=episode.success)
+    return None if path is None else path.name
+
+
+def main(argv: list[str] | None = None) -> int:
+    from gato_ros.config import load_config
+
+    cfg = load_config(list(sys.argv[1:] if argv is None else argv))
+    summary = collect(cfg)
+    run, total = summary["this_run"], summary["all_runs"]
+    print(
+        f"collected {run['successful']}/{run['attempted']} successful expert episodes "
+        f"({run['steps']} steps) in {run['wall_seconds']:.0f} s: {run['episodes_per_hour']} episodes/h, "
+        f"{run['steps_per_second']} steps/s, {run['sim_speedup']}x real time"
+    )
+    print(
+        f"{summary['directory']}: {total['successful']} successful of {total['attempted']} attempted "
+        f"({total['failed']} failed, {total['physics_unstable']} diverged, kept out), "
+        f"{total['steps_written']} steps written"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""`gato-ros collect`: expert episodes written in the episode format, failures counted but kept out,
+resumable by seed, parallel workers, camera images and real (sim-time) timestamps."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gato_ros.config import load_config
+from gato_ros.gato.data import EpisodeDataset, load_episode, read_metadata
+from gato_ros.tools.collect import LEDGER_NAME, collect, done_seeds
+
+pytestmark = pytest.mark.usefixtures("egl")
+
+
+@pytest.fixture
+def egl(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MUJOCO_GL", "egl")
+
+
+def ledger(directory: Path) -> list[dict]:
+    return [json.loads(line) for line in (directory / LEDGER_NAME).read_text().splitlines()]
+
+
+def config(out: Path, *overrides: str):
+    return load_config(
+        [f"collection.out_dir={out}", "collection.progress=false", "collection.render=false", *overrides]
+    )
+
+
+def test_failed_episodes_are_counted_not_written_and_a_rerun_resumes(tmp_path: Path) -> None:
+    out = tmp_path / "data"
+    short = "control.episode_seconds=0.5"  # 10 steps: the expert cannot stack in time
+    first = collect(
+        config(out, short, "collection.episodes=3", "collection.workers=1", "collection.first_seed=7")
+    )
+    assert first["this_run"]["attempted"] == 3 and first["this_run"]["successful"] == 0
+    assert first["all_runs"] == {
+        "attempted": 3,
+        "successful": 0,
+        "failed": 3,
+        "physics_unstable": 0,
+        "steps_written": 0,
+    }
+    assert len(EpisodeDataset(out)) == 0
+    assert sorted(r["seed"] for r in ledger(out)) == [7, 8, 9]
+    assert all(r["steps"] == 10 and r["episode_file"] is None for r in ledger(out))
+
+    # A longer collection with the same first seed attempts only the new seeds; failed ones kept on request.
+    second = collect(
+        config(
+            out,
+            short,
+            "collection.episodes=5",
+            "collection.workers=1",
+            "collection.first_seed=7",
+            "collection.keep_failed=true",
+        )
+    )
+    assert second["this_run"]["attempted"] == 2
+    assert sorted(r["seed"] for r in ledger(out)) == [7, 8, 9, 10, 11]
+    written = EpisodeDataset(out)
+    assert sorted(m["seed"] for m in written.metadata) == [10, 11]
+    assert all(m["success"] is False for m in written.metadata)
+    assert len(EpisodeDataset(out, successful_only=True)) == 0
+    assert done_seeds(out) == {7, 8, 9, 10, 11}
+
+
+def test_seeds_on_disk_count_as_done_without_a_ledger(tmp_path: Path) -> None:
+    out = tmp_path / "data"
+    collect(
+        config(
+            out,
+            "control.episode_seconds=0.2",
+            "collection.episodes=2",
+            "collection.workers=1",
+            "collection.keep_failed=true",
+            "collection.first_seed=3",
+        )
+    )
+    (out / LEDGER_NAME).unlink()  # e.g. killed between writing an episode and its ledger line
+    assert done_seeds(out) == {3, 4}
+
+
+def test_parallel_workers_record_images_and_sim_time_stamps(tmp_path: Path) -> None:
+    out = tmp_path / "data"
+    cfg = config(
+        out,
+        "control.episode_seconds=0.3",
+        "collection.episodes=2",
+        "collection.workers=2",
+        "collection.render=true",
+        "collection.keep_failed=true",
+    )
+    summary = collect(cfg)
+    assert summary["this_run"]["attempted"] == 2
+    dataset = EpisodeDataset(out)
+    assert len(dataset) == 2
+    for path in dataset.paths:
+        episode = load_episode(path)
+        assert len(episode) == 6
+        for camera in cfg.cameras.policy_cameras:
+            pixels = episode.observations[f"{camera}/pixels"]
+            assert pixels.shape == (6, int(cfg.cameras.height), int(cfg.cameras.width), 3)
+            assert pixels.dtype == np.uint8 and pixels.std() > 0
+        assert episode.observations["objects/pose"].shape == (6, 21)
+        np.testing.assert_allclose(np.diff(episode.timestamp), 0.05, atol=1e-9)
+        assert episode.timestamp[0] == 0.0
+        meta = read_metadata(path)
+        assert meta["source"] == "twin/scripted_expert" and meta["clock"] == "twin_sim_time"
+        assert meta["objects"] == "train" and len(meta["object_ids"]) == 3
+
+
+def test_a_successful_expert_episode_is_written_for_training(tmp_path: Path) -> None:
+    out = tmp_path / "data"
+    summary = collect(
+        config(out, "collection.episodes=1", "collection.workers=1", "collection.first_seed=100000")
+    )
+    assert summary["this_run"]["successful"] == 1
+    dataset = EpisodeDataset(out, successful_only=True)
+    assert len(dataset) == 1
+    episode = dataset[0]
+    assert episode.metadata["seed"] == 100000 and episode.succeeded
+    assert episode.success[-1] and not episode.success[:-1].any()
+    assert episode.action.shape == (len(episode), 5)
