@@ -79,7 +79,6 @@ class ActionDecoder:
         self.greedy = bool(dcfg.greedy)
         self.use_kv_cache = bool(dcfg.kv_cache)
         self.trim_keep_fraction = float(dcfg.trim_keep_fraction)
-        self.max_prompt_tokens = int(dcfg.max_prompt_tokens)
         if not self.greedy and self.temperature <= 0:
             raise ValueError("policy.decoder.temperature must be > 0 when sampling (greedy: false)")
         if not 0.0 < self.trim_keep_fraction <= 1.0:
@@ -93,8 +92,9 @@ class ActionDecoder:
         self.action_obs_index = model.config.action_obs_index
         self.value_range = tokenizer.layout.value_id_range
         self.patch_shape = (model.config.image_channels, model.config.patch_size, model.config.patch_size)
-        if self.max_prompt_tokens >= self.context_length:
-            raise ValueError("policy.decoder.max_prompt_tokens must leave room in the context for a step")
+        # A cap on prompts, not a reservation: never more than half the window, so that the same runtime
+        # config serves checkpoints of any context length and the episode's own history always fits.
+        self.max_prompt_tokens = min(int(dcfg.max_prompt_tokens), self.context_length // 2)
         weight = model.head.weight
         self.device, self.dtype = weight.device, weight.dtype
         self.generator = torch.Generator(device=self.device)
