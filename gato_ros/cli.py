@@ -12,7 +12,9 @@ import sys
 TOOLS: dict[str, str] = {
     "demo": "the scripted expert in the twin (no ROS), with a video of a camera",
     "launch": "start the ROS 2 stack as separate processes (stand-in for `ros2 launch`)",
+    "collect": "record scripted-expert episodes in the twin for training (parallel, resumable)",
     "train": "train a Gato policy on recorded episodes",
+    "eval": "success rates per object triplet through the ROS 2 stack in the twin (JSON, Markdown, plots)",
     "params": "print a model config's parameter count",
     "calibrate": "write camera calibration into calibration/",
 }

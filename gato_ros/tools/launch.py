@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import signal
 import sys
@@ -33,22 +32,11 @@ from dataclasses import dataclass, field
 from types import FrameType
 
 from gato_ros.config import load_config
+from gato_ros.evaluation.stats import WILSON_Z, wilson_interval  # noqa: F401  (re-exported)
 from gato_ros.ros.launcher import NodeProcesses, isolated_domain_id, launch_overrides, stack_plan
 
 STACKS = ("stacking",)
 LAUNCH_ARGS = ("sim", "checkpoint", "device")
-WILSON_Z = 1.959964  # 95% two-sided normal quantile
-
-
-def wilson_interval(successes: int, trials: int, z: float = WILSON_Z) -> tuple[float, float]:
-    """Wilson score interval of a success rate (sensible at 0 % and 100 % and for few trials)."""
-    if trials == 0:
-        return 0.0, 1.0
-    p = successes / trials
-    denominator = 1.0 + z * z / trials
-    centre = (p + z * z / (2 * trials)) / denominator
-    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denominator
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 @dataclass
