@@ -135,6 +135,44 @@ def test_loss_falls_on_recorded_episodes_through_the_train_tool(tmp_path, capsys
     assert latest is not None and latest.name == "step_0000040"
     assert load_policy(latest).step == 40
     assert "last loss" in capsys.readouterr().out
+    png = tmp_path / "run" / "loss.png"  # the curve is redrawn at every checkpoint
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def test_eval_at_end_evaluates_the_final_checkpoint_into_the_run_directory(tmp_path, monkeypatch) -> None:
+    from gato_ros.tools import eval as eval_tool
+    from gato_ros.tools import train as train_tool
+
+    seen = []
+
+    class Report:
+        ok = True
+
+    def fake_evaluate(cfg):  # the real evaluation through ROS is tested in test_eval.py
+        seen.append(cfg)
+        return Report()
+
+    monkeypatch.setattr(eval_tool, "evaluate", fake_evaluate)
+    write_synthetic_episodes(tmp_path / "data", episodes=1, steps=4)
+    overrides = small_run_overrides(tmp_path, steps=2, eval_at_end=True)
+    assert train_tool.main([*overrides, "evaluation.episodes_per_group=1"]) == 0
+    (cfg,) = seen
+    assert cfg.evaluation.checkpoint == str(tmp_path / "run" / "checkpoints" / "step_0000002")
+    assert cfg.evaluation.out_dir == str(tmp_path / "run" / "eval")
+    assert cfg.evaluation.episodes_per_group == 1
+
+
+def test_training_curve_reads_resumed_and_truncated_logs(tmp_path) -> None:
+    from gato_ros.gato.curves import plot_training_log, read_log, running_mean
+
+    log = tmp_path / "log.jsonl"
+    lines = [json.dumps({"step": s, "loss": 5.0 / s, "lr": 1e-4}) for s in (1, 2, 3)]
+    lines += [json.dumps({"step": 2, "loss": 9.0, "lr": 1e-4}), '{"step": 4, "lo']  # resumed, then cut
+    log.write_text("\n".join(lines))
+    records = read_log(log)
+    assert [r["step"] for r in records] == [1, 2, 3] and records[1]["loss"] == 9.0
+    np.testing.assert_allclose(running_mean(np.array([1.0, 3.0, 5.0]), 2), [1.0, 2.0, 4.0])
+    assert plot_training_log(log).stat().st_size > 0
 
 
 def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path) -> None:

@@ -1,24 +1,50 @@
 """`gato-ros train [key=value ...]`: train a Gato policy on recorded episodes.
 
 Everything comes from the config (`training.*` for the optimiser and run directory, `training.data.*` for
-the episode mixture, `model=` for the size). Under `torchrun --nproc-per-node N -m gato_ros.cli train ...`
-the same command trains with DistributedDataParallel.
+the episode mixture, `model=` for the size, `+experiment=` for a preset). The run directory gets
+`log.jsonl`, `loss.png` (redrawn at every checkpoint) and `checkpoints/`. With `training.eval_at_end=true`
+the final checkpoint is evaluated through the ROS 2 stack (`gato-ros eval`, config `evaluation.*`, output in
+`<out_dir>/eval` unless `evaluation.out_dir` is given); `gato-ros eval evaluation.checkpoint=DIR` does the
+same on demand. Under `torchrun --nproc-per-node N -m gato_ros.cli train ...` the same command trains with
+DistributedDataParallel.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
 from gato_ros.config import load_config
 from gato_ros.gato.train import DistContext, train
+
+DEFAULT_EVAL_DIR = "outputs/eval"  # evaluation.out_dir's default: redirected into the run directory
+
+
+def evaluate_checkpoint(cfg: DictConfig, checkpoint: Path) -> bool:
+    """`gato-ros eval` of a freshly trained checkpoint; returns whether every episode ran."""
+    from gato_ros.tools.eval import evaluate
+
+    cfg = cfg.copy()
+    OmegaConf.update(cfg, "evaluation.checkpoint", str(checkpoint))
+    if str(cfg.evaluation.out_dir) == DEFAULT_EVAL_DIR:
+        OmegaConf.update(cfg, "evaluation.out_dir", str(Path(str(cfg.training.out_dir)) / "eval"))
+    report = evaluate(cfg)
+    print(f"evaluation of {checkpoint} in {cfg.evaluation.out_dir} ({'ok' if report.ok else 'with errors'})")
+    return bool(report.ok)
 
 
 def main(argv: list[str]) -> int:
     cfg = load_config(argv)
     result = train(cfg)
-    if DistContext.from_env().is_main:
-        last = result.losses[-1] if result.losses else float("nan")
-        print(f"trained {cfg.model.name} to step {result.step}: last loss {last:.4f}")
-        print(f"  throughput {result.tokens_per_s:,.0f} tokens/s (padded batch tokens, all ranks)")
-        if result.checkpoint is not None:
-            print(f"  checkpoint {result.checkpoint}")
-        print(f"  log {cfg.training.out_dir}/log.jsonl")
+    if not DistContext.from_env().is_main:
+        return 0
+    last = result.losses[-1] if result.losses else float("nan")
+    print(f"trained {cfg.model.name} to step {result.step}: last loss {last:.4f}")
+    print(f"  throughput {result.tokens_per_s:,.0f} tokens/s (padded batch tokens, all ranks)")
+    if result.checkpoint is not None:
+        print(f"  checkpoint {result.checkpoint}")
+    print(f"  log {cfg.training.out_dir}/log.jsonl, curve {cfg.training.out_dir}/loss.png")
+    if bool(cfg.training.get("eval_at_end", False)) and result.checkpoint is not None:
+        return 0 if evaluate_checkpoint(cfg, result.checkpoint) else 1
     return 0
