@@ -114,3 +114,25 @@ def test_params_tool_prints_counts(capsys) -> None:
     assert params.main(["model=gato_1_18b"]) == 0
     out = capsys.readouterr().out
     assert "1,285,756,224" in out and "matches" in out
+
+
+def test_sinusoidal_value_init_orders_the_bins_and_survives_a_checkpoint(tmp_path) -> None:
+    from gato_ros.gato.checkpoint import load_policy, save_checkpoint
+
+    cfg = load_config(["model=tiny", "+model.value_embedding_init=sinusoidal"])
+    model = build_model(cfg)
+    start, count = int(cfg.tokenizer.text_vocab_size), int(cfg.tokenizer.num_bins)
+    assert (model.config.value_id_start, model.config.value_id_count) == (start, count)
+    bins = model.token_embedding.weight[start : start + count].detach()
+    similarity = torch.nn.functional.cosine_similarity(bins[512], bins, dim=1)
+    assert similarity[513] > 0.8 and similarity[511] > 0.8  # neighbours start alike ...
+    assert similarity[1000].abs() < 0.5  # ... distant values do not
+    assert bins.std() == pytest.approx(float(cfg.model.init_std), rel=0.05)
+    text = model.token_embedding.weight[:start].detach()
+    assert text.std() == pytest.approx(float(cfg.model.init_std), rel=0.05)  # other rows untouched
+    path = save_checkpoint(tmp_path / "ckpt", model, cfg)
+    loaded = load_policy(path)
+    assert loaded.model.config == model.config
+    torch.testing.assert_close(loaded.model.token_embedding.weight, model.token_embedding.weight)
+    with pytest.raises(ValueError, match="value_embedding_init"):
+        build_model(load_config(["model=tiny", "+model.value_embedding_init=uniform"]))

@@ -12,6 +12,7 @@ most of a small model, and tying halves it.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any
@@ -47,6 +48,12 @@ class GatoModelConfig:
     tie_embeddings: bool = True
     layer_norm_eps: float = 1e-5
     init_std: float = 0.02
+    # How the value-bin rows of the token table start: "normal" like every row (the paper), or
+    # "sinusoidal": each bin's row a sinusoidal code of its value, so neighbouring bins start out similar.
+    # A lookup table must otherwise learn the order of 1024 bins from data, which small runs cannot afford.
+    value_embedding_init: str = "normal"
+    value_id_start: int = 0  # first value-bin id (the tokenizer's text_vocab_size); set by build_model
+    value_id_count: int = 0  # number of value bins (the tokenizer's num_bins); set by build_model
 
     @classmethod
     def from_cfg(cls, model_cfg: DictConfig | dict[str, Any], vocab_size: int) -> GatoModelConfig:
@@ -210,6 +217,19 @@ class Block(nn.Module):
         return x + self.drop(self.fc_out(F.gelu(self.fc(self.ln2(x)))))
 
 
+def sinusoidal_value_code(count: int, width: int, std: float) -> torch.Tensor:
+    """[count, width] rows for bins with centres v in (-1, 1): sin and cos of v at geometrically spaced
+    frequencies (from one half-period over the whole range to about one per bin), scaled to `std`."""
+    centres = -1.0 + (2.0 * torch.arange(count, dtype=torch.float64) + 1.0) / count
+    half = width // 2
+    frequencies = math.pi / 2 * (count / 2.0) ** (torch.arange(half, dtype=torch.float64) / max(half - 1, 1))
+    angles = centres[:, None] * frequencies[None, :]
+    code = torch.zeros(count, width, dtype=torch.float64)
+    code[:, 0 : 2 * half : 2] = torch.sin(angles)
+    code[:, 1 : 2 * half : 2] = torch.cos(angles)
+    return (code * std * math.sqrt(2.0)).float()
+
+
 class GatoModel(nn.Module):
     """Decoder-only Gato. `forward` maps a serialized batch to next-token logits over the vocabulary."""
 
@@ -241,6 +261,17 @@ class GatoModel(nn.Module):
         for block in self.blocks:
             for proj in (block.attn.proj, block.fc_out):
                 nn.init.normal_(proj.weight, mean=0.0, std=std / math.sqrt(2 * self.config.n_layer))
+        cfg = self.config
+        if cfg.value_embedding_init == "sinusoidal" and cfg.value_id_count > 0:
+            start, count = cfg.value_id_start, cfg.value_id_count
+            with torch.no_grad():
+                table = self.token_embedding.weight
+                code = sinusoidal_value_code(count, cfg.d_model, std)
+                table[start : start + count] = code.to(device=table.device, dtype=table.dtype)
+        elif cfg.value_embedding_init not in ("normal", "sinusoidal"):
+            raise ValueError(
+                f"model.value_embedding_init must be normal or sinusoidal, not {cfg.value_embedding_init}"
+            )
 
     # ---- embedding -------------------------------------------------------------------------------
     def patch_position_index(self, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
@@ -358,7 +389,11 @@ def build_model(
         from gato_ros.gato.tokenizer import ObservationTokenizer
 
         vocab_size = ObservationTokenizer(cfg).vocab_size
-    model_cfg = GatoModelConfig.from_cfg(cfg.model, vocab_size)
+    model_cfg = dataclasses.replace(
+        GatoModelConfig.from_cfg(cfg.model, vocab_size),
+        value_id_start=int(cfg.tokenizer.text_vocab_size),
+        value_id_count=int(cfg.tokenizer.num_bins),
+    )
     if device is None:
         return GatoModel(model_cfg)
     with torch.device(device):
