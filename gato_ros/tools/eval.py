@@ -111,11 +111,12 @@ def policies_under_test(cfg: DictConfig) -> list[PolicyUnderTest]:
     ecfg = cfg.evaluation
     policies: list[PolicyUnderTest] = []
     if ecfg.checkpoint:
-        from gato_ros.gato.checkpoint import CONFIG_FILE
+        from gato_ros.gato.checkpoint import resolve_checkpoint
 
-        path = Path(str(ecfg.checkpoint)).expanduser().resolve()
-        if not (path / CONFIG_FILE).is_file():
-            raise FileNotFoundError(f"evaluation.checkpoint: {path} is not a checkpoint (no {CONFIG_FILE})")
+        try:  # a directory, or the name of a shipped policy (`default`)
+            path = resolve_checkpoint(str(ecfg.checkpoint)).resolve()
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"evaluation.checkpoint: {err}") from err
         name = str(ecfg.name) if ecfg.name else path.name
         policies.append(PolicyUnderTest(name, POLICY_SOURCE, str(path)))
     for baseline in ecfg.baselines or ():
