@@ -244,6 +244,25 @@ def test_privileged_object_pose_by_config() -> None:
     np.testing.assert_array_equal(step.tokens[129:150], tokenize_continuous(obs["objects/pose"], True))
 
 
+def test_privileged_poses_relative_to_the_pinch_point() -> None:
+    cfg = load_config(
+        ["tokenizer.observation.use_privileged=true", "tokenizer.observation.privileged_frame=pinch"]
+    )
+    tok = ObservationTokenizer(cfg)
+    rng = np.random.default_rng(4)
+    obs = rgb_observation(rng)
+    relative = obs["objects/pose"].reshape(3, 7).copy()
+    relative[:, :3] -= obs["sawyer/pinch/pose"][:3]
+    step = tok.tokenize_step(obs)
+    np.testing.assert_array_equal(step.tokens[129:150], tokenize_continuous(relative.reshape(-1), True))
+    steps = [rgb_observation(rng) for _ in range(3)]
+    batched = tok.tokenize_steps({k: np.stack([o[k] for o in steps]) for k in steps[0]})
+    for t, single in enumerate(steps):  # the episode path and the control-loop path agree
+        np.testing.assert_array_equal(batched.tokens[t], tok.tokenize_step(single).tokens)
+    with pytest.raises(ValueError, match="privileged_frame"):
+        ObservationTokenizer(load_config(["tokenizer.observation.privileged_frame=base"]))
+
+
 def test_missing_key_raises_and_extra_keys_are_ignored(tokenizer) -> None:
     obs = rgb_observation(np.random.default_rng(2))
     with_extra = {**obs, "zzz/unused": np.ones(3)}

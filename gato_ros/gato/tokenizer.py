@@ -307,6 +307,10 @@ def _config_list(node: Any, key: str) -> list[str]:
     return [str(v) for v in value] if value else []
 
 
+OBJECT_POSES_KEY = "objects/pose"  # (3 x 7,) red, green, blue: x, y, z, qw, qx, qy, qz (privileged)
+PINCH_POSE_KEY = "sawyer/pinch/pose"  # (7,) the gripper's pinch point: x, y, z, qw, qx, qy, qz
+
+
 class ObservationTokenizer:
     """Turns observation dicts and actions into Gato tokens, as configured by ``cfg.tokenizer``.
 
@@ -340,6 +344,11 @@ class ObservationTokenizer:
         if self.action_low.shape != self.action_high.shape or np.any(self.action_high <= self.action_low):
             raise ValueError("control.action_low/high must have equal shapes and low < high")
         self.action_companding = bool(tok_cfg.action.companding)
+        self.privileged_frame = str(obs_cfg.get("privileged_frame", "world"))
+        if self.privileged_frame not in ("world", "pinch"):
+            raise ValueError(
+                f"tokenizer.observation.privileged_frame must be world or pinch, not {self.privileged_frame}"
+            )
         if text_tokenizer is None and text_keys:
             from gato_ros.gato.text import TextTokenizer  # text imports this module
 
@@ -378,7 +387,19 @@ class ObservationTokenizer:
 
     def tokenize_step(self, obs: Mapping[str, Any]) -> StepTokens:
         """One step's observation + separator, in the paper's order. Text keys must hold ``str``."""
-        return self._tokenize(obs, batched=False)
+        return self._tokenize(self._privileged_in_frame(obs), batched=False)
+
+    def _privileged_in_frame(self, obs: Mapping[str, Any]) -> Mapping[str, Any]:
+        """With ``privileged_frame: pinch``, object positions become offsets from the gripper's pinch point
+        (world axes; orientations unchanged): near zero, where mu-law bins are finest, and the direction to
+        move is one token's sign instead of a comparison of two tokens."""
+        if self.privileged_frame != "pinch" or OBJECT_POSES_KEY not in obs:
+            return obs
+        poses = np.asarray(obs[OBJECT_POSES_KEY], dtype=np.float32)
+        pinch = np.asarray(obs[PINCH_POSE_KEY], dtype=np.float32)[..., None, :3]
+        relative = poses.reshape(*poses.shape[:-1], -1, 7).copy()
+        relative[..., :3] -= pinch
+        return {**obs, OBJECT_POSES_KEY: relative.reshape(poses.shape)}
 
     def tokenize_steps(self, observations: Mapping[str, Any]) -> StepTokens:
         """T steps at once from arrays with a leading time axis ``(T, ...)`` (episode files hold these).
@@ -388,7 +409,7 @@ class ObservationTokenizer:
         """
         if any(p.kind == "text" for p in self.plans):
             raise ValueError("tokenize_steps does not handle text observation keys; use tokenize_step")
-        return self._tokenize(observations, batched=True)
+        return self._tokenize(self._privileged_in_frame(observations), batched=True)
 
     def _check_keys(self, obs: Mapping[str, Any]) -> None:
         missing = [p.key for p in self.plans if p.key not in obs]
