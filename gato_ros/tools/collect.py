@@ -20,7 +20,9 @@ Examples:
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -96,6 +98,8 @@ _WORKER: dict[str, Any] = {}
 def _init_worker(plain_cfg: dict[str, Any]) -> None:
     """Per process: one twin and one expert, reused across that worker's episodes."""
     os.environ.setdefault("MUJOCO_GL", "egl")
+    if multiprocessing.parent_process() is not None:  # a pool worker: Ctrl-C is the parent's to handle
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     from gato_ros.twin import ScriptedExpert, StackingTwin
 
     cfg = OmegaConf.create(plain_cfg)
@@ -187,8 +191,6 @@ def _episodes(pending: list[int], workers: int, plain_cfg: dict[str, Any]) -> It
         finally:
             _close_worker()
         return
-    import multiprocessing
-
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(
         workers, mp_context=context, initializer=_init_worker, initargs=(plain_cfg,)
@@ -210,6 +212,7 @@ def _episodes(pending: list[int], workers: int, plain_cfg: dict[str, Any]) -> It
         finally:
             for future in in_flight:
                 future.cancel()
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def collect(cfg: DictConfig) -> dict[str, Any]:
@@ -303,7 +306,15 @@ def main(argv: list[str] | None = None) -> int:
     from gato_ros.config import load_config
 
     cfg = load_config(list(sys.argv[1:] if argv is None else argv))
-    summary = collect(cfg)
+    try:
+        summary = collect(cfg)
+    except KeyboardInterrupt:
+        total = ledger_summary(output_directory(cfg))
+        print(
+            f"\ninterrupted: {total['successful']} successful of {total['attempted']} attempted episodes "
+            "are on disk; run the same command again to continue"
+        )
+        return 130
     run, total = summary["this_run"], summary["all_runs"]
     print(
         f"collected {run['successful']}/{run['attempted']} successful expert episodes "
