@@ -9,10 +9,10 @@ export PYOPENGL_PLATFORM ?= egl
 setup:
 	@bash scripts/setup.sh
 
-# The stack on the twin: twin, command (safety) node and the scripted expert as the action source,
-# until a trained default checkpoint ships (then the policy node runs instead).
+# The stack on the twin: twin, Gato policy node (the shipped default policy, policies/default) and command
+# (safety) node as separate processes, in real time; prints each episode's outcome and the success rate.
 demo: setup
-	$(PY) -m gato_ros.cli launch stacking sim:=true ros.twin.action_source=expert --episodes 3 --isolated
+	$(PY) -m gato_ros.cli launch stacking sim:=true --episodes 3 --isolated
 
 test: setup
 	$(PY) -m ruff check .

@@ -143,13 +143,14 @@ def assert_gone(pids: dict[str, int]) -> None:
 
 @pytest.mark.slow
 def test_launcher_stops_the_stack_when_a_node_dies() -> None:
-    # no checkpoint: the policy node refuses to start; the launcher must stop twin and command node
-    launcher = run_launcher("sim:=true")
+    # a checkpoint that does not exist: the policy node refuses to start; the launcher must stop twin and
+    # command node
+    launcher = run_launcher("sim:=true", "checkpoint:=/nonexistent/checkpoint")
     out, _ = launcher.communicate(timeout=180)
     lines = out.splitlines()
     assert launcher.returncode != 0, out
     assert any("policy exited with code 1; stopping the stack" in line for line in lines), out
-    assert any("policy.checkpoint is not set" in line for line in lines), out
+    assert any("no checkpoint at /nonexistent/checkpoint" in line for line in lines), out
     pids = started_pids(lines)
     assert set(pids) == {"twin", "policy", "command_node"}
     assert_gone(pids)
