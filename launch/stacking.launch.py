@@ -47,7 +47,9 @@ def generate_launch_description() -> LaunchDescription:
                 "sim", default_value="true", description="true: MuJoCo twin; false: real cell"
             ),
             DeclareLaunchArgument(
-                "checkpoint", default_value="", description="policy checkpoint directory (save_checkpoint)"
+                "checkpoint",
+                default_value="",
+                description="policy checkpoint directory or shipped policy name (empty: policy.checkpoint)",
             ),
             DeclareLaunchArgument(
                 "device", default_value="auto", description="policy device: auto | cpu | cuda"
