@@ -95,7 +95,12 @@ def test_config_becomes_node_overrides_that_compose_back() -> None:
 
 def test_job_plan_runs_each_share_with_its_seed_stride_and_group(tmp_path) -> None:
     cfg = load_config(
-        ["evaluation.baselines=[expert]", "evaluation.groups=[2,heldout]", "evaluation.episodes_per_group=5"]
+        [
+            "evaluation.checkpoint=null",  # baselines only (the default is the shipped policy)
+            "evaluation.baselines=[expert]",
+            "evaluation.groups=[2,heldout]",
+            "evaluation.episodes_per_group=5",
+        ]
     )
     jobs = plan_jobs(cfg)
     assert [(j.group, j.worker, j.seeds) for j in jobs] == [
@@ -117,7 +122,11 @@ def test_job_plan_runs_each_share_with_its_seed_stride_and_group(tmp_path) -> No
     with pytest.raises(ValueError, match="unknown group"):
         plan_jobs(load_config(["evaluation.baselines=[expert]", "evaluation.groups=[9]"]))
     with pytest.raises(ValueError, match="nothing to evaluate"):
-        plan_jobs(load_config([]))
+        plan_jobs(load_config(["evaluation.checkpoint=null"]))
+    (shipped,) = [
+        job.policy for job in plan_jobs(load_config(["evaluation.groups=[1]", "evaluation.workers=1"]))
+    ]
+    assert shipped.name == "default" and shipped.source == "policy"  # policy.checkpoint's default
     with pytest.raises(FileNotFoundError):
         plan_jobs(load_config([f"evaluation.checkpoint={tmp_path}"]))
 
