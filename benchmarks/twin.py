@@ -12,7 +12,6 @@ grasps), with and without rendering both policy cameras. Success: the benchmark'
 from __future__ import annotations
 
 import argparse
-import math
 import multiprocessing as mp
 import os
 import sys
@@ -23,16 +22,8 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gato_ros.config import load_config
+from gato_ros.evaluation.stats import wilson_interval
 from gato_ros.twin import ScriptedExpert, StackingTwin
-
-
-def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    if n == 0:
-        return 0.0, 1.0
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def measure_speed(overrides: list[str], render: bool, steps: int, seed: int) -> float:

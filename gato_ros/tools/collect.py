@@ -112,7 +112,6 @@ def _rollout(seed: int) -> ExpertEpisode:
 
     twin, expert = _WORKER["twin"], _WORKER["expert"]
     episode = ExpertEpisode(seed, ("", "", ""), False, False, 0.0, 0.0)
-    times: list[float] = []
 
     def record(observation: dict[str, np.ndarray], action: np.ndarray, step: Any) -> None:
         if not episode.observations:
@@ -123,7 +122,6 @@ def _rollout(seed: int) -> ExpertEpisode:
         # The observation was taken one control period before the step's time.
         episode.timestamps.append(float(step.info["time"]) - twin.control_period)
         episode.successes.append(bool(step.success))
-        times.append(float(step.info["time"]))
 
     start = time.perf_counter()
     expert.reset()
