@@ -18,6 +18,7 @@ from gato_ros.control.arm_model import FLANGE_SITE, PINCH_SITE
 from gato_ros.control.cartesian import CartesianVelocityController
 from gato_ros.control.kinematics import ArmKinematics
 from gato_ros.twin.assets import COLORS, select_objects
+from gato_ros.twin.basket import FLOOR_GEOM
 from gato_ros.twin.rendering import CameraRenderer
 from gato_ros.twin.scene import OUT_OF_VIEW_GROUP, SceneIndex, body_vertices, build_scene
 from gato_ros.twin.success import check_stack
@@ -75,8 +76,9 @@ class StackingTwin:
         self.model, self.index = build_scene(self.cfg, object_ids)
         self.data = mujoco.MjData(self.model)
         self.object_ids = object_ids
-        floor = self.model.geom("basket_floor").id
-        self._floor_top = float(self.model.geom_pos[floor, 2] + self.model.geom_size[floor, 2])
+        mujoco.mj_kinematics(self.model, self.data)  # the floor is static: its world pose is final
+        floor = self.model.geom(FLOOR_GEOM).id
+        self._floor_top = float(self.data.geom_xpos[floor, 2] + self.model.geom_size[floor, 2])
         self._pinch_site = self.model.site(PINCH_SITE).id
         self._flange_site = self.model.site(FLANGE_SITE).id
         if self._renderer is not None:

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 import mujoco
 import numpy as np
-import yaml
 from omegaconf import DictConfig
 
 from gato_ros.calibration.calibration_file import load_cell_calibration
@@ -22,8 +21,8 @@ from gato_ros.control.arm_model import (
     WRIST_SENSOR_PREFIX,
     build_arm_spec,
 )
-from gato_ros.paths import sim_dir
 from gato_ros.twin.assets import COLORS, mesh_path
+from gato_ros.twin.basket import FLOOR_GEOM, add_basket
 
 # contype/conaffinity bits: static cell, free objects, robot.
 STATIC, OBJECT, ROBOT = 1, 2, 4
@@ -32,7 +31,7 @@ VISUAL_GROUP, COLLISION_GROUP = 1, 3  # group 3 is hidden by default in renders
 # this group, which saves a third of the triangles a frame costs.
 OUT_OF_VIEW_GROUP = 2
 ARM_ROOT_BODY = "arm_base_link"
-SUPPORT_GEOMS = ("ground", "basket_floor")
+SUPPORT_GEOMS = ("ground", FLOOR_GEOM)
 # Sawyer links near the basket: they collide through capsules fitted to their meshes.
 ARM_COLLISION_LINKS = ("l3", "l4", "l5", "l6")
 # Gripper parts that collide, through primitives fitted to their meshes: the finger pads as boxes (flat
@@ -102,56 +101,16 @@ def body_vertices(model: mujoco.MjModel, body: int) -> np.ndarray:
     return np.vstack(parts)
 
 
-def load_basket(twin_cfg: DictConfig) -> dict:
-    return yaml.safe_load((sim_dir() / str(twin_cfg.basket_file)).read_text())
-
-
-def _quat_from_matrix(rotation: np.ndarray) -> list[float]:
-    quat = np.empty(4)
-    mujoco.mju_mat2Quat(quat, np.ascontiguousarray(rotation).reshape(9))
-    return quat.tolist()
-
-
 def _set_collision(geom: mujoco.MjsGeom, contype: int, conaffinity: int) -> None:
     geom.contype, geom.conaffinity = contype, conaffinity
 
 
-def _add_basket(world: mujoco.MjsBody, basket: dict) -> None:
-    """Floor slab and four sloped walls rising outward from the floor edges (plus the ground plane)."""
-    origin = np.asarray(basket["position"], dtype=float)
-    ground = world.add_geom(name="ground", type=mujoco.mjtGeom.mjGEOM_PLANE, size=[2.0, 2.0, 0.05])
-    ground.rgba = basket["ground_rgba"]
-    _set_collision(ground, STATIC, 0)
-    half = np.asarray(basket["floor"]["half_size"], dtype=float)
-    thickness = float(basket["floor"]["thickness"])
-    floor = world.add_geom(
-        name="basket_floor",
-        type=mujoco.mjtGeom.mjGEOM_BOX,
-        size=[half[0], half[1], thickness / 2],
-        pos=(origin - [0.0, 0.0, thickness / 2]).tolist(),
-    )
-    floor.rgba = basket["floor_rgba"]
-    _set_collision(floor, STATIC, 0)
-    walls = basket["walls"]
-    slope = np.deg2rad(float(walls["slope_deg"]))
-    up = np.array([0.0, 0.0, 1.0])
-    for index, outward in enumerate(([1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0])):
-        outward = np.asarray(outward, dtype=float)
-        edge_distance = float(half[0] if outward[0] else half[1])
-        along = np.cos(slope) * outward + np.sin(slope) * up  # up the slope
-        normal = -np.sin(slope) * outward + np.cos(slope) * up  # into the basket
-        side = np.cross(normal, along)
-        top_centre = origin + edge_distance * outward + 0.5 * float(walls["length"]) * along
-        centre = top_centre - 0.5 * float(walls["thickness"]) * normal
-        wall = world.add_geom(
-            name=f"basket_wall_{index}",
-            type=mujoco.mjtGeom.mjGEOM_BOX,
-            size=[0.5 * float(walls["length"]), float(walls["half_width"]), 0.5 * float(walls["thickness"])],
-            pos=centre.tolist(),
-            quat=_quat_from_matrix(np.column_stack([along, side, normal])),
-        )
-        wall.rgba = basket["rgba"]
-        _set_collision(wall, STATIC, 0)
+def set_contact(geom: mujoco.MjsGeom, contact: DictConfig) -> None:
+    """Friction, condim, solref and solimp of a geom, all four explicitly (no inherited defaults)."""
+    geom.friction = [float(v) for v in contact.friction]
+    geom.condim = int(contact.condim)
+    geom.solref = [float(v) for v in contact.solref]
+    geom.solimp = [float(v) for v in contact.solimp]
 
 
 def _configure_robot(spec: mujoco.MjSpec, cfg: DictConfig) -> None:
@@ -225,10 +184,7 @@ def _configure_robot(spec: mujoco.MjSpec, cfg: DictConfig) -> None:
             collider.mass = 0.0
             _set_collision(collider, ROBOT, STATIC)
             if body.name in pads:
-                collider.friction = [float(v) for v in gripper.pad_friction]
-                collider.condim = int(gripper.pad_condim)
-                collider.solimp = [float(v) for v in gripper.pad_solimp]
-                collider.solref = [float(v) for v in gripper.pad_solref]
+                set_contact(collider, gripper.pad_contact)
 
 
 def _add_objects(spec: mujoco.MjSpec, cfg: DictConfig, object_ids: tuple[str, str, str]) -> None:
@@ -244,8 +200,8 @@ def _add_objects(spec: mujoco.MjSpec, cfg: DictConfig, object_ids: tuple[str, st
             rgba=[float(v) for v in twin.object_colors[color]],
         )
         geom.mass = float(twin.object_mass)
-        geom.friction = [float(v) for v in twin.object_friction]
-        geom.condim = int(twin.object_condim)
+        set_contact(geom, twin.object_contact)
+        geom.margin = geom.gap = float(twin.object_contact.report_distance)
         _set_collision(geom, OBJECT, STATIC | OBJECT | ROBOT)
 
 
@@ -284,6 +240,7 @@ def _set_physics(spec: mujoco.MjSpec, physics: DictConfig) -> None:
     option.tolerance = float(physics.tolerance)
     option.impratio = float(physics.impratio)
     option.noslip_iterations = int(physics.noslip_iterations)
+    option.noslip_tolerance = float(physics.noslip_tolerance)
     if physics.multiccd:  # several contact points per convex mesh pair: flat faces rest stably
         option.enableflags |= mujoco.mjtEnableBit.mjENBL_MULTICCD
     if not physics.sensors:  # the wheel's F/T and joint-torque sensors; nothing in the twin reads them
@@ -301,7 +258,8 @@ def build_scene_spec(cfg: DictConfig, object_ids: tuple[str, str, str]) -> mujoc
     spec.visual.global_.offwidth = int(cfg.cameras.width)
     spec.visual.global_.offheight = int(cfg.cameras.height)
     spec.visual.quality.offsamples = int(cfg.twin.rendering.multisamples)
-    _add_basket(spec.worldbody, load_basket(cfg.twin))
+    for geom in add_basket(spec, cfg.twin, (STATIC, 0), visual_group=0, collision_group=COLLISION_GROUP):
+        set_contact(geom, cfg.twin.basket_contact)
     _configure_robot(spec, cfg)
     _add_objects(spec, cfg, object_ids)
     _add_cameras_and_lights(spec, cfg)
