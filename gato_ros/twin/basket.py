@@ -132,6 +132,6 @@ def add_basket(
         if "axisangle" in surface:
             geom.quat = _axisangle_quat(surface["axisangle"])
         colliding.append(geom)
-    for geom in colliding:
+    for geom in colliding:  # contact parameters are the caller's (scene.set_contact)
         geom.contype, geom.conaffinity = contype, conaffinity
     return colliding
