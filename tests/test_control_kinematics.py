@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mujoco
 import numpy as np
 import pytest
 
@@ -20,8 +21,16 @@ def test_pinch_sits_along_the_tool_axis_beyond_the_flange() -> None:
     assert np.linalg.norm(offset) == pytest.approx(WRIST_TO_PINCH, abs=1e-4)
     assert np.dot(offset / np.linalg.norm(offset), state.rotation[:, 2]) == pytest.approx(1.0, abs=1e-6)
     pose, tcp = KINEMATICS.pinch_pose(q), KINEMATICS.tcp_pose(q)
-    assert np.allclose(pose[3:], tcp[3:])
+    assert np.allclose(tcp[:3], state.flange_position)
+    # tcp is the wrist site's own orientation (the benchmark's), a fixed rotation away from the pinch's.
+    assert np.allclose(state.rotation, state.flange_rotation @ KINEMATICS.pinch_in_flange, atol=1e-9)
+    pinch_rot, tcp_rot = np.empty(9), np.empty(9)
+    mujoco.mju_quat2Mat(pinch_rot, pose[3:])
+    mujoco.mju_quat2Mat(tcp_rot, tcp[3:])
+    assert np.allclose(pinch_rot.reshape(3, 3), state.rotation, atol=1e-9)
+    assert np.allclose(tcp_rot.reshape(3, 3), state.flange_rotation, atol=1e-9)
     assert np.linalg.norm(pose[3:]) == pytest.approx(1.0)
+    assert np.linalg.norm(tcp[3:]) == pytest.approx(1.0)
 
 
 def test_jacobian_matches_finite_differences() -> None:

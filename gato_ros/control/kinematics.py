@@ -6,6 +6,7 @@ simulation state of the twin, so the real robot's command node can feed it joint
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import mujoco
@@ -23,8 +24,9 @@ class ToolState:
 
     position: np.ndarray  # (3,) pinch position
     rotation: np.ndarray  # (3, 3) pinch orientation, columns are the tool axes
-    flange_position: np.ndarray  # (3,) wrist flange position
+    flange_position: np.ndarray  # (3,) wrist flange (`wrist_site`) position
     jacobian: np.ndarray  # (6, 7) [linear; angular] Jacobian of the pinch point
+    flange_rotation: np.ndarray  # (3, 3) wrist flange (`wrist_site`) orientation
 
     @property
     def yaw(self) -> float:
@@ -43,9 +45,38 @@ def down_rotation(yaw: float) -> np.ndarray:
 
 
 def rotation_to_quat_wxyz(rotation: np.ndarray) -> np.ndarray:
+    """Unit quaternion (w, x, y, z) of a rotation matrix; its sign is arbitrary, see `canonical_quat`."""
     quat = np.empty(4)
     mujoco.mju_mat2Quat(quat, np.ascontiguousarray(rotation, dtype=np.float64).reshape(9))
     return quat
+
+
+def canonical_quat(
+    quat_wxyz: np.ndarray | Sequence[float],
+    reference_wxyz: np.ndarray | Sequence[float] = (1.0, 0.0, 0.0, 0.0),
+) -> np.ndarray:
+    """Normalised `quat_wxyz` (shape (..., 4)) or its negation, whichever has dot(q, reference) >= 0.
+
+    q and -q are the same rotation, but the tokenizer must see one value per pose. The benchmark's
+    `positive_leading_quat` (w >= 0, the identity reference, used for objects) flips sign at random for
+    a tool pointing straight down (w ~ 0), so tool frames use their nominal tool-down orientation as
+    the reference (`PINCH_REFERENCE_WXYZ`, `ArmKinematics.tcp_reference_wxyz`): the flip then lies half a
+    turn of yaw away, outside the workspace.
+    """
+    quat = np.asarray(quat_wxyz, dtype=np.float64)
+    if quat.shape[-1:] != (4,):
+        raise ValueError(f"quaternions must have shape (..., 4), got {quat.shape}")
+    norm = np.linalg.norm(quat, axis=-1, keepdims=True)
+    if not np.all(np.isfinite(norm)) or np.any(norm < 1e-12):
+        raise ValueError("cannot canonicalise a zero or non-finite quaternion")
+    quat = quat / norm
+    dot = np.sum(quat * np.asarray(reference_wxyz, dtype=np.float64), axis=-1, keepdims=True)
+    return np.where(dot < 0.0, -quat, quat)
+
+
+# Sign references for the observation's quaternions (`canonical_quat`); the twin imports these.
+OBJECT_REFERENCE_WXYZ = np.array([1.0, 0.0, 0.0, 0.0])  # the benchmark's w >= 0
+PINCH_REFERENCE_WXYZ = rotation_to_quat_wxyz(down_rotation(0.0))  # tool down, yaw 0: (0, 1, 0, 0)
 
 
 def orientation_error(rotation: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -66,6 +97,12 @@ class ArmKinematics:
         self._dof_index = np.array([self.model.joint(n).dofadr[0] for n in ARM_JOINTS])
         self._pinch = self.model.site(PINCH_SITE).id
         self._flange = self.model.site(FLANGE_SITE).id
+        # The pinch frame is rigidly fixed to the wrist site: read their relative rotation once (any
+        # qpos) so the tcp's sign reference is the wrist orientation that puts the tool down at yaw 0.
+        mujoco.mj_kinematics(self.model, self._data)
+        flange = self._data.site_xmat[self._flange].reshape(3, 3)
+        self.pinch_in_flange = flange.T @ self._data.site_xmat[self._pinch].reshape(3, 3)
+        self.tcp_reference_wxyz = rotation_to_quat_wxyz(down_rotation(0.0) @ self.pinch_in_flange.T)
         self.joint_min = np.asarray(robot_cfg.joint_min, dtype=float)
         self.joint_max = np.asarray(robot_cfg.joint_max, dtype=float)
         self.nominal_posture = np.asarray(robot_cfg.nominal_posture, dtype=float)
@@ -74,7 +111,7 @@ class ArmKinematics:
         self._jacr = np.zeros((3, self.model.nv))
 
     def tool_state(self, joint_positions: np.ndarray) -> ToolState:
-        """Pinch pose, flange position and the pinch Jacobian at `joint_positions` (7,)."""
+        """Pinch pose, flange pose and the pinch Jacobian at `joint_positions` (7,)."""
         data = self._data
         data.qpos[self._qpos_index] = joint_positions
         mujoco.mj_kinematics(self.model, data)
@@ -86,17 +123,21 @@ class ArmKinematics:
             rotation=data.site_xmat[self._pinch].reshape(3, 3).copy(),
             flange_position=data.site_xpos[self._flange].copy(),
             jacobian=jacobian,
+            flange_rotation=data.site_xmat[self._flange].reshape(3, 3).copy(),
         )
 
     def pinch_pose(self, joint_positions: np.ndarray) -> np.ndarray:
-        """(7,) x, y, z, qw, qx, qy, qz of the tool point."""
+        """(7,) x, y, z, qw, qx, qy, qz of the tool point (quaternion canonical w.r.t. tool-down)."""
         state = self.tool_state(joint_positions)
-        return np.concatenate([state.position, rotation_to_quat_wxyz(state.rotation)])
+        quat = canonical_quat(rotation_to_quat_wxyz(state.rotation), PINCH_REFERENCE_WXYZ)
+        return np.concatenate([state.position, quat])
 
     def tcp_pose(self, joint_positions: np.ndarray) -> np.ndarray:
-        """(7,) wrist flange position with the tool orientation (the benchmark's `tcp` convention)."""
+        """(7,) pose of the wrist site, as the benchmark's `sawyer/tcp/pose` (dm_robotics' tcp is the
+        `wrist_site`, position and orientation); quaternion canonical w.r.t. `tcp_reference_wxyz`."""
         state = self.tool_state(joint_positions)
-        return np.concatenate([state.flange_position, rotation_to_quat_wxyz(state.rotation)])
+        quat = canonical_quat(rotation_to_quat_wxyz(state.flange_rotation), self.tcp_reference_wxyz)
+        return np.concatenate([state.flange_position, quat])
 
     def inverse_kinematics(
         self, position: np.ndarray, yaw: float, initial: np.ndarray | None = None

@@ -80,7 +80,9 @@ class EpisodeObservation:
     wall_s: float
     start_heard: bool  # a status at the episode's start arrived (else its latency samples are partial)
     latencies_s: list[float] = field(default_factory=list)
-    safety: dict[str, int] | None = None  # per-reason counter differences; None when not measurable
+    safety: dict[str, int] | None = None
+    # sim s at which the stack that made the episode a success was first standing (time to success)
+    stacked_since: float | None = None  # per-reason counter differences; None when not measurable
 
 
 @dataclass
@@ -218,6 +220,7 @@ class EpisodeTracker:
             wall_s=max(0.0, wall_s - current.start_wall),
             start_heard=current.start_heard,
             latencies_s=list(current.samples),
+            stacked_since=None if status.get("stacked_since") is None else float(status["stacked_since"]),
         )
         self._finished[seed] = episode
         return episode

@@ -173,7 +173,8 @@ EPISODE_STATUS = Topic(
     String,
     Qos.RELIABLE,
     "JSON: episode, seed, step, sim_time, clock, success, done, time_limit, physics_unstable (the physics "
-    "diverged: the episode ended, never a success), triplet, objects",
+    "diverged: the episode ended, never a success), stacked_since (sim s the current stack first stood, or "
+    "null), triplet, objects",
 )
 RESET_EPISODE = Service("/twin/reset", Trigger, "start the next seeded episode")
 

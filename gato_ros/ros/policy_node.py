@@ -47,7 +47,7 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float64, String
 from std_srvs.srv import Trigger
 
-from gato_ros.control.kinematics import ArmKinematics
+from gato_ros.control.kinematics import OBJECT_REFERENCE_WXYZ, ArmKinematics, canonical_quat
 from gato_ros.ros import contract
 from gato_ros.ros.messages import (
     POSE_SIZE,
@@ -174,6 +174,9 @@ class ObservationAssembler:
             raise ValueError(f"expected {self.num_objects} poses of {POSE_SIZE} values, got {array.shape}")
         if not np.all(np.isfinite(array)):
             raise ValueError("non-finite object pose")
+        array = array.reshape(self.num_objects, POSE_SIZE).copy()
+        # One sign per orientation whatever the pose source sends (a zero quaternion is a ValueError).
+        array[:, 3:] = canonical_quat(array[:, 3:], OBJECT_REFERENCE_WXYZ)
         with self._lock:
             self.poses = Part(array.reshape(-1).astype(np.float32), stamp_s, received_s)
 

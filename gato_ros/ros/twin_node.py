@@ -288,6 +288,7 @@ class TwinNode(GatoNode):
             "done": self.episode_done,
             "time_limit": bool(step.info.get("time_limit", False)) if step else False,
             "physics_unstable": bool(step.info.get("physics_unstable", False)) if step else False,
+            "stacked_since": step.info.get("stacked_since") if step else None,
             "triplet": triplet,
             "objects": list(self.twin.object_ids or ()),
         }

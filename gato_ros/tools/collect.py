@@ -72,12 +72,14 @@ class ExpertEpisode:
 
 
 def collection_config(cfg: DictConfig) -> DictConfig:
-    """The config a collection worker runs with: the collection's objects and render switch, and the
-    privileged object poses recorded (a state-based policy trains on them; image policies ignore them)."""
+    """The config a collection worker runs with: the collection's objects, episode mode and render switch,
+    and the privileged object poses recorded (a state-based policy trains on them; image policies ignore
+    them)."""
     ccfg = cfg.collection
     cfg = cfg.copy()
     OmegaConf.update(cfg, "twin.objects", str(ccfg.objects))
     OmegaConf.update(cfg, "twin.render", bool(ccfg.render))
+    OmegaConf.update(cfg, "twin.episode.mode", str(ccfg.episode_mode))
     OmegaConf.update(cfg, "twin.privileged_observations", True)
     return cfg
 

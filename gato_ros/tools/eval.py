@@ -28,7 +28,9 @@ Rows: ``clamps`` and ``holds`` count command-node ticks per reason (as on /diagn
 a hold is not a clamp), ``safety`` the nonzero reasons; they are null when no diagnostics from before the
 episode's start arrived (a baseline's first episode can start before this process has matched the
 command node). ``start_heard`` is false when the monitor joined after the episode began (its latency
-samples then miss the first steps). ``sim_time`` and ``time_to_success_s`` are steps x control period.
+samples then miss the first steps). ``sim_time`` is steps x control period; ``time_to_success_s`` is the
+sim time at which the stack that made the episode a success first stood (the twin's ``stacked_since``; in
+the benchmark episode mode every episode runs its full length, so the episode's end says nothing).
 
 From Python (e.g. at the end of training): ``evaluate(cfg) -> EvalReport`` runs the nodes with exactly
 ``cfg`` (as hydra overrides), writes the files and returns the report; ``report.ok`` is False on errors.
@@ -393,6 +395,13 @@ def run_job(
 
 
 # -- the evaluation ----------------------------------------------------------------------------------------
+def time_to_success(episode: EpisodeObservation) -> float | None:
+    """When the successful stack first stood; the episode's end where the twin did not say."""
+    if not episode.success:
+        return None
+    return episode.stacked_since if episode.stacked_since is not None else episode.sim_time
+
+
 def episode_rows(result: JobResult) -> list[dict[str, Any]]:
     """results.json rows of a job: its finished episodes, then its missing seeds as errors."""
     job = result.job
@@ -427,7 +436,7 @@ def episode_rows(result: JobResult) -> list[dict[str, Any]]:
                 **base,
                 "objects": episode.objects,
                 "success": episode.success,
-                "time_to_success_s": episode.sim_time if episode.success else None,
+                "time_to_success_s": time_to_success(episode),
                 "steps": episode.steps,
                 "sim_time": episode.sim_time,
                 "physics_unstable": episode.physics_unstable,

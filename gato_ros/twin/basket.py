@@ -4,8 +4,8 @@ The wheel ships the basket in two parts: `standard_cell/rgb_basket_assets/rgb_ba
 visual meshes, none of which collide) and, in `standard_cell/rgb_basket.py`, the primitive collision
 surfaces the benchmark actually simulates (a floor box and four 25.5-degree sloped sides). That module
 imports dm_control's composer, so its constants are read with `ast` (parsed, never executed) instead of
-importing it. Only the basket's placement in the world (which the benchmark's environment sets) and the
-ground plane come from this project, in `sim/<twin.basket_file>`.
+importing it. Only the basket's placement in the world (which the benchmark's environment sets) comes from
+this project, in `sim/<twin.basket_file>`; the ground plane is the arena's (`gato_ros.twin.arena`).
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def collision_body_frame() -> tuple[list[float], list[float]]:
 
 
 def load_placement(twin_cfg: DictConfig) -> dict:
-    """This project's part: where the basket frame sits in the world, and the ground plane."""
+    """This project's part: where the basket frame sits in the world."""
     return yaml.safe_load((sim_dir() / str(twin_cfg.basket_file)).read_text())
 
 
@@ -99,15 +99,13 @@ def add_basket(
     visual_group: int,
     collision_group: int,
 ) -> list[mujoco.MjsGeom]:
-    """Ground plane, the wheel's visual basket and its collision surfaces, placed per `sim/`.
+    """The wheel's visual basket and its collision surfaces, placed per `sim/`.
 
-    Returns the colliding geoms (ground and surfaces) so the caller sets their contact parameters.
+    Returns the colliding surfaces so the caller sets their contact parameters.
     """
     placement = load_placement(twin_cfg)
     contype, conaffinity = collision_bits
-    ground = spec.worldbody.add_geom(name="ground", type=mujoco.mjtGeom.mjGEOM_PLANE, size=[2.0, 2.0, 0.05])
-    ground.rgba = [float(v) for v in placement["ground_rgba"]]
-    colliding = [ground]
+    colliding = []
 
     basket = spec.worldbody.add_body(
         name="basket", pos=_floats(placement["position"]), quat=_floats(placement["quat"])

@@ -16,12 +16,18 @@ from omegaconf import DictConfig
 
 from gato_ros.control.arm_model import FLANGE_SITE, PINCH_SITE
 from gato_ros.control.cartesian import CartesianVelocityController
-from gato_ros.control.kinematics import ArmKinematics
-from gato_ros.twin.assets import COLORS, select_objects
+from gato_ros.control.kinematics import (
+    OBJECT_REFERENCE_WXYZ,
+    PINCH_REFERENCE_WXYZ,
+    ArmKinematics,
+    canonical_quat,
+    rotation_to_quat_wxyz,
+)
+from gato_ros.twin.assets import select_objects
 from gato_ros.twin.basket import FLOOR_GEOM
 from gato_ros.twin.rendering import CameraRenderer
-from gato_ros.twin.scene import OUT_OF_VIEW_GROUP, SceneIndex, body_vertices, build_scene
-from gato_ros.twin.success import check_stack
+from gato_ros.twin.scene import OUT_OF_VIEW_GROUP, SceneIndex, build_scene
+from gato_ros.twin.success import EpisodeJudge, check_stack, touching_geoms
 
 MAX_RESET_TRIES = 100
 
@@ -38,6 +44,16 @@ def yaw_quat(yaw: float) -> np.ndarray:
     return np.array([np.cos(yaw / 2), 0.0, 0.0, np.sin(yaw / 2)])
 
 
+def uniform_quaternion(rng: np.random.Generator) -> np.ndarray:
+    """A rotation drawn uniformly from SO(3) (normalised 4-D Gaussian), w >= 0 (the benchmark's drops)."""
+    while True:
+        quat = rng.standard_normal(4)
+        norm = float(np.linalg.norm(quat))
+        if norm > 1e-9:
+            quat /= norm
+            return quat if quat[0] >= 0.0 else -quat
+
+
 class StackingTwin:
     """The MuJoCo twin. `render=False` skips camera images (state-only use, fast data collection)."""
 
@@ -52,6 +68,7 @@ class StackingTwin:
         if self.substeps < 1:
             raise ValueError("twin.physics.timestep must not exceed the control period")
         self.max_steps = round(float(cfg.control.episode_seconds) * float(cfg.control.rate_hz))
+        self.judge = EpisodeJudge(twin.episode, float(cfg.control.rate_hz), self.max_steps)
         self.controller = CartesianVelocityController(cfg, kinematics)
         self.kinematics = self.controller.kinematics
         self.velocity_limit = np.asarray(cfg.robot.velocity_limit, dtype=float)
@@ -92,7 +109,8 @@ class StackingTwin:
 
     # -- episode -----------------------------------------------------------------------------------------
     def reset(self, seed: int | None = None) -> dict[str, np.ndarray]:
-        """New episode: objects (per `twin.objects`), random tool pose, objects dropped and settled."""
+        """New episode: objects (per `twin.objects`), random tool pose, objects dropped and settled; the
+        clock starts at 0 after settling."""
         rng = np.random.default_rng(seed) if seed is not None else self._rng
         self.seed = seed
         reset = self.cfg.twin.reset
@@ -111,48 +129,47 @@ class StackingTwin:
         data.qpos[index.arm_qpos] = q
         data.act[self._arm_act_index()] = q
 
-        positions = self._sample_object_positions(rng)
-        for qpos, xy, below in zip(index.object_qpos, positions, self._depth_below_centre(), strict=True):
-            # Tall objects start with their bottom just clear of the floor instead of inside it.
-            height = max(float(reset.drop_height), self._floor_top + below + float(reset.drop_clearance))
-            data.qpos[qpos : qpos + 3] = [xy[0], xy[1], height]
-            data.qpos[qpos + 3 : qpos + 7] = yaw_quat(float(rng.uniform(-np.pi, np.pi)))
+        self._drop_objects(rng)
         mujoco.mj_forward(model, data)
         self._settle(float(reset.settle_seconds), float(reset.settle_speed))
         data.time = 0.0
         self.data.warning[mujoco.mjtWarning.mjWARN_BADQACC].number = 0
         self.step_count = 0
+        self.judge.reset()
         return self.observation()
-
-    def _depth_below_centre(self) -> list[float]:
-        """How far each object's mesh reaches below its body origin when upright."""
-        return [float(-body_vertices(self.model, body)[:, 2].min()) for body in self.index.object_bodies]
 
     def _arm_act_index(self) -> np.ndarray:
         return self.model.actuator_actadr[self.index.arm_actuators]
 
-    def _sample_object_positions(self, rng: np.random.Generator) -> list[np.ndarray]:
+    def _drop_objects(self, rng: np.random.Generator) -> None:
+        """Red, green, blue in turn at a uniform xy at the drop height in a uniformly random 3-D orientation,
+        redrawn while the object overlaps anything placed (the benchmark's prop placer), then settled."""
         reset = self.cfg.twin.reset
-        low, high = np.asarray(reset.object_low), np.asarray(reset.object_high)
-        separation = float(reset.object_min_separation)
-        for _ in range(MAX_RESET_TRIES):
-            points = [rng.uniform(low, high) for _ in COLORS]
-            if all(
-                np.linalg.norm(points[i] - points[j]) >= separation
-                for i in range(len(points))
-                for j in range(i + 1, len(points))
-            ):
-                return points
-        raise RuntimeError("twin.reset.object_min_separation is too large for the object drop area")
+        low, high = np.asarray(reset.object_low, dtype=float), np.asarray(reset.object_high, dtype=float)
+        tries = int(reset.max_drop_tries)
+        for k, qpos in enumerate(self.index.object_qpos):  # not yet placed: apart, high above the cell
+            self.data.qpos[qpos : qpos + 7] = [0.0, 0.0, 10.0 + k, 1.0, 0.0, 0.0, 0.0]
+        for qpos, geoms in zip(self.index.object_qpos, self.index.object_geoms, strict=True):
+            for _ in range(tries):
+                self.data.qpos[qpos : qpos + 3] = [*rng.uniform(low, high), float(reset.drop_height)]
+                self.data.qpos[qpos + 3 : qpos + 7] = uniform_quaternion(rng)
+                mujoco.mj_forward(self.model, self.data)
+                if not touching_geoms(self.data, geoms, 0.0):
+                    break
+            else:
+                raise RuntimeError(
+                    f"no free drop pose in {tries} tries; check twin.reset.object_low/high and drop_height"
+                )
 
     def _settle(self, seconds: float, speed: float) -> None:
-        """Let dropped objects come to rest with the arm held still (early exit once all are slow)."""
+        """Let dropped objects come to rest with the arm held still and the gripper open (at most `seconds`;
+        early exit once every object moves and turns slower than `speed` m/s or rad/s)."""
         self.data.ctrl[:] = 0.0
         self.data.ctrl[self.index.gripper_actuator] = -self.gripper_command_max
         for _ in range(max(1, round(seconds / self.control_period))):
             mujoco.mj_step(self.model, self.data, nstep=self.substeps)
-            speeds = [np.linalg.norm(self.data.qvel[d : d + 3]) for d in self.index.object_dof]
-            if max(speeds) < speed:
+            velocities = [self.data.qvel[d : d + 6] for d in self.index.object_dof]
+            if max(float(np.abs(v).max()) for v in velocities) < speed:
                 break
 
     # -- stepping ----------------------------------------------------------------------------------------
@@ -180,19 +197,24 @@ class StackingTwin:
         # MuJoCo resets the state itself when it diverges; such an episode is over and must not count.
         unstable = self.data.warning[mujoco.mjtWarning.mjWARN_BADQACC].number > 0
         check = check_stack(self.data, self.index, self.cfg.twin.success)
-        success = check.success and not unstable
-        timeout = self.step_count >= self.max_steps
+        verdict = self.judge.update(self.step_count, check.success, self.gripper_position(), unstable)
         info = {
             "time": self.time,
             "step": self.step_count,
             "object_ids": self.object_ids,
             "stack_check": check,
-            "time_limit": timeout and not success,
+            "stacked": check.success,  # the sparse reward at this step
+            # sim time at the start of the current stacked run (time to success when the episode succeeds)
+            "stacked_since": None
+            if verdict.stacked_since is None
+            else (verdict.stacked_since - 1) * self.control_period,
+            "time_limit": verdict.done and not verdict.success and not unstable,
             "physics_unstable": unstable,
         }
-        return TwinStep(self.observation(), success, success or timeout or unstable, info)
+        return TwinStep(self.observation(), verdict.success, verdict.done, info)
 
-    def is_success(self) -> bool:
+    def is_stacked(self) -> bool:
+        """The benchmark's sparse reward in the current state (not the episode's verdict)."""
         return check_stack(self.data, self.index, self.cfg.twin.success).success
 
     # -- state -------------------------------------------------------------------------------------------
@@ -209,9 +231,10 @@ class StackingTwin:
         return float(np.clip((angle - low) / (high - low), 0.0, 1.0) * self.gripper_command_max)
 
     def object_poses(self) -> np.ndarray:
-        """(3, 7) red, green, blue: x, y, z, qw, qx, qy, qz (privileged)."""
+        """(3, 7) red, green, blue: x, y, z, qw, qx, qy, qz (privileged; w >= 0 as in the benchmark)."""
         bodies = list(self.index.object_bodies)
-        return np.hstack([self.data.xpos[bodies], self.data.xquat[bodies]])
+        quats = canonical_quat(self.data.xquat[bodies], OBJECT_REFERENCE_WXYZ)
+        return np.hstack([self.data.xpos[bodies], quats])
 
     def set_object_poses(self, poses: np.ndarray) -> None:
         """Place red, green, blue at (3, 7) poses (x, y, z, qw, qx, qy, qz), at rest (tests, scenarios)."""
@@ -222,23 +245,23 @@ class StackingTwin:
         mujoco.mj_forward(self.model, self.data)
 
     def pinch_pose(self) -> np.ndarray:
-        quat = np.empty(4)
-        mujoco.mju_mat2Quat(quat, self.data.site_xmat[self._pinch_site])
+        """(7,) tool point x, y, z, qw, qx, qy, qz; same convention as `ArmKinematics.pinch_pose`."""
+        rotation = self.data.site_xmat[self._pinch_site]
+        quat = canonical_quat(rotation_to_quat_wxyz(rotation), PINCH_REFERENCE_WXYZ)
         return np.concatenate([self.data.site_xpos[self._pinch_site], quat])
 
-    def tcp_pose(self, pinch_pose: np.ndarray | None = None) -> np.ndarray:
-        """Wrist flange position with the tool orientation (the benchmark's `tcp` convention); pass the
-        `pinch_pose()` already computed this step to reuse its orientation."""
-        pinch = self.pinch_pose() if pinch_pose is None else pinch_pose
-        return np.concatenate([self.data.site_xpos[self._flange_site], pinch[3:]])
+    def tcp_pose(self) -> np.ndarray:
+        """(7,) wrist-site pose (the benchmark's `sawyer/tcp/pose`); same as `ArmKinematics.tcp_pose`."""
+        rotation = self.data.site_xmat[self._flange_site]
+        quat = canonical_quat(rotation_to_quat_wxyz(rotation), self.kinematics.tcp_reference_wxyz)
+        return np.concatenate([self.data.site_xpos[self._flange_site], quat])
 
     def observation(self) -> dict[str, np.ndarray]:
-        pinch = self.pinch_pose()
         obs = {
             "gripper/joints/angle": np.array([self.gripper_position()], dtype=np.float32),
             "sawyer/joints/angle": self.joint_positions().astype(np.float32),
-            "sawyer/pinch/pose": pinch.astype(np.float32),
-            "sawyer/tcp/pose": self.tcp_pose(pinch).astype(np.float32),
+            "sawyer/pinch/pose": self.pinch_pose().astype(np.float32),
+            "sawyer/tcp/pose": self.tcp_pose().astype(np.float32),
         }
         if self.render_images:
             for name in self.policy_cameras:

@@ -45,6 +45,8 @@ class Scene:
     pinch_rotation: np.ndarray  # (3, 3)
     gripper: float  # 0..255
     vertices: tuple[np.ndarray, np.ndarray, np.ndarray]  # per object (N, 3) in the body frame
+    centres_of_mass: np.ndarray  # (3, 3) world frame
+    edges: tuple[np.ndarray, np.ndarray, np.ndarray]  # per object: convex hull edges (vertex index pairs)
 
     def world_vertices(self, obj: int) -> np.ndarray:
         rotation = np.empty(9)
@@ -61,6 +63,52 @@ def _face_masks(vertices: np.ndarray, band: float) -> tuple[np.ndarray, np.ndarr
     """Vertices within `band` of the top and of the bottom of a (world-frame) vertex set."""
     z = vertices[:, 2]
     return z > z.max() - band, z < z.min() + band
+
+
+def hull_edges(vertices: np.ndarray) -> np.ndarray:
+    """(E, 2) vertex index pairs of the edges of the convex hull of `vertices` (the shape MuJoCo collides)."""
+    from scipy.spatial import ConvexHull
+
+    simplices = ConvexHull(vertices).simplices
+    pairs = np.concatenate([simplices[:, [0, 1]], simplices[:, [1, 2]], simplices[:, [2, 0]]])
+    return np.unique(np.sort(pairs, axis=1), axis=0)
+
+
+def hull_slice(vertices: np.ndarray, edges: np.ndarray, z: float) -> np.ndarray:
+    """(K, 2) xy points outlining the convex hull of world-frame `vertices` cut by the plane at height z."""
+    a, b = vertices[edges[:, 0]], vertices[edges[:, 1]]
+    crossing = (a[:, 2] - z) * (b[:, 2] - z) <= 0.0
+    a, b = a[crossing], b[crossing]
+    dz = b[:, 2] - a[:, 2]
+    t = np.divide(z - a[:, 2], dz, out=np.zeros_like(dz), where=np.abs(dz) > 1e-12)
+    return (a + t[:, None] * (b - a))[:, :2]
+
+
+def outline_distance(points: np.ndarray, outline: np.ndarray) -> np.ndarray:
+    """Signed distance (negative inside) from each xy point to the convex hull of the xy `outline`."""
+    from scipy.spatial import ConvexHull, QhullError
+
+    try:
+        hull = ConvexHull(outline)
+    except (QhullError, ValueError):  # degenerate outline (a line or a point): distance to its points
+        return np.min(np.linalg.norm(points[:, None, :] - outline[None, :, :], axis=2), axis=1)
+    return np.max(points @ hull.equations[:, :2].T + hull.equations[:, 2], axis=1)
+
+
+def stack_anchor_offset(
+    red_vertices: np.ndarray, red_centre_of_mass_xy: np.ndarray, blue_vertices: np.ndarray, band: float
+) -> np.ndarray:
+    """Horizontal move that puts red where it rests on blue: the midpoint of red's centre of mass and its
+    bottom face's centre over the centre of blue's top face (world-frame vertices).
+
+    The bottom face's centre alone leaves sheared objects (r5) hanging with their centre of mass past
+    blue's edge; the centre of mass alone leaves tapered ones on a corner. Seeded gentle stacks placed
+    this way hold on every test triplet (tests/test_twin_fidelity.py).
+    """
+    red_bottom = red_vertices[_face_masks(red_vertices, band)[1], :2].mean(axis=0)
+    blue_top = blue_vertices[_face_masks(blue_vertices, band)[0], :2].mean(axis=0)
+    anchor = 0.5 * (red_bottom + np.asarray(red_centre_of_mass_xy, dtype=float)[:2])
+    return blue_top - anchor
 
 
 def wrap_angle(angle: float) -> float:
@@ -83,7 +131,9 @@ class ScriptedExpert:
         self.workspace_low = np.asarray(ctrl.workspace_low, dtype=float)
         self.workspace_high = np.asarray(ctrl.workspace_high, dtype=float)
         self.yaw_limit = float(ctrl.yaw_limit)
-        self._vertex_cache: dict[Any, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._vertex_cache: dict[Any, tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]] = {}
+        box = box_vertices(np.asarray(self.cfg.fallback_half_size, dtype=float))
+        self._box = (box, hull_edges(box))
         self.reset()
 
     # -- episode state ------------------------------------------------------------------------------------
@@ -94,6 +144,7 @@ class ScriptedExpert:
         self.grasp_yaw: float | None = None
         self.lift_start_red_z = 0.0
         self.lift_start_pinch_z = 0.0
+        self.retreat_z = 0.0
         self.last_gripper = 0.0
 
     @property
@@ -114,18 +165,22 @@ class ScriptedExpert:
             pinch = np.asarray(source["sawyer/pinch/pose"], dtype=float)
             rotation = np.empty(9)
             mujoco.mju_quat2Mat(rotation, pinch[3:])
-            box = box_vertices(np.asarray(self.cfg.fallback_half_size, dtype=float))
+            box, edges = self._box
+            poses = np.asarray(source["objects/pose"], dtype=float).reshape(3, 7)
             return Scene(
-                object_poses=np.asarray(source["objects/pose"], dtype=float).reshape(3, 7),
+                object_poses=poses,
                 pinch_position=pinch[:3],
                 pinch_rotation=rotation.reshape(3, 3),
                 gripper=float(np.asarray(source["gripper/joints/angle"]).reshape(-1)[0]),
                 vertices=(box, box, box),
+                centres_of_mass=poses[:, :3].copy(),
+                edges=(edges, edges, edges),
             )
         model = source.model
         key = (id(model), source.object_ids)
         if key not in self._vertex_cache:
-            self._vertex_cache = {key: tuple(body_vertices(model, b) for b in source.index.object_bodies)}
+            vertices = tuple(body_vertices(model, b) for b in source.index.object_bodies)
+            self._vertex_cache = {key: (vertices, tuple(hull_edges(v) for v in vertices))}
         pinch = source.pinch_pose()
         rotation = np.empty(9)
         mujoco.mju_quat2Mat(rotation, pinch[3:])
@@ -134,30 +189,79 @@ class ScriptedExpert:
             pinch_position=pinch[:3],
             pinch_rotation=rotation.reshape(3, 3),
             gripper=source.gripper_position(),
-            vertices=self._vertex_cache[key],
+            vertices=self._vertex_cache[key][0],
+            edges=self._vertex_cache[key][1],
+            centres_of_mass=source.data.xipos[list(source.index.object_bodies)].copy(),
         )
 
-    def _grasp_yaw(self, scene: Scene, current_yaw: float) -> float:
-        """Yaw closing the fingers across red's narrowest, most vertical pair of sides (within yaw limits).
+    def _grasp_plan(self, scene: Scene, grasp_z: float, current_yaw: float) -> tuple[float, np.ndarray]:
+        """(yaw, xy): fingers closing across a pair of red's near-vertical sides at the grasp height, the
+        narrowest such pair the gripper opens around, centred on red's cross-section there.
 
-        Score per closing direction: horizontal width plus a penalty for slant (how far the top face's
-        centre is offset from the bottom face's along that direction): squeezing slanted faces pops the
-        object out of the grasp.
+        Per closing direction: the width of red's cross-section at the grasp height, and its taper, how
+        fast that width changes `taper_band` above and below (0 for vertical sides). Squeezing tapered
+        sides (a prism's slanted faces, a cylinder lying on its side) pops the object out of the fingers
+        however narrow it is there; score = width + taper_weight * taper.
         """
-        vertices = scene.world_vertices(RED)
+        cfg = self.cfg
+        vertices, edges = scene.world_vertices(RED), scene.edges[RED]
+        bottom, top = float(vertices[:, 2].min()), float(vertices[:, 2].max())
+        band = min(float(cfg.taper_band), 0.45 * (top - bottom))
+        z = float(np.clip(grasp_z, bottom + band, top - band))
         angles = np.linspace(0.0, np.pi, WIDTH_SEARCH_ANGLES, endpoint=False)
         directions = np.stack([np.cos(angles), np.sin(angles)], axis=1)
-        projections = vertices[:, :2] @ directions.T
-        widths = projections.max(axis=0) - projections.min(axis=0)
-        top, bottom = _face_masks(vertices, float(self.cfg.face_band))
-        slant = np.abs(projections[top].mean(axis=0) - projections[bottom].mean(axis=0))
-        closing_angle = float(angles[int(np.argmin(widths + float(self.cfg.slant_weight) * slant))])
+        middle = hull_slice(vertices, edges, z)
+        if len(middle) < 3:  # degenerate cut: fall back to the whole object's outline
+            middle = vertices[:, :2]
+
+        def widths(points: np.ndarray) -> np.ndarray:
+            if len(points) < 2:
+                return np.zeros(len(angles))
+            projections = points @ directions.T
+            return projections.max(axis=0) - projections.min(axis=0)
+
+        width = widths(middle)
+        taper = np.maximum(
+            np.abs(widths(hull_slice(vertices, edges, z + band)) - width),
+            np.abs(width - widths(hull_slice(vertices, edges, z - band))),
+        ) / max(band, 1e-6)
+        score = width + float(cfg.taper_weight) * taper
+        score[width > float(cfg.max_grasp_width)] += 1.0  # wider than the open fingers: last resort
+        centres = [self._section_centre(middle, d) for d in directions]
+        # Open fingers that would come down on green or blue: a last resort too.
+        obstacles = [self._obstacle_outline(scene, obj, z) for obj in (GREEN, BLUE)]
+        half_span = float(cfg.open_finger_half_span)
+        for i, (centre, direction) in enumerate(zip(centres, directions, strict=True)):
+            fingers = np.stack([centre + half_span * direction, centre - half_span * direction])
+            if any(
+                outline is not None and outline_distance(fingers, outline).min() < float(cfg.finger_clearance)
+                for outline in obstacles
+            ):
+                score[i] += 0.5
+        best = int(np.argmin(score))
+        centre = centres[best]
         # Fingers close along the tool y axis, which points along yaw - pi/2.
-        yaw = wrap_angle(closing_angle + np.pi / 2)
-        limit = self.yaw_limit - float(self.cfg.yaw_limit_margin)
+        yaw = wrap_angle(float(angles[best]) + np.pi / 2)
+        limit = self.yaw_limit - float(cfg.yaw_limit_margin)
         candidates = [yaw + k * np.pi for k in (-2, -1, 0, 1, 2)]
         candidates = [c for c in candidates if -limit <= c <= limit] or [float(np.clip(yaw, -limit, limit))]
-        return float(min(candidates, key=lambda c: abs(c - current_yaw)))
+        return float(min(candidates, key=lambda c: abs(c - current_yaw))), centre
+
+    @staticmethod
+    def _section_centre(section: np.ndarray, closing: np.ndarray) -> np.ndarray:
+        """Centre of a cross-section's extent along the closing direction and across it."""
+        across = np.array([-closing[1], closing[0]])
+        along, side = section @ closing, section @ across
+        return 0.5 * (along.max() + along.min()) * closing + 0.5 * (side.max() + side.min()) * across
+
+    @staticmethod
+    def _obstacle_outline(scene: Scene, obj: int, z: float) -> np.ndarray | None:
+        """xy outline of the part of an object a fingertip at height z would hit (None: entirely below)."""
+        vertices = scene.world_vertices(obj)
+        above = vertices[vertices[:, 2] > z, :2]
+        if not len(above):
+            return None
+        return np.concatenate([above, hull_slice(vertices, scene.edges[obj], z)])
 
     # -- control -----------------------------------------------------------------------------------------
     def _move(
@@ -196,10 +300,13 @@ class ScriptedExpert:
             float(red[:, 2].min()) + float(cfg.min_grasp_height_above_bottom),
         )
 
+        if self.stage in (Stage.APPROACH, Stage.DESCEND):
+            # The grasp direction is chosen once per attempt; its centre follows red if it is nudged.
+            yaw, grasp_xy = self._grasp_plan(scene, grasp_z, current_yaw)
+            if self.grasp_yaw is None or (self.stage is Stage.APPROACH and self.stage_steps == 1):
+                self.grasp_yaw = yaw
         if self.stage is Stage.APPROACH:
-            if self.grasp_yaw is None or self.stage_steps == 1:
-                self.grasp_yaw = self._grasp_yaw(scene, current_yaw)
-            target = np.array([*red_centre[:2], float(red[:, 2].max()) + float(cfg.approach_height)])
+            target = np.array([*grasp_xy, float(red[:, 2].max()) + float(cfg.approach_height)])
             action, reached = self._move(scene, target, self.grasp_yaw, open_)
             if reached and scene.gripper < float(cfg.open_gripper_threshold):
                 self._enter(Stage.DESCEND)
@@ -207,7 +314,7 @@ class ScriptedExpert:
                 self._retry()
             return action
         if self.stage is Stage.DESCEND:
-            target = np.array([*red_centre[:2], grasp_z])
+            target = np.array([*grasp_xy, grasp_z])
             action, reached = self._move(scene, target, self.grasp_yaw, open_)
             if reached:
                 self._enter(Stage.CLOSE)
@@ -223,8 +330,18 @@ class ScriptedExpert:
                 self.lift_start_pinch_z = float(scene.pinch_position[2])
                 self._enter(Stage.LIFT)
             return action
+        # Carry just high enough for red's bottom to clear green and blue (not the workspace ceiling).
+        obstacles_top = max(float(scene.world_vertices(obj)[:, 2].max()) for obj in (GREEN, BLUE))
+        carry_z = min(
+            float(cfg.lift_height),
+            max(
+                obstacles_top + float(scene.pinch_position[2]) - float(red[:, 2].min())
+                + float(cfg.carry_clearance),
+                self.lift_start_pinch_z + 2.0 * float(cfg.grasp_check_height),
+            ),
+        )  # fmt: skip
         if self.stage is Stage.LIFT:
-            target = np.array([*scene.pinch_position[:2], float(cfg.lift_height)])
+            target = np.array([*scene.pinch_position[:2], carry_z])
             action, reached = self._move(scene, target, None, close)
             risen = float(scene.pinch_position[2]) - self.lift_start_pinch_z
             if risen > float(cfg.grasp_check_height):
@@ -237,13 +354,9 @@ class ScriptedExpert:
             elif timeout:
                 self._retry()
             return action
-        # Put red's bottom face centre over blue's top face centre (not the body origins: sheared and
-        # tapered objects would hang off).
-        red_bottom = red[_face_masks(red, float(cfg.face_band))[1], :2].mean(axis=0)
-        blue_top = blue[_face_masks(blue, float(cfg.face_band))[0], :2].mean(axis=0)
+        offset = stack_anchor_offset(red, scene.centres_of_mass[RED, :2], blue, float(cfg.face_band))
         if self.stage is Stage.CARRY:
-            offset = blue_top - red_bottom
-            target = np.array([*(scene.pinch_position[:2] + offset), float(cfg.lift_height)])
+            target = np.array([*(scene.pinch_position[:2] + offset), carry_z])
             action, reached = self._move(scene, target, None, close)
             if self._dropped(scene):
                 self._retry()
@@ -253,10 +366,10 @@ class ScriptedExpert:
                 self._retry()
             return action
         if self.stage is Stage.LOWER:
-            offset = blue_top - red_bottom
             drop = float(blue[:, 2].max()) + float(cfg.place_clearance) - float(red[:, 2].min())
             target = scene.pinch_position + np.array([*offset, drop])
-            action, reached = self._move(scene, target, None, close, slow=True)
+            near = float(red[:, 2].min()) - float(blue[:, 2].max()) < float(cfg.slow_zone)
+            action, reached = self._move(scene, target, None, close, slow=near)
             if self._dropped(scene):
                 self._retry()
             elif reached:
@@ -273,7 +386,10 @@ class ScriptedExpert:
                 self._enter(Stage.RETREAT)
             return action
         if self.stage is Stage.RETREAT:
-            target = np.array([*scene.pinch_position[:2], float(cfg.lift_height)])
+            if self.stage_steps == 1:
+                rise = float(scene.pinch_position[2]) + float(cfg.retreat_height)
+                self.retreat_z = min(float(cfg.lift_height), rise)
+            target = np.array([*scene.pinch_position[:2], self.retreat_z])
             action, reached = self._move(scene, target, None, open_)
             if reached or timeout:
                 stacked = float(red_centre[2]) - float(scene.object_poses[BLUE, 2]) > float(
@@ -284,8 +400,10 @@ class ScriptedExpert:
                 else:
                     self._retry()
             return action
-        if self.stage is Stage.RECOVER:
-            target = np.array([*scene.pinch_position[:2], float(cfg.lift_height)])
+        if self.stage is Stage.RECOVER:  # up, clear of every object, before approaching again
+            top = max(float(scene.world_vertices(obj)[:, 2].max()) for obj in (RED, GREEN, BLUE))
+            target_z = min(float(cfg.lift_height), top + float(cfg.approach_height))
+            target = np.array([*scene.pinch_position[:2], max(target_z, float(scene.pinch_position[2]))])
             action, reached = self._move(scene, target, None, open_)
             if reached or timeout:
                 self._enter(Stage.APPROACH)
@@ -301,4 +419,4 @@ class ScriptedExpert:
         )
 
 
-__all__ = ["ScriptedExpert", "Stage"]
+__all__ = ["ScriptedExpert", "Stage", "stack_anchor_offset"]

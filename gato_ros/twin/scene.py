@@ -21,6 +21,7 @@ from gato_ros.control.arm_model import (
     WRIST_SENSOR_PREFIX,
     build_arm_spec,
 )
+from gato_ros.twin.arena import GROUND_GEOM, add_arena
 from gato_ros.twin.assets import COLORS, mesh_path
 from gato_ros.twin.basket import FLOOR_GEOM, add_basket
 
@@ -31,7 +32,7 @@ VISUAL_GROUP, COLLISION_GROUP = 1, 3  # group 3 is hidden by default in renders
 # this group, which saves a third of the triangles a frame costs.
 OUT_OF_VIEW_GROUP = 2
 ARM_ROOT_BODY = "arm_base_link"
-SUPPORT_GEOMS = ("ground", FLOOR_GEOM)
+SUPPORT_GEOMS = (GROUND_GEOM, FLOOR_GEOM)
 # Sawyer links near the basket: they collide through capsules fitted to their meshes.
 ARM_COLLISION_LINKS = ("l3", "l4", "l5", "l6")
 # Gripper parts that collide, through primitives fitted to their meshes: the finger pads as boxes (flat
@@ -205,7 +206,7 @@ def _add_objects(spec: mujoco.MjSpec, cfg: DictConfig, object_ids: tuple[str, st
         _set_collision(geom, OBJECT, STATIC | OBJECT | ROBOT)
 
 
-def _add_cameras_and_lights(spec: mujoco.MjSpec, cfg: DictConfig) -> None:
+def _add_cameras(spec: mujoco.MjSpec, cfg: DictConfig) -> None:
     calibration = load_cell_calibration(cfg.cameras)
     for name, camera in calibration["cameras"].items():
         spec.worldbody.add_camera(
@@ -214,19 +215,6 @@ def _add_cameras_and_lights(spec: mujoco.MjSpec, cfg: DictConfig) -> None:
             quat=[float(v) for v in camera["quaternion_wxyz"]],
             fovy=float(camera["fovy_deg"]),
         )
-    rendering = cfg.twin.rendering
-    for name, light in rendering.lights.items():
-        added = spec.worldbody.add_light(
-            name=str(name),
-            pos=[float(v) for v in light.pos],
-            dir=[float(v) for v in light.dir],
-            type=mujoco.mjtLightType.mjLIGHT_DIRECTIONAL,
-            diffuse=[float(light.diffuse)] * 3,
-        )
-        added.castshadow = bool(rendering.shadows)
-    headlight = spec.visual.headlight
-    headlight.ambient = [float(rendering.headlight_ambient)] * 3
-    headlight.diffuse = [float(rendering.headlight_diffuse)] * 3
 
 
 def _set_physics(spec: mujoco.MjSpec, physics: DictConfig) -> None:
@@ -258,11 +246,13 @@ def build_scene_spec(cfg: DictConfig, object_ids: tuple[str, str, str]) -> mujoc
     spec.visual.global_.offwidth = int(cfg.cameras.width)
     spec.visual.global_.offheight = int(cfg.cameras.height)
     spec.visual.quality.offsamples = int(cfg.twin.rendering.multisamples)
+    ground = add_arena(spec, shadows=bool(cfg.twin.rendering.shadows))  # contact parameters from the wheel
+    _set_collision(ground, STATIC, 0)
     for geom in add_basket(spec, cfg.twin, (STATIC, 0), visual_group=0, collision_group=COLLISION_GROUP):
         set_contact(geom, cfg.twin.basket_contact)
     _configure_robot(spec, cfg)
     _add_objects(spec, cfg, object_ids)
-    _add_cameras_and_lights(spec, cfg)
+    _add_cameras(spec, cfg)
     return spec
 
 

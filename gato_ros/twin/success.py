@@ -8,6 +8,7 @@ robot. (The original code's name check misses the basket floor; this one include
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 
 import mujoco
 import numpy as np
@@ -74,3 +75,61 @@ def check_stack(data: mujoco.MjData, index: SceneIndex, success_cfg: DictConfig)
 
 def is_stacked(data: mujoco.MjData, index: SceneIndex, success_cfg: DictConfig) -> bool:
     return check_stack(data, index, success_cfg).success
+
+
+class EpisodeMode(Enum):
+    """How an episode ends and what counts as a success (`twin.episode.mode`)."""
+
+    BENCHMARK = "benchmark"  # run all steps; succeed when the sparse reward holds over the final steps
+    EARLY_STOP = "early_stop"  # end at once when a released stack has held (fast data collection)
+
+
+@dataclass(frozen=True)
+class EpisodeVerdict:
+    success: bool
+    done: bool
+    stacked_since: int | None  # first step of the current run of steps with the sparse reward (1-based)
+
+
+class EpisodeJudge:
+    """Turns the per-step sparse reward into an episode's end and success, per `twin.episode`.
+
+    - benchmark: the episode always runs `max_steps`; it succeeds when the sparse reward held at each of
+      the last `final_steps` steps (1 = at the final step). A stack that slides off before the end fails.
+    - early_stop: the episode ends as a success once the sparse reward has held with the gripper open for
+      `hold_seconds` (a stack still in the fingers, or one about to slide off, does not count).
+    A physics divergence ends an episode in either mode and is never a success.
+    """
+
+    def __init__(self, episode_cfg: DictConfig, rate_hz: float, max_steps: int) -> None:
+        self.mode = EpisodeMode(str(episode_cfg.mode))
+        self.max_steps = int(max_steps)
+        self.final_steps = int(episode_cfg.final_steps)
+        self.hold_steps = max(1, round(float(episode_cfg.hold_seconds) * float(rate_hz)))
+        self.open_gripper_threshold = float(episode_cfg.open_gripper_threshold)
+        if not 1 <= self.final_steps <= self.max_steps:
+            raise ValueError(
+                f"twin.episode.final_steps must be in 1..{self.max_steps}, got {self.final_steps}"
+            )
+        self.streak = 0
+        self.stacked_run = 0
+
+    def reset(self) -> None:
+        self.streak = self.stacked_run = 0
+
+    def update(self, step: int, stacked: bool, gripper: float, unstable: bool) -> EpisodeVerdict:
+        """`step`: control steps taken (1-based); `gripper`: 0..255 opening (0 open)."""
+        self.stacked_run = self.stacked_run + 1 if stacked and not unstable else 0
+        since = step - self.stacked_run + 1 if self.stacked_run else None
+        if unstable:
+            self.streak = 0
+            return EpisodeVerdict(success=False, done=True, stacked_since=None)
+        timeout = step >= self.max_steps
+        if self.mode is EpisodeMode.BENCHMARK:
+            self.streak = self.stacked_run
+            success = timeout and self.streak >= self.final_steps
+            return EpisodeVerdict(success=success, done=timeout, stacked_since=since)
+        released = gripper < self.open_gripper_threshold
+        self.streak = self.streak + 1 if stacked and released else 0
+        success = self.streak >= self.hold_steps
+        return EpisodeVerdict(success=success, done=success or timeout, stacked_since=since)
