@@ -12,6 +12,7 @@ import pytest
 from gato_ros.config import load_config
 from gato_ros.gato.data import EpisodeDataset, load_episode, read_metadata
 from gato_ros.tools.collect import LEDGER_NAME, collect, done_seeds
+from gato_ros.twin import TWIN_VERSION
 
 pytestmark = pytest.mark.usefixtures("egl")
 
@@ -117,12 +118,15 @@ def test_parallel_workers_record_images_and_sim_time_stamps(tmp_path: Path) -> N
 def test_a_successful_expert_episode_is_written_for_training(tmp_path: Path) -> None:
     out = tmp_path / "data"
     summary = collect(
-        config(out, "collection.episodes=1", "collection.workers=1", "collection.first_seed=100000")
+        # Seed 100001: one the expert stacks on the current twin (TWIN_VERSION); 100000 it does not.
+        config(out, "collection.episodes=1", "collection.workers=1", "collection.first_seed=100001")
     )
     assert summary["this_run"]["successful"] == 1
     dataset = EpisodeDataset(out, successful_only=True)
     assert len(dataset) == 1
     episode = dataset[0]
-    assert episode.metadata["seed"] == 100000 and episode.succeeded
+    assert episode.metadata["seed"] == 100001 and episode.succeeded
+    assert episode.metadata["twin_version"] == TWIN_VERSION
+    assert episode.metadata["episode_mode"] == "early_stop"
     assert episode.success[-1] and not episode.success[:-1].any()
     assert episode.action.shape == (len(episode), 5)

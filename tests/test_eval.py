@@ -280,11 +280,21 @@ def test_eval_table_rows_and_plots(first_run) -> None:
     rows = saved["episodes"]
     assert len(rows) == len(policies) * len(GROUPS) * EPISODES
     triplet_1 = list(load_config([]).twin.triplets["1"])
+    first_of_job = {
+        key: min(r["seed"] for r in rows if (r["policy"], r["group"], r["worker"]) == key)
+        for key in {(r["policy"], r["group"], r["worker"]) for r in rows}
+    }
     for row in rows:
         assert set(row) >= ROW_FIELDS and row["error"] is None
         assert row["seed"] in range(EPISODES) and row["steps"] >= 1 and row["sim_time"] > 0
-        assert isinstance(row["clamps"], int) and isinstance(row["holds"], int)
-        assert row["clamps"] >= 0 and row["holds"] >= 0
+        # Null only where eval.py documents it: a baseline job's first episode can start before this
+        # process has heard the command node's diagnostics (no counter snapshot from before its start).
+        unmeasurable = row["policy"] != "tiny_random" and row["seed"] == first_of_job[
+            (row["policy"], row["group"], row["worker"])
+        ]
+        if not (unmeasurable and row["clamps"] is None):
+            assert isinstance(row["clamps"], int) and isinstance(row["holds"], int), row
+            assert row["clamps"] >= 0 and row["holds"] >= 0
         if row["group"] == 1:
             assert row["objects"] == triplet_1
         assert (row["time_to_success_s"] is not None) == row["success"]

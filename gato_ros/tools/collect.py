@@ -281,6 +281,8 @@ def collect(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _write_episode(writer: Any, episode: ExpertEpisode, cfg: DictConfig) -> str | None:
+    from gato_ros.twin import TWIN_VERSION
+
     triplet = int(cfg.twin.triplet) if str(cfg.twin.objects) == "triplet" else None
     writer.begin_episode(
         task=TASK_TEXT,
@@ -289,6 +291,8 @@ def _write_episode(writer: Any, episode: ExpertEpisode, cfg: DictConfig) -> str 
         objects=str(cfg.twin.objects),
         object_ids=list(episode.object_ids),
         physics_unstable=episode.physics_unstable,
+        twin_version=TWIN_VERSION,
+        episode_mode=str(cfg.twin.episode.mode),
     )
     for t in range(episode.steps):
         writer.add_step(

@@ -30,6 +30,10 @@ from gato_ros.twin.scene import OUT_OF_VIEW_GROUP, SceneIndex, build_scene
 from gato_ros.twin.success import EpisodeJudge, check_stack, touching_geoms
 
 MAX_RESET_TRIES = 100
+# The twin's version, recorded with every collected episode and printed by the benchmarks. Bump it when the
+# cell's physics, start distribution, observations or episode rules change: data and policies from an
+# older twin must be regenerated. 1: the project's own cell (up to issue 9); 2: the benchmark's cell.
+TWIN_VERSION = 2
 
 
 @dataclass
