@@ -145,6 +145,7 @@ class ScriptedExpert:
         self.lift_start_red_z = 0.0
         self.lift_start_pinch_z = 0.0
         self.retreat_z = 0.0
+        self.unstacked_steps = 0
         self.last_gripper = 0.0
 
     @property
@@ -392,10 +393,7 @@ class ScriptedExpert:
             target = np.array([*scene.pinch_position[:2], self.retreat_z])
             action, reached = self._move(scene, target, None, open_)
             if reached or timeout:
-                stacked = float(red_centre[2]) - float(scene.object_poses[BLUE, 2]) > float(
-                    cfg.stacked_height
-                )
-                if stacked:
+                if self._stacked(scene, red, blue):
                     self._enter(Stage.DONE)
                 else:
                     self._retry()
@@ -408,8 +406,24 @@ class ScriptedExpert:
             if reached or timeout:
                 self._enter(Stage.APPROACH)
             return action
-        # DONE: hold still with the gripper open.
+        # DONE: hold still with the gripper open; a stack that comes apart is a failed attempt (feedback).
+        if not self.failed and not self._stacked(scene, red, blue):
+            self.unstacked_steps += 1
+            if self.unstacked_steps > float(cfg.restack_seconds) * self.rate_hz:
+                self._retry()
+        else:
+            self.unstacked_steps = 0
         return np.array([0.0, 0.0, 0.0, 0.0, open_])
+
+    def _stacked(self, scene: Scene, red: np.ndarray, blue: np.ndarray) -> bool:
+        """The sparse reward's geometry as far as poses show it: red's centre over blue's, higher by the
+        benchmark's margin, and red's bottom clear of the floor blue stands on (no leaning stack)."""
+        red_centre, blue_centre = scene.object_poses[RED, :3], scene.object_poses[BLUE, :3]
+        return bool(
+            np.linalg.norm(red_centre[:2] - blue_centre[:2]) < float(self.cfg.stacked_max_offset)
+            and red_centre[2] - blue_centre[2] > float(self.cfg.stacked_height)
+            and float(red[:, 2].min()) > float(blue[:, 2].min()) + float(self.cfg.stacked_floor_clearance)
+        )
 
     def _dropped(self, scene: Scene) -> bool:
         """Red no longer follows the gripper (fell or slipped out)."""
