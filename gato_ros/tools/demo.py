@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
             start = time.perf_counter()
             result = run_episode(twin, policy, seed, observer=record)
             successes += result.success
-            outcome = f"stacked in {result.seconds:.1f} s" if result.success else "not stacked"
+            outcome = f"stacked at {result.time_to_success:.1f} s" if result.success else "not stacked"
             if result.physics_unstable:
                 outcome += " (physics diverged)"
             print(

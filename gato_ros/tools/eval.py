@@ -339,6 +339,9 @@ def run_job(
 
     def on_finished(episode: EpisodeObservation) -> None:
         outcome = "SUCCESS" if episode.success else ("unstable" if episode.physics_unstable else "failure")
+        stacked_at = time_to_success(episode)
+        if stacked_at is not None:
+            outcome += f" (stacked at {stacked_at:.2f} s)"
         say(
             f"{job.policy.name} / {group_label(job.group)} seed {episode.seed}: {outcome} after "
             f"{episode.sim_time:.2f} s sim, {episode.steps} steps ({episode.wall_s:.1f} s wall)"

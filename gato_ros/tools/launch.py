@@ -109,9 +109,12 @@ class EpisodeMonitor:
             return
         done = self.log.add(status)
         if done is not None:
-            outcome = (
-                "SUCCESS" if done["success"] else ("time limit" if done.get("time_limit") else "failure")
-            )
+            if done["success"] and done.get("stacked_since") is not None:
+                outcome = f"SUCCESS (stacked at {float(done['stacked_since']):.2f} s)"
+            else:
+                outcome = (
+                    "SUCCESS" if done["success"] else ("time limit" if done.get("time_limit") else "failure")
+                )
             self.say(
                 f"episode {done['episode']} (seed {done['seed']}, triplet {done.get('triplet')}): {outcome} "
                 f"after {done['sim_time']:.2f} s sim, {done['step']} steps"

@@ -24,7 +24,6 @@ from gato_ros.control.kinematics import (
     rotation_to_quat_wxyz,
 )
 from gato_ros.twin.assets import select_objects
-from gato_ros.twin.basket import FLOOR_GEOM
 from gato_ros.twin.rendering import CameraRenderer
 from gato_ros.twin.scene import OUT_OF_VIEW_GROUP, SceneIndex, build_scene
 from gato_ros.twin.success import EpisodeJudge, check_stack, touching_geoms
@@ -42,10 +41,6 @@ class TwinStep:
     success: bool
     done: bool
     info: dict[str, Any] = field(default_factory=dict)
-
-
-def yaw_quat(yaw: float) -> np.ndarray:
-    return np.array([np.cos(yaw / 2), 0.0, 0.0, np.sin(yaw / 2)])
 
 
 def uniform_quaternion(rng: np.random.Generator) -> np.ndarray:
@@ -97,9 +92,6 @@ class StackingTwin:
         self.model, self.index = build_scene(self.cfg, object_ids)
         self.data = mujoco.MjData(self.model)
         self.object_ids = object_ids
-        mujoco.mj_kinematics(self.model, self.data)  # the floor is static: its world pose is final
-        floor = self.model.geom(FLOOR_GEOM).id
-        self._floor_top = float(self.data.geom_xpos[floor, 2] + self.model.geom_size[floor, 2])
         self._pinch_site = self.model.site(PINCH_SITE).id
         self._flange_site = self.model.site(FLANGE_SITE).id
         if self._renderer is not None:

@@ -21,12 +21,14 @@ class EpisodeResult:
     steps: int
     seconds: float  # simulated
     physics_unstable: bool
+    time_to_success: float | None = None  # sim s at which the successful stack first stood
 
 
 def run_episode(
     twin: StackingTwin, policy: Policy, seed: int, observer: Observer | None = None
 ) -> EpisodeResult:
-    """Reset with `seed`, then step `policy(twin, observation)` until success, time limit or divergence.
+    """Reset with `seed`, then step `policy(twin, observation)` until the episode is done (per
+    `twin.episode.mode`: its last step, or an early success; a divergence ends it too).
 
     `observer(observation, action, step)` sees every transition (the observation the action was chosen on).
     """
@@ -48,4 +50,5 @@ def run_episode(
         steps=twin.step_count,
         seconds=twin.time,
         physics_unstable=bool(step.info["physics_unstable"]),
+        time_to_success=step.info["stacked_since"] if step.success else None,
     )
