@@ -11,7 +11,7 @@ setup:
 
 # The stack on the twin: twin, Gato policy node (the shipped default policy, policies/default) and command
 # (safety) node as separate processes, in real time; prints each episode's outcome and the success rate.
-# Triplet 5 is the group where that policy does best (3/10 in policies/default/README.md; 14 % on average).
+# Triplet 5 was that policy's best group on twin 1 (3/10); on the current twin (2) it stacks 0 % (its card).
 demo: setup
 	$(PY) -m gato_ros.cli launch stacking sim:=true twin.triplet=5 --episodes 3 --isolated
 
