@@ -374,30 +374,26 @@ def states(env: StackingTwin, expert: ScriptedExpert) -> dict[str, tuple[int, np
     place_gentle_stack(env, np.random.default_rng(0))
     found["stacked"] = (0, held_state(env), HOLD)
 
+    # Red beside blue on the floor (blue stays where the stack put it), on its side or tipped against blue.
     model, index = env.model, env.index
-    env.reset(seed=0)
-    place_gentle_stack(env, np.random.default_rng(0))
-    poses = env.object_poses()
+    stack = env.object_poses()
     red_vertices = body_vertices(model, index.object_bodies[RED])
-    lying = np.array([np.cos(np.pi / 4), np.sin(np.pi / 4), 0.0, 0.0])  # on its side (90 deg about x)
-    red = world_vertices(red_vertices, np.zeros(3), lying)
-    blue_half = float(np.ptp(body_vertices(model, index.object_bodies[BLUE])[:, 1])) / 2
-    floor_top = poses[BLUE, 2] - float(body_vertices(model, index.object_bodies[BLUE])[:, 2].min())
-    poses[RED] = [
-        poses[BLUE, 0], poses[BLUE, 1] + blue_half - red[:, 1].min() + 0.003,
-        floor_top - red[:, 2].min() + 0.0005, *lying,
-    ]  # fmt: skip
-    env.set_object_poses(poses)
-    found["toppled"] = (0, held_state(env), HOLD)
+    blue_vertices = body_vertices(model, index.object_bodies[BLUE])
+    blue_half_width = float(np.ptp(blue_vertices[:, 1])) / 2
+    floor_top = stack[BLUE, 2] - float(blue_vertices[:, 2].min())
 
-    leaning = np.array([np.cos(0.35), np.sin(0.35), 0.0, 0.0])  # tipped 40 deg toward blue
-    red = world_vertices(red_vertices, np.zeros(3), leaning)
-    poses[RED] = [
-        poses[BLUE, 0], poses[BLUE, 1] + blue_half - red[:, 1].min() + 0.004,
-        floor_top - red[:, 2].min() + 0.002, *leaning,
-    ]  # fmt: skip
-    env.set_object_poses(poses)
-    found["leaning"] = (0, held_state(env), HOLD)
+    def beside_blue(quat: np.ndarray, gap: float, lift: float) -> np.ndarray:
+        red = world_vertices(red_vertices, np.zeros(3), quat)
+        poses = stack.copy()
+        y = stack[BLUE, 1] + blue_half_width - red[:, 1].min() + gap
+        poses[RED] = [stack[BLUE, 0], y, floor_top - red[:, 2].min() + lift, *quat]
+        env.set_object_poses(poses)
+        return held_state(env)
+
+    on_its_side = np.array([np.cos(np.pi / 4), np.sin(np.pi / 4), 0.0, 0.0])  # 90 deg about x
+    found["toppled"] = (0, beside_blue(on_its_side, gap=0.003, lift=0.0005), HOLD)
+    tipped = np.array([np.cos(0.35), np.sin(0.35), 0.0, 0.0])  # 40 deg about x, toward blue
+    found["leaning"] = (0, beside_blue(tipped, gap=0.004, lift=0.002), HOLD)
     return found
 
 

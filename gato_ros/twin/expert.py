@@ -85,14 +85,15 @@ def hull_slice(vertices: np.ndarray, edges: np.ndarray, z: float) -> np.ndarray:
 
 
 def outline_distance(points: np.ndarray, outline: np.ndarray) -> np.ndarray:
-    """Signed distance (negative inside) from each xy point to the convex hull of the xy `outline`."""
+    """Signed distance (negative inside; exact outside up to the hull's corners) from each xy point to the
+    convex hull of the xy `outline`."""
     from scipy.spatial import ConvexHull, QhullError
 
     try:
-        hull = ConvexHull(outline)
+        equations = ConvexHull(outline).equations
     except (QhullError, ValueError):  # degenerate outline (a line or a point): distance to its points
         return np.min(np.linalg.norm(points[:, None, :] - outline[None, :, :], axis=2), axis=1)
-    return np.max(points @ hull.equations[:, :2].T + hull.equations[:, 2], axis=1)
+    return np.max(points @ equations[:, :2].T + equations[:, 2], axis=1)
 
 
 def stack_anchor_offset(
@@ -228,17 +229,16 @@ class ScriptedExpert:
         ) / max(band, 1e-6)
         score = width + float(cfg.taper_weight) * taper
         score[width > float(cfg.max_grasp_width)] += 1.0  # wider than the open fingers: last resort
-        centres = [self._section_centre(middle, d) for d in directions]
+        centres = np.stack([self._section_centre(middle, d) for d in directions])
         # Open fingers that would come down on green or blue: a last resort too.
-        obstacles = [self._obstacle_outline(scene, obj, z) for obj in (GREEN, BLUE)]
         half_span = float(cfg.open_finger_half_span)
-        for i, (centre, direction) in enumerate(zip(centres, directions, strict=True)):
-            fingers = np.stack([centre + half_span * direction, centre - half_span * direction])
-            if any(
-                outline is not None and outline_distance(fingers, outline).min() < float(cfg.finger_clearance)
-                for outline in obstacles
-            ):
-                score[i] += 0.5
+        fingers = np.concatenate([centres + half_span * directions, centres - half_span * directions])
+        blocked = np.zeros(len(fingers), dtype=bool)
+        for obj in (GREEN, BLUE):
+            outline = self._obstacle_outline(scene, obj, z)
+            if outline is not None:
+                blocked |= outline_distance(fingers, outline) < float(cfg.finger_clearance)
+        score[blocked[: len(angles)] | blocked[len(angles) :]] += 0.5
         best = int(np.argmin(score))
         centre = centres[best]
         # Fingers close along the tool y axis, which points along yaw - pi/2.

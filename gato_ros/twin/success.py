@@ -111,25 +111,24 @@ class EpisodeJudge:
             raise ValueError(
                 f"twin.episode.final_steps must be in 1..{self.max_steps}, got {self.final_steps}"
             )
-        self.streak = 0
-        self.stacked_run = 0
+        self.stacked_run = 0  # consecutive steps with the sparse reward
+        self.released_run = 0  # ...of which the gripper was open throughout
 
     def reset(self) -> None:
-        self.streak = self.stacked_run = 0
+        self.stacked_run = self.released_run = 0
 
     def update(self, step: int, stacked: bool, gripper: float, unstable: bool) -> EpisodeVerdict:
         """`step`: control steps taken (1-based); `gripper`: 0..255 opening (0 open)."""
-        self.stacked_run = self.stacked_run + 1 if stacked and not unstable else 0
-        since = step - self.stacked_run + 1 if self.stacked_run else None
         if unstable:
-            self.streak = 0
+            self.reset()
             return EpisodeVerdict(success=False, done=True, stacked_since=None)
+        self.stacked_run = self.stacked_run + 1 if stacked else 0
+        released = stacked and gripper < self.open_gripper_threshold
+        self.released_run = self.released_run + 1 if released else 0
+        since = step - self.stacked_run + 1 if self.stacked_run else None
         timeout = step >= self.max_steps
         if self.mode is EpisodeMode.BENCHMARK:
-            self.streak = self.stacked_run
-            success = timeout and self.streak >= self.final_steps
+            success = timeout and self.stacked_run >= self.final_steps
             return EpisodeVerdict(success=success, done=timeout, stacked_since=since)
-        released = gripper < self.open_gripper_threshold
-        self.streak = self.streak + 1 if stacked and released else 0
-        success = self.streak >= self.hold_steps
+        success = self.released_run >= self.hold_steps
         return EpisodeVerdict(success=success, done=success or timeout, stacked_since=since)
