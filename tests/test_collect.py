@@ -130,3 +130,34 @@ def test_a_successful_expert_episode_is_written_for_training(tmp_path: Path) -> 
     assert episode.metadata["episode_mode"] == "early_stop"
     assert episode.success[-1] and not episode.success[:-1].any()
     assert episode.action.shape == (len(episode), 5)
+
+
+def test_dart_executes_noisy_actions_but_records_the_experts(tmp_path: Path) -> None:
+    """With noise the trajectory leaves the expert's own, yet every label is the expert's clean action for
+    the recorded state: the first label (same start state) equals the noiseless run's, later states differ."""
+    runs = {}
+    for scale in (0.0, 0.5):
+        out = tmp_path / f"noise_{scale}"
+        overrides = ["collection.episodes=1", "collection.workers=1", "collection.first_seed=100001"]
+        overrides += ["collection.keep_failed=true", f"collection.noise_scale={scale}"]
+        collect(config(out, *overrides, "control.episode_seconds=3"))
+        runs[scale] = EpisodeDataset(out)[0]
+    clean, noisy = runs[0.0], runs[0.5]
+    assert noisy.metadata["noise_scale"] == 0.5 and clean.metadata["noise_scale"] == 0.0
+    noisy_file = EpisodeDataset(tmp_path / "noise_0.5").paths[0]
+    assert read_metadata(noisy_file)["source"] == "twin/scripted_expert_dart"
+    np.testing.assert_array_equal(noisy.action[0], clean.action[0])
+    pinch = "sawyer/pinch/pose"
+    assert np.abs(noisy.observations[pinch][-1, :3] - clean.observations[pinch][-1, :3]).max() > 1e-3
+    # Labels are the expert's: within the action bounds and, like the expert's, exactly bang-bang gripper.
+    cfg = load_config([])
+    assert np.all(noisy.action >= np.asarray(cfg.control.action_low, dtype=np.float32))
+    assert np.all(noisy.action <= np.asarray(cfg.control.action_high, dtype=np.float32))
+    assert set(np.unique(noisy.action[:, 4])) <= {-1.0, 1.0}
+
+
+def test_noise_scale_must_be_non_negative(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="noise_scale"):
+        from gato_ros.tools.collect import ActionNoise
+
+        ActionNoise(config(tmp_path, "collection.noise_scale=-0.1"))

@@ -11,10 +11,15 @@ Resumable: every attempted seed is appended to ``collection.jsonl`` in the datas
 episode is on disk, and a restarted collection skips the seeds found there or in the episodes' metadata.
 Interrupting it loses only the episodes in flight.
 
+Corrective data (DART): ``collection.noise_scale > 0`` executes the expert's action plus seeded Gaussian
+noise while recording the expert's clean action for every visited state (source
+``twin/scripted_expert_dart``; each episode's metadata holds its ``noise_scale``).
+
 Examples:
   gato-ros collect collection.episodes=300                        # images + proprio + object poses
   gato-ros collect collection.render=false collection.dataset=rgb_stacking_sim_state \\
       'training.data.mixture.rgb_stacking_sim_state={path: rgb_stacking_sim_state, weight: 1.0}'
+  gato-ros collect collection.noise_scale=0.3 collection.dataset=rgb_stacking_sim_dart   # DART
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ from omegaconf import DictConfig, OmegaConf
 LEDGER_NAME = "collection.jsonl"
 TASK_TEXT = "stack the red object on the blue object"
 SOURCE = "twin/scripted_expert"
+DART_SOURCE = "twin/scripted_expert_dart"  # executed: expert + noise; recorded label: the expert's action
+NOISE_STREAM = 0xDA27  # the noise generator's stream, apart from the twin's per-seed reset draws
 
 
 @dataclass
@@ -107,27 +114,62 @@ def _init_worker(plain_cfg: dict[str, Any]) -> None:
     cfg = OmegaConf.create(plain_cfg)
     _WORKER["twin"] = StackingTwin(cfg)
     _WORKER["expert"] = ScriptedExpert(cfg)
+    _WORKER["noise"] = ActionNoise(cfg)
+
+
+class ActionNoise:
+    """DART (Laskey et al., 2017): Gaussian noise added to the expert's velocity commands before they are
+    executed, so the data visits the states a slightly wrong policy reaches; the recorded label stays the
+    expert's clean action for that state (the expert is a feedback policy). `collection.noise_scale` is the
+    noise's standard deviation as a fraction of each velocity bound (0: the expert's own actions); the
+    gripper command is never perturbed. Seeded per episode, apart from the twin's own draws."""
+
+    def __init__(self, cfg: DictConfig) -> None:
+        self.scale = float(cfg.collection.noise_scale)
+        if not np.isfinite(self.scale) or self.scale < 0.0:
+            raise ValueError(f"collection.noise_scale must be >= 0, got {self.scale}")
+        low, high = np.asarray(cfg.control.action_low, float), np.asarray(cfg.control.action_high, float)
+        self.low, self.high = low, high
+        self.std = self.scale * 0.5 * (high - low)
+        self.std[-1] = 0.0  # the gripper: bang-bang, left as the expert commands it
+        self.rng = np.random.default_rng()
+
+    def reset(self, seed: int) -> None:
+        self.rng = np.random.default_rng([seed, NOISE_STREAM])
+
+    def __call__(self, action: np.ndarray) -> np.ndarray:
+        if self.scale == 0.0:
+            return action
+        return np.clip(action + self.rng.normal(size=action.shape) * self.std, self.low, self.high)
 
 
 def _rollout(seed: int) -> ExpertEpisode:
     from gato_ros.twin.rollout import run_episode
 
-    twin, expert = _WORKER["twin"], _WORKER["expert"]
+    twin, expert, noise = _WORKER["twin"], _WORKER["expert"], _WORKER["noise"]
     episode = ExpertEpisode(seed, ("", "", ""), False, False, 0.0, 0.0)
+    label: list[np.ndarray] = []  # the expert's action for the current state (what is recorded)
+
+    def act(twin_: Any, _observation: dict[str, np.ndarray]) -> np.ndarray:
+        clean = np.asarray(expert.act(twin_), dtype=np.float64)
+        label[:] = [clean]
+        return noise(clean)
 
     def record(observation: dict[str, np.ndarray], action: np.ndarray, step: Any) -> None:
+        del action  # the executed one; the label is the expert's clean action
         if not episode.observations:
             episode.observations = {key: [] for key in observation}
         for key, value in observation.items():
             episode.observations[key].append(value)
-        episode.actions.append(np.asarray(action, dtype=np.float32))
+        episode.actions.append(label[0].astype(np.float32))
         # The observation was taken one control period before the step's time.
         episode.timestamps.append(float(step.info["time"]) - twin.control_period)
         episode.successes.append(bool(step.success))
 
     start = time.perf_counter()
     expert.reset()
-    result = run_episode(twin, lambda t, _obs: expert.act(t), seed, observer=record)
+    noise.reset(seed)
+    result = run_episode(twin, act, seed, observer=record)
     episode.object_ids = result.object_ids
     episode.success = bool(result.success)
     episode.physics_unstable = bool(result.physics_unstable)
@@ -240,7 +282,7 @@ def collect(cfg: DictConfig) -> dict[str, Any]:
     writer = EpisodeWriter(
         directory,
         control_rate_hz=float(cfg.control.rate_hz),
-        source=SOURCE,
+        source=DART_SOURCE if float(ccfg.noise_scale) > 0.0 else SOURCE,
         clock="twin_sim_time",
         compress=bool(ccfg.compress),
         background=False,  # the ledger line follows the file, so a resumed run never skips a lost episode
@@ -293,6 +335,7 @@ def _write_episode(writer: Any, episode: ExpertEpisode, cfg: DictConfig) -> str 
         physics_unstable=episode.physics_unstable,
         twin_version=TWIN_VERSION,
         episode_mode=str(cfg.twin.episode.mode),
+        noise_scale=float(cfg.collection.noise_scale),
     )
     for t in range(episode.steps):
         writer.add_step(
