@@ -161,3 +161,31 @@ def test_noise_scale_must_be_non_negative(tmp_path: Path) -> None:
         from gato_ros.tools.collect import ActionNoise
 
         ActionNoise(config(tmp_path, "collection.noise_scale=-0.1"))
+
+
+def test_dagger_rolls_a_checkpoint_out_and_records_the_experts_labels(tmp_path: Path) -> None:
+    """A (random, tiny, state-based) checkpoint drives the twin with beta = 0; the labels are the expert's:
+    the first equals the expert's own first action, and the trajectory is the learner's, not the expert's."""
+    import torch
+
+    from gato_ros.gato.checkpoint import save_checkpoint
+    from gato_ros.gato.model import build_model
+
+    learner_cfg = load_config(["+experiment=state_policy", "model=tiny"])
+    torch.manual_seed(0)
+    checkpoint = save_checkpoint(tmp_path / "learner", build_model(learner_cfg).eval(), learner_cfg)
+    runs = {}
+    dagger_overrides = [f"collection.policy={checkpoint}", "collection.round=2"]
+    for name, extra in (("expert", []), ("dagger", dagger_overrides)):
+        out = tmp_path / name
+        overrides = ["collection.episodes=1", "collection.workers=1", "collection.first_seed=100001"]
+        collect(config(out, *overrides, "collection.keep_failed=true", "control.episode_seconds=2", *extra))
+        runs[name] = EpisodeDataset(out)[0]
+    expert, dagger = runs["expert"], runs["dagger"]
+    assert read_metadata(EpisodeDataset(tmp_path / "dagger").paths[0])["source"] == "twin/dagger"
+    assert dagger.metadata["round"] == 2 and dagger.metadata["beta"] == 0.0
+    assert dagger.metadata["policy"] == str(checkpoint)
+    np.testing.assert_array_equal(dagger.action[0], expert.action[0])
+    pinch = "sawyer/pinch/pose"
+    assert np.abs(dagger.observations[pinch][-1, :3] - expert.observations[pinch][-1, :3]).max() > 1e-3
+    assert set(np.unique(dagger.action[:, 4])) <= {-1.0, 1.0}  # the expert's bang-bang gripper labels

@@ -15,6 +15,12 @@ Corrective data (DART): ``collection.noise_scale > 0`` executes the expert's act
 noise while recording the expert's clean action for every visited state (source
 ``twin/scripted_expert_dart``; each episode's metadata holds its ``noise_scale``).
 
+DAgger: ``collection.policy=<checkpoint>`` rolls that checkpoint out in the twin in-process (the expert's
+action executed instead with probability ``collection.beta`` per step) and records the expert's action at
+every visited state (source ``twin/dagger``; ``policy``, ``beta`` and ``round`` per episode). Rounds
+aggregate by collecting into the same dataset with the next ``collection.round`` and a fresh
+``collection.first_seed`` range.
+
 Examples:
   gato-ros collect collection.episodes=300                        # images + proprio + object poses
   gato-ros collect collection.render=false collection.dataset=rgb_stacking_sim_state \\
@@ -43,7 +49,9 @@ LEDGER_NAME = "collection.jsonl"
 TASK_TEXT = "stack the red object on the blue object"
 SOURCE = "twin/scripted_expert"
 DART_SOURCE = "twin/scripted_expert_dart"  # executed: expert + noise; recorded label: the expert's action
+DAGGER_SOURCE = "twin/dagger"  # executed: a trained policy's action (expert's with prob. beta); label: expert
 NOISE_STREAM = 0xDA27  # the noise generator's stream, apart from the twin's per-seed reset draws
+DAGGER_STREAM = 0xDA66  # the DAgger expert/learner coin's stream
 
 
 @dataclass
@@ -91,6 +99,19 @@ def collection_config(cfg: DictConfig) -> DictConfig:
     return cfg
 
 
+def collection_source(ccfg: DictConfig) -> str:
+    """The dataset source tag: what executed the actions (the labels are always the expert's)."""
+    if ccfg.policy:
+        return DAGGER_SOURCE
+    return DART_SOURCE if float(ccfg.noise_scale) > 0.0 else SOURCE
+
+
+def dagger_metadata(ccfg: DictConfig) -> dict[str, Any]:
+    if not ccfg.policy:
+        return {}
+    return {"policy": str(ccfg.policy), "beta": float(ccfg.beta), "round": int(ccfg.round)}
+
+
 def output_directory(cfg: DictConfig) -> Path:
     from gato_ros.gato.data import dataset_directory
 
@@ -115,6 +136,7 @@ def _init_worker(plain_cfg: dict[str, Any]) -> None:
     _WORKER["twin"] = StackingTwin(cfg)
     _WORKER["expert"] = ScriptedExpert(cfg)
     _WORKER["noise"] = ActionNoise(cfg)
+    _WORKER["learner"] = LearnerPolicy(cfg) if cfg.collection.policy else None
 
 
 class ActionNoise:
@@ -143,17 +165,52 @@ class ActionNoise:
         return np.clip(action + self.rng.normal(size=action.shape) * self.std, self.low, self.high)
 
 
+class LearnerPolicy:
+    """DAgger (Ross et al., 2011): a trained checkpoint (`collection.policy`) drives the twin in-process;
+    at each step the expert's action is executed instead with probability `collection.beta`. The recorded
+    label is always the expert's action for the visited state. Seeded per episode."""
+
+    def __init__(self, cfg: DictConfig) -> None:
+        import torch
+
+        from gato_ros.gato.checkpoint import load_policy
+        from gato_ros.gato.decoder import ActionDecoder
+        from gato_ros.gato.tokenizer import ObservationTokenizer
+
+        self.beta = float(cfg.collection.beta)
+        if not 0.0 <= self.beta <= 1.0:
+            raise ValueError(f"collection.beta must be in [0, 1], got {self.beta}")
+        torch.set_num_threads(1)  # one process per core: the workers share the machine
+        checkpoint = load_policy(str(cfg.collection.policy), "cpu")
+        tokenizer = ObservationTokenizer(checkpoint.cfg)
+        if any(key.endswith("/pixels") for key in tokenizer.observation_keys) and not cfg.twin.render:
+            raise ValueError(
+                f"collection.policy={cfg.collection.policy} reads camera images: set collection.render=true"
+            )
+        self.decoder = ActionDecoder(checkpoint.model, tokenizer, cfg)
+        self.rng = np.random.default_rng()
+
+    def reset(self, seed: int) -> None:
+        self.decoder.reset()
+        self.rng = np.random.default_rng([seed, DAGGER_STREAM])
+
+    def __call__(self, observation: dict[str, np.ndarray], expert_action: np.ndarray) -> np.ndarray:
+        # The learner sees every step (its context must hold the whole history), acted on or not.
+        action = np.asarray(self.decoder.act(observation), dtype=np.float64)
+        return expert_action if self.rng.random() < self.beta else action
+
+
 def _rollout(seed: int) -> ExpertEpisode:
     from gato_ros.twin.rollout import run_episode
 
-    twin, expert, noise = _WORKER["twin"], _WORKER["expert"], _WORKER["noise"]
+    twin, expert, noise, learner = _WORKER["twin"], _WORKER["expert"], _WORKER["noise"], _WORKER["learner"]
     episode = ExpertEpisode(seed, ("", "", ""), False, False, 0.0, 0.0)
     label: list[np.ndarray] = []  # the expert's action for the current state (what is recorded)
 
-    def act(twin_: Any, _observation: dict[str, np.ndarray]) -> np.ndarray:
+    def act(twin_: Any, observation: dict[str, np.ndarray]) -> np.ndarray:
         clean = np.asarray(expert.act(twin_), dtype=np.float64)
         label[:] = [clean]
-        return noise(clean)
+        return noise(clean if learner is None else learner(observation, clean))
 
     def record(observation: dict[str, np.ndarray], action: np.ndarray, step: Any) -> None:
         del action  # the executed one; the label is the expert's clean action
@@ -169,6 +226,8 @@ def _rollout(seed: int) -> ExpertEpisode:
     start = time.perf_counter()
     expert.reset()
     noise.reset(seed)
+    if learner is not None:
+        learner.reset(seed)
     result = run_episode(twin, act, seed, observer=record)
     episode.object_ids = result.object_ids
     episode.success = bool(result.success)
@@ -282,7 +341,7 @@ def collect(cfg: DictConfig) -> dict[str, Any]:
     writer = EpisodeWriter(
         directory,
         control_rate_hz=float(cfg.control.rate_hz),
-        source=DART_SOURCE if float(ccfg.noise_scale) > 0.0 else SOURCE,
+        source=collection_source(ccfg),
         clock="twin_sim_time",
         compress=bool(ccfg.compress),
         background=False,  # the ledger line follows the file, so a resumed run never skips a lost episode
@@ -336,6 +395,7 @@ def _write_episode(writer: Any, episode: ExpertEpisode, cfg: DictConfig) -> str 
         twin_version=TWIN_VERSION,
         episode_mode=str(cfg.twin.episode.mode),
         noise_scale=float(cfg.collection.noise_scale),
+        **dagger_metadata(cfg.collection),
     )
     for t in range(episode.steps):
         writer.add_step(
