@@ -83,3 +83,19 @@ def test_unknown_format_is_refused(tmp_path) -> None:
     (path / CONFIG_FILE).write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="unknown checkpoint format"):
         read_checkpoint_config(path)
+
+
+def test_a_checkpoint_with_non_finite_weights_is_refused(tmp_path) -> None:
+    """All-NaN (or a single inf) weights load as a policy that decodes the same extreme action forever:
+    the loader refuses them in one line naming a tensor."""
+    cfg = load_config(["model=tiny"])
+    model = build_model(cfg)
+    with torch.no_grad():
+        next(model.parameters()).fill_(float("nan"))
+    with pytest.raises(ValueError, match=r"NaN or infinite.*refused"):
+        load_policy(save_checkpoint(tmp_path / "nan", model, cfg), "cpu")
+    model = build_model(cfg)
+    with torch.no_grad():
+        model.token_embedding.weight.view(-1)[0] = float("inf")
+    with pytest.raises(ValueError, match=r"tensor\(s\) hold NaN or infinite values, e.g. token_embedding"):
+        load_policy(save_checkpoint(tmp_path / "inf", model, cfg), "cpu")

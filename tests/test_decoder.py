@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from gato_ros.config import load_config
-from gato_ros.gato.decoder import ActionDecoder, model_inputs
+from gato_ros.gato.decoder import ActionDecoder, NonFiniteLogitsError, model_inputs
 from gato_ros.gato.model import GatoModel, build_model
 from gato_ros.gato.serialization import Demonstration, EpisodeSerializer, TokenSequence
 from gato_ros.gato.tokenizer import ObservationTokenizer
@@ -154,3 +154,24 @@ def test_warmup_leaves_a_fresh_episode(setup) -> None:
     assert warmed.cached == 0 and not warmed.steps
     for obs in observations:
         np.testing.assert_array_equal(warmed.step(obs).token_ids, fresh.step(obs).token_ids)
+
+
+def test_non_finite_logits_give_no_action(setup) -> None:
+    """A model whose weights went NaN after loading: the step raises (the policy node then publishes
+    nothing and the command node holds) and the decoder starts a fresh episode; finite weights decode
+    again afterwards (no NaN left behind in the KV cache)."""
+    model, tokenizer = setup
+    observation = random_observation(np.random.default_rng(0))
+    decoder = make_decoder(model, tokenizer)
+    weight = model.token_embedding.weight
+    saved = weight.detach().clone()
+    try:
+        with torch.no_grad():
+            weight.fill_(float("nan"))
+        with pytest.raises(NonFiniteLogitsError):
+            decoder.step(observation)
+        assert len(decoder.steps) == 0
+    finally:
+        with torch.no_grad():
+            weight.copy_(saved)
+    assert np.all(np.isfinite(decoder.step(observation).action))

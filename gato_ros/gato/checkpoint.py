@@ -186,6 +186,9 @@ def load_policy(path: str | Path, device: str | torch.device = "cpu") -> PolicyC
     missing, unexpected = load_model(model, str(path / MODEL_FILE), strict=True, device=str(device))
     if missing or unexpected:
         raise ValueError(f"{path}: checkpoint does not match the model: {missing=} {unexpected=}")
+    bad = [name for name, tensor in model.state_dict().items() if not torch.isfinite(tensor).all()]
+    if bad:  # a policy with NaN weights decodes garbage that only the safety limits would stop
+        raise ValueError(f"{path}: {len(bad)} tensor(s) hold NaN or infinite values, e.g. {bad[0]}; refused")
     model.eval()
     return PolicyCheckpoint(
         model=model, cfg=_config_from_plain(meta["config"]), step=int(meta["step"]), path=path

@@ -50,6 +50,10 @@ def model_inputs(sequence: TokenSequence, device: torch.device) -> tuple[torch.T
     )
 
 
+class NonFiniteLogitsError(RuntimeError):
+    """The model produced NaN or infinite logits: no action may be decoded from them."""
+
+
 @dataclass
 class ActionResult:
     """One control step's decision: the physical action, its token ids and where the time went."""
@@ -107,6 +111,8 @@ class ActionDecoder:
         self._one_patch_pos = torch.zeros((1, 1, 4), dtype=torch.long, device=self.device)
         self._action_obs_pos = torch.full((1, 1), self.action_obs_index, dtype=torch.long, device=self.device)
         self._ids = torch.zeros(self.action_dim, dtype=torch.long, device=self.device)
+        # Whether every logit of the step was finite, accumulated on the device (no sync per dimension).
+        self._finite = torch.ones((), dtype=torch.bool, device=self.device)
         self._position = torch.zeros(1, dtype=torch.long, device=self.device)
         self._graph: torch.cuda.CUDAGraph | None = None
         self._graph_logits: torch.Tensor | None = None
@@ -174,12 +180,18 @@ class ActionDecoder:
             raise ValueError(f"a step of {step_length} tokens does not fit the context after the prompt")
         trimmed = self._trim_for(step_length, budget)
         self._logits.clear()
+        self._finite.fill_(True)
         with torch.inference_mode():
             if self.use_kv_cache:
                 ids, context = self._decode_cached(observation, trimmed)
             else:
                 ids, context = self._decode_full(observation)
         token_ids = ids.cpu().numpy()
+        if not bool(self._finite):  # checked after the copy above has synchronised anyway
+            if self.kv_cache is not None:  # masked-out NaN keys/values would still poison later steps
+                self.kv_cache.zero_()
+            self.reset()
+            raise NonFiniteLogitsError("the model's logits are not finite: no action decoded (decoder reset)")
         t_decoded = time.perf_counter()
         actions = TokenSequence.from_actions(token_ids, self.action_obs_index, self.patch_shape)
         self.steps.append(TokenSequence.concat([observation, actions]))
@@ -219,6 +231,7 @@ class ActionDecoder:
         """Value-range logits of the last position -> one id (tensor, stays on the device)."""
         if self.record_logits:
             self._logits.append(logits)
+        self._finite &= torch.isfinite(logits).all()
         if self.greedy:
             index = torch.argmax(logits)
         else:
