@@ -3,7 +3,13 @@ resumable by seed, parallel workers, camera images and real (sim-time) timestamp
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -189,3 +195,56 @@ def test_dagger_rolls_a_checkpoint_out_and_records_the_experts_labels(tmp_path: 
     pinch = "sawyer/pinch/pose"
     assert np.abs(dagger.observations[pinch][-1, :3] - expert.observations[pinch][-1, :3]).max() > 1e-3
     assert set(np.unique(dagger.action[:, 4])) <= {-1.0, 1.0}  # the expert's bang-bang gripper labels
+
+
+def _alive_descendants(root: int) -> set[int]:
+    """Live (not zombie) processes below `root`, from /proc."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        state, ppid = stat.rsplit(")", 1)[1].split()[:2]
+        if state != "Z":
+            parents[int(entry.name)] = int(ppid)
+    found, frontier = set(), {root}
+    while frontier:
+        frontier = {pid for pid, ppid in parents.items() if ppid in frontier} - found
+        found |= frontier
+    return found
+
+
+def _gone(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_killed_collection_leaves_no_process_behind(tmp_path: Path) -> None:
+    """SIGKILL the collection: its pool workers (and the pool's resource tracker) exit with it."""
+    command = [sys.executable, "-m", "gato_ros.cli", "collect", f"collection.out_dir={tmp_path / 'data'}"]
+    command += ["collection.workers=2", "collection.episodes=50", "collection.render=false"]
+    command += ["collection.progress=false"]
+    process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 180
+        while len(_alive_descendants(process.pid)) < 2 and time.monotonic() < deadline:
+            assert process.poll() is None, "the collection exited early"
+            time.sleep(0.2)
+        children = _alive_descendants(process.pid)
+        assert len(children) >= 2, "the pool workers never started"
+        process.kill()
+        process.wait()
+        deadline = time.monotonic() + 60
+        while not all(_gone(pid) for pid in children) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert all(_gone(pid) for pid in children), [p for p in children if not _gone(p)]
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # whatever is left of the session, whatever happened
+            os.killpg(process.pid, signal.SIGKILL)
