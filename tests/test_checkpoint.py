@@ -99,3 +99,22 @@ def test_a_checkpoint_with_non_finite_weights_is_refused(tmp_path) -> None:
         model.token_embedding.weight.view(-1)[0] = float("inf")
     with pytest.raises(ValueError, match=r"tensor\(s\) hold NaN or infinite values, e.g. token_embedding"):
         load_policy(save_checkpoint(tmp_path / "inf", model, cfg), "cpu")
+
+
+def test_every_way_of_naming_a_checkpoint_resolves(tmp_path) -> None:
+    """A checkpoint directory, its weights file, a run's `checkpoints/latest` pointer or the run directory
+    (as the README's commands use them) and a shipped policy name all load; anything else is one clear
+    error."""
+    from gato_ros.gato.checkpoint import MODEL_FILE, resolve_checkpoint
+    from gato_ros.gato.train import CHECKPOINT_DIR, LATEST_FILE, checkpoint_path
+
+    cfg = load_config(["model=tiny"])
+    run = tmp_path / "run"
+    directory = save_checkpoint(checkpoint_path(run, 7), build_model(cfg), cfg, step=7)
+    (run / CHECKPOINT_DIR / LATEST_FILE).write_text(directory.name + "\n")
+    for name in (directory, directory / MODEL_FILE, run / CHECKPOINT_DIR / LATEST_FILE, run):
+        assert resolve_checkpoint(name) == directory, name
+    assert load_policy(run / CHECKPOINT_DIR / LATEST_FILE, "cpu").step == 7
+    assert resolve_checkpoint("default").name == "default"
+    with pytest.raises(FileNotFoundError, match="no shipped policy of that name"):
+        resolve_checkpoint(tmp_path / "nothing")

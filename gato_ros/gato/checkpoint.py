@@ -147,21 +147,42 @@ def save_checkpoint(
     return path
 
 
+def _checkpoint_dir(path: Path) -> Path | None:
+    """`path` as a checkpoint directory: itself, the directory of its weights file, the directory a
+    `latest` pointer file names, or a training run's newest checkpoint (`<run>/checkpoints/latest`)."""
+    from gato_ros.gato.train import CHECKPOINT_DIR, LATEST_FILE
+
+    if (path / CONFIG_FILE).is_file():
+        return path
+    if path.is_file() and path.suffix == ".safetensors" and (path.parent / CONFIG_FILE).is_file():
+        return path.parent
+    if path.is_dir() and (path / CHECKPOINT_DIR / LATEST_FILE).is_file():
+        path = path / CHECKPOINT_DIR / LATEST_FILE
+    if path.is_file() and path.stat().st_size < 4096:
+        target = path.parent / path.read_text().strip()
+        if target != path.parent and (target / CONFIG_FILE).is_file():
+            return target
+    return None
+
+
 def resolve_checkpoint(name_or_path: str | Path) -> Path:
-    """A checkpoint directory from a path, or from the name of a policy shipped under `policies/`
-    (`policy.checkpoint=default` is the package's default policy)."""
+    """A checkpoint directory from any of: a checkpoint directory, its `.safetensors` file, a training
+    run's `checkpoints/latest` pointer (or the run directory itself), or the name of a policy shipped under
+    `policies/` (`policy.checkpoint=default` is the package's default policy)."""
     from gato_ros.paths import policies_dir
 
     path = Path(name_or_path).expanduser()
-    if (path / CONFIG_FILE).is_file():
-        return path
+    found = _checkpoint_dir(path)
+    if found is not None:
+        return found
     shipped = policies_dir() / str(name_or_path)
     if not path.is_absolute() and (shipped / CONFIG_FILE).is_file():
         return shipped
     names = sorted(p.name for p in policies_dir().glob("*") if (p / CONFIG_FILE).is_file())
     raise FileNotFoundError(
-        f"no checkpoint at {path} (a directory with {CONFIG_FILE} and {MODEL_FILE}), and no shipped policy "
-        f"of that name (shipped: {', '.join(names) or 'none'})"
+        f"no checkpoint at {path} (a checkpoint directory with {CONFIG_FILE} and {MODEL_FILE}, its "
+        f"{MODEL_FILE}, a run's checkpoints/latest), and no shipped policy of that name "
+        f"(shipped: {', '.join(names) or 'none'})"
     )
 
 
