@@ -74,8 +74,17 @@ def test_worker_shares_partition_the_seeds() -> None:
 def test_domain_ids_differ_per_slot_and_stay_in_range() -> None:
     low, high = ROS_DOMAIN_ID_RANGE
     for pid in (0, 12345, 99):
-        ids = [eval_domain_id(slot, pid) for slot in range(8)]
+        ids = [eval_domain_id(slot, pid, env={}) for slot in range(8)]
         assert len(set(ids)) == len(ids) and all(low <= i <= high for i in ids)
+
+
+def test_a_domain_id_the_user_set_is_respected() -> None:
+    """Slot 0 runs on the user's ROS_DOMAIN_ID, the others on the ids after it; nonsense is one error."""
+    assert [eval_domain_id(slot, 77, env={"ROS_DOMAIN_ID": "42"}) for slot in range(3)] == [42, 43, 44]
+    with pytest.raises(ValueError, match="not a ROS 2 domain id"):
+        eval_domain_id(0, env={"ROS_DOMAIN_ID": "abc"})
+    with pytest.raises(ValueError, match="no domain id for job slot 1"):
+        eval_domain_id(1, env={"ROS_DOMAIN_ID": "232"})
 
 
 def test_config_becomes_node_overrides_that_compose_back() -> None:

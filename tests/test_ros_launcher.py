@@ -145,10 +145,12 @@ def assert_gone(pids: dict[str, int]) -> None:
 def test_launcher_stops_the_stack_when_a_node_dies() -> None:
     # a checkpoint that does not exist: the policy node refuses to start; the launcher must stop twin and
     # command node
-    launcher = run_launcher("sim:=true", "checkpoint:=/nonexistent/checkpoint")
+    launcher = run_launcher("sim:=true", "checkpoint:=/nonexistent/checkpoint", "--isolated")
     out, _ = launcher.communicate(timeout=180)
     lines = out.splitlines()
     assert launcher.returncode != 0, out
+    # --isolated keeps the ROS_DOMAIN_ID the caller set, and says which one the stack uses.
+    assert f"[launch] ROS_DOMAIN_ID={isolated_domain_id()} (yours" in out, out
     assert any("policy exited with code 1; stopping the stack" in line for line in lines), out
     assert any("no checkpoint at /nonexistent/checkpoint" in line for line in lines), out
     pids = started_pids(lines)

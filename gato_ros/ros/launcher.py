@@ -20,7 +20,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO
 
@@ -72,6 +72,20 @@ def stack_plan(cfg: DictConfig, sim: bool, overrides: Sequence[str] = ()) -> lis
         nodes.append(NodeSpec("policy", f"{PACKAGE}.ros.policy_node", "policy_node", common))
     nodes.append(NodeSpec("command_node", f"{PACKAGE}.ros.command_node", "command_node", common))
     return nodes
+
+
+MAX_ROS_DOMAIN_ID = 232  # the highest id ROS 2 accepts on Linux (port arithmetic of the DDS spec)
+
+
+def user_domain_id(env: Mapping[str, str] | None = None) -> int | None:
+    """The ROS_DOMAIN_ID the user set (None when unset or empty). Tools respect it instead of picking their
+    own; a value ROS cannot use is a one-line error."""
+    value = (os.environ if env is None else env).get("ROS_DOMAIN_ID", "").strip()
+    if not value:
+        return None
+    if not value.isdigit() or int(value) > MAX_ROS_DOMAIN_ID:
+        raise ValueError(f"ROS_DOMAIN_ID={value!r} is not a ROS 2 domain id (0..{MAX_ROS_DOMAIN_ID})")
+    return int(value)
 
 
 def isolated_domain_id(pid: int | None = None) -> int:

@@ -69,7 +69,15 @@ from gato_ros.evaluation.overrides import config_overrides, merge_overrides, ren
 from gato_ros.evaluation.report import EvalReport, group_label, summarize, write_outputs
 from gato_ros.evaluation.stats import MS_PER_S, latency_summary
 from gato_ros.evaluation.tracker import EpisodeObservation, EpisodeTracker, interventions, safety_counters
-from gato_ros.ros.launcher import ROS_DOMAIN_ID_RANGE, NodeProcesses, NodeSpec, launch_overrides, stack_plan
+from gato_ros.ros.launcher import (
+    MAX_ROS_DOMAIN_ID,
+    ROS_DOMAIN_ID_RANGE,
+    NodeProcesses,
+    NodeSpec,
+    launch_overrides,
+    stack_plan,
+    user_domain_id,
+)
 
 BASELINES = ("expert", "random")
 POLICY_SOURCE = "policy"
@@ -202,13 +210,21 @@ def plan_jobs(cfg: DictConfig) -> list[Job]:
     return jobs
 
 
-def eval_domain_id(slot: int, pid: int | None = None) -> int:
-    """The ROS_DOMAIN_ID of concurrent job slot `slot`: derived from this process's id, so two evaluations
-    (or an evaluation and a test run, which uses the pid itself) are unlikely to share one."""
+def eval_domain_id(slot: int, pid: int | None = None, env: dict[str, str] | None = None) -> int:
+    """The ROS_DOMAIN_ID of concurrent job slot `slot`. With ROS_DOMAIN_ID set, slot k uses that id + k
+    (slot 0 the user's own); unset, ids derived from this process's id, so two evaluations (or an evaluation
+    and a test run, which uses the pid itself) are unlikely to share one."""
     low, high = ROS_DOMAIN_ID_RANGE
     span = high - low + 1
     if not 0 <= slot < span - 1:
         raise ValueError(f"at most {span - 1} jobs can run at once (ROS domain ids {low}..{high})")
+    base = user_domain_id(env)
+    if base is not None:
+        if base + slot > MAX_ROS_DOMAIN_ID:
+            raise ValueError(
+                f"ROS_DOMAIN_ID={base} leaves no domain id for job slot {slot} (at most {MAX_ROS_DOMAIN_ID})"
+            )
+        return base + slot
     return low + ((os.getpid() if pid is None else pid) + 1 + slot) % span
 
 
@@ -485,6 +501,7 @@ def evaluate(
     for slot in range(workers):
         eval_domain_id(slot)  # fails early if there are more slots than domain ids
         slots.put(slot)
+    say(f"ROS_DOMAIN_ID per job slot: {', '.join(str(eval_domain_id(slot)) for slot in range(workers))}")
 
     def run(job: Job) -> JobResult:
         slot = slots.get()

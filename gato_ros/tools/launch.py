@@ -10,7 +10,8 @@ and the run ends with the success rate and its Wilson 95% interval.
 Options:
   --episodes N   stop after N finished episodes (sim only)
   --duration S   stop after S wall seconds
-  --isolated     run on a ROS_DOMAIN_ID of its own (derived from the pid), e.g. beside another stack
+  --isolated     run on a ROS_DOMAIN_ID of its own (derived from the pid), e.g. beside another stack;
+                 a ROS_DOMAIN_ID you set is used as it is
 
 Examples:
   gato-ros launch stacking sim:=true ros.twin.action_source=expert --episodes 3   # the scripted expert
@@ -33,7 +34,13 @@ from types import FrameType
 
 from gato_ros.config import load_config
 from gato_ros.evaluation.stats import WILSON_Z, wilson_interval  # noqa: F401  (re-exported)
-from gato_ros.ros.launcher import NodeProcesses, isolated_domain_id, launch_overrides, stack_plan
+from gato_ros.ros.launcher import (
+    NodeProcesses,
+    isolated_domain_id,
+    launch_overrides,
+    stack_plan,
+    user_domain_id,
+)
 
 STACKS = ("stacking",)
 LAUNCH_ARGS = ("sim", "checkpoint", "device")
@@ -171,8 +178,18 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(overrides)
     plan = stack_plan(cfg, sim, overrides)
     lcfg = cfg.ros.launch
-    if args.isolated:  # the nodes and this process's episode monitor alike
+    try:
+        user_domain = user_domain_id()
+    except ValueError as err:
+        print(f"gato-ros launch: {err}", file=sys.stderr)
+        return 2
+    note = ""
+    if args.isolated and user_domain is None:  # the nodes and this process's episode monitor alike
         os.environ["ROS_DOMAIN_ID"] = str(isolated_domain_id())
+    elif args.isolated:
+        note = " (yours: --isolated picks one only when ROS_DOMAIN_ID is unset)"
+    domain = os.environ.get("ROS_DOMAIN_ID") or "0 (unset: the ROS default)"
+    print(f"[launch] ROS_DOMAIN_ID={domain}{note}", flush=True)
     env = dict(os.environ)
     if args.episodes and not sim:
         print("gato-ros launch: --episodes needs sim:=true", file=sys.stderr)
