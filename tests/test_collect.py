@@ -248,3 +248,17 @@ def test_a_killed_collection_leaves_no_process_behind(tmp_path: Path) -> None:
     finally:
         with contextlib.suppress(ProcessLookupError):  # whatever is left of the session, whatever happened
             os.killpg(process.pid, signal.SIGKILL)
+
+
+NONSENSE = ["collection.episodes=-3", "collection.workers=0", "collection.noise_scale=-1"]
+NONSENSE += ["collection.beta=2"]
+
+
+@pytest.mark.parametrize("override", NONSENSE)
+def test_nonsense_collection_settings_are_one_line_refusals(tmp_path: Path, override: str, capsys) -> None:
+    from gato_ros.tools.collect import main
+
+    assert main([f"collection.out_dir={tmp_path / 'data'}", override]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("gato-ros collect: collection.") and "\n" not in err
+    assert not (tmp_path / "data").exists()

@@ -4,6 +4,7 @@ the episode in progress and numbering continues), one writer per directory, unre
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -186,3 +187,34 @@ def test_dataset_skips_unreadable_files_and_filters_failures(tmp_path: Path, cap
     assert EpisodeDataset(tmp_path, successful_only=True).episode_indices == [0]
     with pytest.raises(FileNotFoundError):
         EpisodeDataset(tmp_path / "missing")
+
+
+def _rewrite_member(path: Path, name: str, value: np.ndarray) -> None:
+    with np.load(path, allow_pickle=False) as npz:
+        members = {key: npz[key] for key in npz.files}
+    members[name] = value
+    np.savez(path, **members)
+
+
+@pytest.mark.parametrize(
+    ("member", "bad", "message"),
+    [
+        ("action", lambda a: a.astype(str), "action must be"),
+        ("action", lambda a: a.astype(np.int64), "action must be"),
+        ("action", lambda a: np.where(np.arange(a.size).reshape(a.shape) == 0, np.nan, a).astype(np.float32),
+         "action holds NaN"),
+        ("obs/sawyer/joints/angle", lambda a: a.astype(np.float16), "must be float32 or float64"),
+        ("obs/basket_front_left/pixels", lambda a: a.astype(np.float32), "must be (T, H, W, C) uint8"),
+        ("success", lambda a: a.astype(np.int8), "success must be bool"),
+    ],
+)  # fmt: skip
+def test_malformed_episode_files_are_refused_in_one_line(tmp_path: Path, member: str, bad, message) -> None:
+    with EpisodeWriter(tmp_path, 20.0, "test", background=False) as writer:
+        path = record(writer, 4, seed=1)
+    assert path is not None and len(load_episode(path)) == 4
+    with np.load(path, allow_pickle=False) as npz:
+        original = npz[member]
+    _rewrite_member(path, member, bad(original))
+    with pytest.raises(ValueError, match=re.escape(message)) as refused:
+        load_episode(path)
+    assert "\n" not in str(refused.value) and str(path) in str(refused.value)

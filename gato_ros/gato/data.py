@@ -172,7 +172,36 @@ def load_episode(path: str | Path, mmap: bool = False) -> Episode:
     lengths |= {len(v) for v in observations.values()}
     if len(lengths) != 1:
         raise ValueError(f"{path}: arrays disagree on the number of steps {sorted(lengths)}")
+    check_episode_arrays(episode)
     return episode
+
+
+def check_episode_arrays(episode: Episode) -> None:
+    """The format's dtypes and shapes, and finite numbers, or a one-line ValueError naming the member:
+    a file with string or integer actions, or float16 observations, must not train silently."""
+
+    def refuse(member: str, problem: str) -> None:
+        raise ValueError(f"{episode.path}: {member} {problem}")
+
+    action = episode.action
+    if action.dtype != np.float32 or action.ndim != 2:
+        refuse("action", f"must be (T, A) float32, got {action.shape} {action.dtype}")
+    if not np.all(np.isfinite(action)):
+        refuse("action", "holds NaN or infinite values")
+    if episode.timestamp.dtype != np.float64 or not np.all(np.isfinite(episode.timestamp)):
+        refuse("timestamp", f"must be finite float64 seconds, got {episode.timestamp.dtype}")
+    if episode.success.dtype != np.bool_:
+        refuse("success", f"must be bool, got {episode.success.dtype}")
+    if not np.issubdtype(episode.reward.dtype, np.floating):
+        refuse("reward", f"must be floating point, got {episode.reward.dtype}")
+    for key, values in episode.observations.items():
+        if key.endswith("/pixels"):
+            if values.dtype != np.uint8 or values.ndim != 4:
+                refuse(f"obs/{key}", f"must be (T, H, W, C) uint8, got {values.shape} {values.dtype}")
+        elif values.dtype not in (np.float32, np.float64):
+            refuse(f"obs/{key}", f"must be float32 or float64, got {values.dtype}")
+        elif not np.all(np.isfinite(values)):
+            refuse(f"obs/{key}", "holds NaN or infinite values")
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:

@@ -333,11 +333,27 @@ def _episodes(pending: list[int], workers: int, plain_cfg: dict[str, Any]) -> It
             pool.shutdown(wait=True, cancel_futures=True)
 
 
+def check_collection_config(ccfg: DictConfig) -> None:
+    """Counts and scales where they are read: a nonsense value is a one-line ValueError, not a no-op."""
+    if int(ccfg.episodes) < 0:
+        raise ValueError(f"collection.episodes must be >= 0, got {ccfg.episodes}")
+    if int(ccfg.workers) < 1:
+        raise ValueError(f"collection.workers must be >= 1, got {ccfg.workers}")
+    if int(ccfg.first_seed) < 0:
+        raise ValueError(f"collection.first_seed must be >= 0, got {ccfg.first_seed}")
+    noise = float(ccfg.noise_scale)
+    if not np.isfinite(noise) or noise < 0.0:
+        raise ValueError(f"collection.noise_scale must be >= 0, got {ccfg.noise_scale}")
+    if not 0.0 <= float(ccfg.beta) <= 1.0:
+        raise ValueError(f"collection.beta must be in [0, 1], got {ccfg.beta}")
+
+
 def collect(cfg: DictConfig) -> dict[str, Any]:
     """Run the collection of `cfg.collection`; returns its summary (also printed by `main`)."""
     from gato_ros.gato.data import EpisodeWriter
 
     ccfg = cfg.collection
+    check_collection_config(ccfg)
     directory = output_directory(cfg)
     directory.mkdir(parents=True, exist_ok=True)
     first, count = int(ccfg.first_seed), int(ccfg.episodes)
@@ -432,6 +448,9 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(list(sys.argv[1:] if argv is None else argv))
     try:
         summary = collect(cfg)
+    except ValueError as err:  # a refused setting or input: one line, no traceback
+        print(f"gato-ros collect: {err}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         total = ledger_summary(output_directory(cfg))
         print(
