@@ -19,7 +19,7 @@ from gato_ros.twin import ScriptedExpert, StackingTwin, Stage
 from gato_ros.twin.basket import FLOOR_GEOM
 from gato_ros.twin.expert import stack_anchor_offset
 from gato_ros.twin.rendering import CameraRenderer
-from gato_ros.twin.scene import body_vertices
+from gato_ros.twin.scene import body_vertices, posed_vertices
 from gato_ros.twin.success import EpisodeJudge
 
 RED, GREEN, BLUE = 0, 1, 2
@@ -193,12 +193,6 @@ def _camera_id(model: mujoco.MjModel, name: str) -> int:
 
 
 # -- physics: stacks, grasps, drops ----------------------------------------------------------------------
-def world_vertices(vertices: np.ndarray, position: np.ndarray, quat: np.ndarray) -> np.ndarray:
-    rotation = np.empty(9)
-    mujoco.mju_quat2Mat(rotation, np.asarray(quat, dtype=float))
-    return vertices @ rotation.reshape(3, 3).T + position
-
-
 def yaw_quat(yaw: float) -> np.ndarray:
     return np.array([np.cos(yaw / 2), 0.0, 0.0, np.sin(yaw / 2)])
 
@@ -209,13 +203,13 @@ def place_gentle_stack(env: StackingTwin, rng: np.random.Generator, gap: float =
     model, index = env.model, env.index
     vertices = [body_vertices(model, body) for body in index.object_bodies]
     blue_quat, red_quat = yaw_quat(rng.uniform(-np.pi, np.pi)), yaw_quat(rng.uniform(-np.pi, np.pi))
-    blue = world_vertices(vertices[BLUE], np.zeros(3), blue_quat)
+    blue = posed_vertices(vertices[BLUE], np.zeros(3), blue_quat)
     floor = model.geom(FLOOR_GEOM).id
     floor_top = env.data.geom_xpos[floor, 2] + model.geom_size[floor, 2]
     blue_position = np.array([0.6, 0.0, floor_top - blue[:, 2].min() + 0.0005])
     blue += blue_position
-    red = world_vertices(vertices[RED], np.zeros(3), red_quat)
-    red_com = world_vertices(model.body_ipos[index.object_bodies[RED]][None], np.zeros(3), red_quat)[0]
+    red = posed_vertices(vertices[RED], np.zeros(3), red_quat)
+    red_com = posed_vertices(model.body_ipos[index.object_bodies[RED]][None], np.zeros(3), red_quat)[0]
     offset = stack_anchor_offset(red, red_com[:2], blue, float(env.cfg.twin.expert.face_band))
     red_position = np.array([*offset, blue[:, 2].max() - red[:, 2].min() + gap])
     poses = env.object_poses()
@@ -383,7 +377,7 @@ def states(env: StackingTwin, expert: ScriptedExpert) -> dict[str, tuple[int, np
     floor_top = stack[BLUE, 2] - float(blue_vertices[:, 2].min())
 
     def beside_blue(quat: np.ndarray, gap: float, lift: float) -> np.ndarray:
-        red = world_vertices(red_vertices, np.zeros(3), quat)
+        red = posed_vertices(red_vertices, np.zeros(3), quat)
         poses = stack.copy()
         y = stack[BLUE, 1] + blue_half_width - red[:, 1].min() + gap
         poses[RED] = [stack[BLUE, 0], y, floor_top - red[:, 2].min() + lift, *quat]

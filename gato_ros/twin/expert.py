@@ -8,7 +8,7 @@ narrowest horizontal width, computed from its mesh vertices in their current ori
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
@@ -17,7 +17,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from gato_ros.control.kinematics import tool_yaw
-from gato_ros.twin.scene import body_vertices
+from gato_ros.twin.scene import body_vertices, posed_vertices
 
 RED, GREEN, BLUE = 0, 1, 2
 WIDTH_SEARCH_ANGLES = 36  # candidate closing directions over [0, pi) for the narrowest-width grasp
@@ -48,10 +48,13 @@ class Scene:
     centres_of_mass: np.ndarray  # (3, 3) world frame
     edges: tuple[np.ndarray, np.ndarray, np.ndarray]  # per object: convex hull edges (vertex index pairs)
 
+    _posed: dict[int, np.ndarray] = field(default_factory=dict)  # world vertices, computed once per step
+
     def world_vertices(self, obj: int) -> np.ndarray:
-        rotation = np.empty(9)
-        mujoco.mju_quat2Mat(rotation, self.object_poses[obj, 3:])
-        return self.vertices[obj] @ rotation.reshape(3, 3).T + self.object_poses[obj, :3]
+        if obj not in self._posed:
+            pose = self.object_poses[obj]
+            self._posed[obj] = posed_vertices(self.vertices[obj], pose[:3], pose[3:])
+        return self._posed[obj]
 
 
 def box_vertices(half_size: np.ndarray) -> np.ndarray:

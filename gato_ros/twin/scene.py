@@ -102,6 +102,13 @@ def body_vertices(model: mujoco.MjModel, body: int) -> np.ndarray:
     return np.vstack(parts)
 
 
+def posed_vertices(vertices: np.ndarray, position: np.ndarray, quat_wxyz: np.ndarray) -> np.ndarray:
+    """Body-frame vertices (N, 3) placed at a world pose (position, quaternion w, x, y, z)."""
+    rotation = np.empty(9)
+    mujoco.mju_quat2Mat(rotation, np.asarray(quat_wxyz, dtype=np.float64))
+    return vertices @ rotation.reshape(3, 3).T + np.asarray(position, dtype=np.float64)
+
+
 def _set_collision(geom: mujoco.MjsGeom, contype: int, conaffinity: int) -> None:
     geom.contype, geom.conaffinity = contype, conaffinity
 
