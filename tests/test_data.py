@@ -14,8 +14,10 @@ import numpy as np
 import pytest
 
 from gato_ros.gato.data import (
+    EncodedFrames,
     EpisodeDataset,
     EpisodeWriter,
+    FrameCodec,
     episode_filename,
     episode_indices,
     load_episode,
@@ -66,12 +68,86 @@ def test_round_trip(tmp_path: Path, background: bool) -> None:
     assert meta["success"] is True and meta["episode_index"] == 0 and meta["num_steps"] == 4
     assert meta["control_rate_hz"] == 20.0 and meta["source"] == "test" and meta["clock"] == "sim"
     assert meta["achieved_rate_hz"] == pytest.approx(3 / 0.15)
-    assert meta["format_version"] == 1 and "start_time_utc" in meta
+    assert meta["format_version"] == 2 and meta["frame_codec"] == "png" and "start_time_utc" in meta
     assert episode.observation(2)["sawyer/joints/angle"].shape == (7,)
-    # a plain numpy user can read it too
+    assert isinstance(episode.observations["basket_front_left/pixels"], EncodedFrames)
+    # a plain numpy + OpenCV user can read it too
+    import cv2
+
     with np.load(path) as npz:
         assert json.loads(str(npz["metadata"]))["num_steps"] == 4
-        assert npz["obs/basket_front_left/pixels"].shape == (4, 16, 16, 3)
+        offsets = npz["frames/basket_front_left/pixels/offsets"]
+        assert offsets.shape == (5,) and npz["frames/basket_front_left/pixels/shape"].tolist() == [16, 16, 3]
+        blob = npz["frames/basket_front_left/pixels/data"][offsets[1] : offsets[2]]
+        bgr = cv2.imdecode(blob, cv2.IMREAD_COLOR)
+        np.testing.assert_array_equal(bgr[..., ::-1], episode.observations["basket_front_left/pixels"][1])
+
+
+def test_raw_codec_keeps_the_version_1_layout(tmp_path: Path) -> None:
+    with EpisodeWriter(tmp_path, 20.0, "test", background=False, image_codec="raw") as w:
+        path = record(w, 3, seed=2)
+    with np.load(path) as npz:
+        assert npz["obs/basket_front_left/pixels"].shape == (3, 16, 16, 3)
+        assert not any(name.startswith("frames/") for name in npz.files)
+    episode = load_episode(path)
+    assert "frame_codec" not in episode.metadata
+    assert isinstance(episode.observations["basket_front_left/pixels"], np.ndarray)
+
+
+def rendered_like_frames(count: int, seed: int = 0) -> np.ndarray:
+    """Smooth shading plus flat coloured blocks that move: what the twin's cameras produce (noise is not)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:64, 0:64]
+    frames = np.empty((count, 64, 64, 3), dtype=np.uint8)
+    for t in range(count):
+        base = np.stack([80 + xx, 90 + yy, 100 + (xx + yy) // 2], axis=-1).astype(np.uint8)
+        for colour in ([200, 30, 30], [30, 200, 30], [30, 30, 200]):
+            r, c = rng.integers(4, 44, 2)
+            base[r : r + 16, c : c + 16] = colour
+        frames[t] = base
+    return frames
+
+
+@pytest.mark.parametrize(("codec", "max_mean_error"), [("png", 0.0), ("jpeg", 4.0)])
+def test_encoded_frames_round_trip_within_the_codecs_tolerance(
+    tmp_path: Path, codec: str, max_mean_error: float
+) -> None:
+    """png is exact; jpeg at quality 95 stays within 4 grey levels on average on these hard-edged 64 x 64
+    blocks (chroma subsampling's worst case; 1.3 on the twin's renders, benchmarks/frames.py)."""
+    frames = rendered_like_frames(6)
+    with EpisodeWriter(tmp_path, 20.0, "test", background=False, image_codec=codec) as writer:
+        writer.begin_episode(task="t")
+        for frame in frames:
+            writer.add_step({"cam/pixels": frame, "x": np.zeros(2, np.float32)}, np.zeros(5))
+        path = writer.end_episode()
+    assert path is not None and path.stat().st_size < frames.nbytes / 2
+    for mmap in (False, True):
+        stored = load_episode(path, mmap=mmap).observations["cam/pixels"]
+        assert isinstance(stored, EncodedFrames) and stored.shape == frames.shape and len(stored) == 6
+        decoded = np.asarray(stored)
+        assert decoded.dtype == np.uint8 and decoded.shape == frames.shape
+        error = np.abs(decoded.astype(int) - frames.astype(int))
+        assert error.mean() <= max_mean_error
+        if codec == "png":
+            np.testing.assert_array_equal(decoded, frames)
+        # every way of indexing decodes the same frames
+        np.testing.assert_array_equal(stored[2], decoded[2])
+        np.testing.assert_array_equal(stored[-1], decoded[5])
+        np.testing.assert_array_equal(stored[1:4], decoded[1:4])
+        np.testing.assert_array_equal(stored[[0, 5, 3]], decoded[[0, 5, 3]])
+        np.testing.assert_array_equal(stored[np.arange(2)], decoded[:2])
+        assert stored[4:2].shape == (0, 64, 64, 3)
+        with pytest.raises(IndexError):
+            stored[6]
+
+
+def test_frame_codec_refuses_unknown_names_and_qualities() -> None:
+    with pytest.raises(ValueError, match="image codec must be one of raw, png, jpeg"):
+        FrameCodec("gif")
+    with pytest.raises(ValueError, match="jpeg quality"):
+        FrameCodec("jpeg", quality=101)
+    assert not FrameCodec("png").encodes(np.zeros((2, 8, 8), np.uint8))  # grey images stay raw
+    assert not FrameCodec("png").encodes(np.zeros((2, 8, 8, 3), np.float32))
 
 
 @pytest.mark.parametrize("compress", [False, True])
@@ -209,7 +285,7 @@ def _rewrite_member(path: Path, name: str, value: np.ndarray) -> None:
     ],
 )  # fmt: skip
 def test_malformed_episode_files_are_refused_in_one_line(tmp_path: Path, member: str, bad, message) -> None:
-    with EpisodeWriter(tmp_path, 20.0, "test", background=False) as writer:
+    with EpisodeWriter(tmp_path, 20.0, "test", background=False, image_codec="raw") as writer:
         path = record(writer, 4, seed=1)
     assert path is not None and len(load_episode(path)) == 4
     with np.load(path, allow_pickle=False) as npz:
@@ -218,3 +294,31 @@ def test_malformed_episode_files_are_refused_in_one_line(tmp_path: Path, member:
     with pytest.raises(ValueError, match=re.escape(message)) as refused:
         load_episode(path)
     assert "\n" not in str(refused.value) and str(path) in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("member", "bad", "message"),
+    [
+        ("frames/basket_front_left/pixels/offsets", lambda a: a[:-1], "do not partition"),
+        ("frames/basket_front_left/pixels/shape", lambda a: a[:2], "frame shape"),
+    ],
+)
+def test_malformed_encoded_frames_are_refused_in_one_line(tmp_path: Path, member: str, bad, message) -> None:
+    with EpisodeWriter(tmp_path, 20.0, "test", background=False) as writer:
+        path = record(writer, 4, seed=1)
+    with np.load(path, allow_pickle=False) as npz:
+        original = npz[member]
+    _rewrite_member(path, member, bad(original))
+    with pytest.raises(ValueError, match=message) as refused:
+        load_episode(path)
+    assert "\n" not in str(refused.value) and str(path) in str(refused.value)
+
+
+def test_a_newer_format_version_is_refused(tmp_path: Path) -> None:
+    with EpisodeWriter(tmp_path, 20.0, "test", background=False) as writer:
+        path = record(writer, 2, seed=1)
+    with np.load(path, allow_pickle=False) as npz:
+        meta = json.loads(str(npz["metadata"]))
+    _rewrite_member(path, "metadata", np.asarray(json.dumps({**meta, "format_version": 99})))
+    with pytest.raises(ValueError, match="format version 99"):
+        load_episode(path)

@@ -27,6 +27,8 @@ SMALL = [
     "training.sequence_length=64",
     "training.batch_size=4",
     "training.data.prompt.max_tokens=30",
+    "cameras.width=32",  # the policy's image size: the recorded 16 x 32 frames, 2 patches
+    "cameras.height=16",
 ]
 STEP = 10  # 2 patches + 2 values + separator + 5 actions
 GRIPPER_OPEN, GRIPPER_CLOSED = -1.0, 1.0
@@ -176,3 +178,51 @@ def test_missing_or_empty_sources_fail_loudly(tmp_path: Path, data_root: Path) -
         SequenceSampler(
             cfg, sources=[DatasetSource("failed", tmp_path / "failed", 1.0, successful_only=True)]
         )
+
+
+def image_windows(cfg, batch_step: int = 0) -> np.ndarray:
+    """The patches of one batch, as (sequences x patches, 3, 16, 16)."""
+    sampler = SequenceSampler(cfg)
+    return sampler.batch(batch_step, batch_size=4).patches.numpy()
+
+
+def test_frames_are_fitted_to_the_policy_image_size(data_root: Path) -> None:
+    """Recorded 16 x 32 frames train a 16 x 16 policy (one patch per camera) without re-recording."""
+    cfg = mixture_cfg(data_root, 1.0, 0.0, "training.data.prompt.probability=0.0")
+    half = mixture_cfg(
+        data_root, 1.0, 0.0, "training.data.prompt.probability=0.0", "cameras.width=16", "cameras.height=16"
+    )
+    full, small = SequenceSampler(cfg), SequenceSampler(half)
+    seq_full = full.sample_sequence(np.random.default_rng(3))
+    seq_small = small.sample_sequence(np.random.default_rng(3))
+    assert int(seq_full.image_mask.sum()) == 2 * (len(seq_full) // STEP)
+    steps_small = len(seq_small) // (STEP - 1)
+    assert int(seq_small.image_mask.sum()) == steps_small and len(seq_small) == steps_small * (STEP - 1)
+
+
+AUGMENT = [
+    "training.data.prompt.probability=0.0",
+    "training.data.augmentation.shift_pixels=4",
+    "training.data.augmentation.brightness=0.3",
+    "training.data.augmentation.contrast=0.3",
+    "training.data.augmentation.saturation=0.3",
+    "training.data.augmentation.hue=0.05",
+]
+
+
+def test_augmentation_is_reproducible_by_seed_and_changes_the_frames(data_root: Path) -> None:
+    augmented = mixture_cfg(data_root, 1.0, 0.0, *AUGMENT)
+    first, again = image_windows(augmented), image_windows(augmented)
+    np.testing.assert_array_equal(first, again)  # same seed, same step: the same batch
+    other_seed = mixture_cfg(data_root, 1.0, 0.0, *AUGMENT, "training.seed=7")
+    assert not np.array_equal(image_windows(other_seed), first)
+    assert not np.array_equal(image_windows(augmented, batch_step=1), first)
+    # the frames a window sees are the recorded ones, augmented; without augmentation, untouched
+    sampler = SequenceSampler(augmented)
+    episode = sampler._cache.get(sampler.sources[0].dataset.paths[0])
+    recorded = np.asarray(episode.observations["cam/pixels"][2:5])
+    seen = sampler.demonstration(episode, np.random.default_rng(0)).observations["cam/pixels"][2:5]
+    assert seen.shape == recorded.shape and not np.array_equal(seen, recorded)
+    plain = SequenceSampler(mixture_cfg(data_root, 1.0, 0.0, "training.data.augmentation=null"))
+    untouched = plain.demonstration(episode, np.random.default_rng(0)).observations["cam/pixels"][2:5]
+    np.testing.assert_array_equal(untouched, recorded)

@@ -298,9 +298,10 @@ def test_eval_table_rows_and_plots(first_run) -> None:
         assert row["seed"] in range(EPISODES) and row["steps"] >= 1 and row["sim_time"] > 0
         # Null only where eval.py documents it: a baseline job's first episode can start before this
         # process has heard the command node's diagnostics (no counter snapshot from before its start).
-        unmeasurable = row["policy"] != "tiny_random" and row["seed"] == first_of_job[
-            (row["policy"], row["group"], row["worker"])
-        ]
+        unmeasurable = (
+            row["policy"] != "tiny_random"
+            and row["seed"] == first_of_job[(row["policy"], row["group"], row["worker"])]
+        )
         if not (unmeasurable and row["clamps"] is None):
             assert isinstance(row["clamps"], int) and isinstance(row["holds"], int), row
             assert row["clamps"] >= 0 and row["holds"] >= 0

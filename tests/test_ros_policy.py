@@ -15,10 +15,11 @@ from std_msgs.msg import String
 from gato_ros.config import load_config
 from gato_ros.control.kinematics import ArmKinematics
 from gato_ros.gato.checkpoint import save_checkpoint
+from gato_ros.gato.images import fit_image
 from gato_ros.gato.model import build_model
 from gato_ros.ros import contract
 from gato_ros.ros.messages import image_msg, joint_state_msg, pose_array_msg, time_msg
-from gato_ros.ros.policy_node import ObservationAssembler, PolicyNode, fit_image, placeholder_object_poses
+from gato_ros.ros.policy_node import ObservationAssembler, PolicyNode, placeholder_object_poses
 
 T0 = 100.0  # sim time at the start of the test
 

@@ -71,6 +71,7 @@ def small_run_overrides(tmp_path: Path, **training: object) -> list[str]:
         "out_dir": str(tmp_path / "run"),
         "data.root": str(tmp_path / "data"),
         "data.prompt.max_tokens": 156,
+        "success_check.every": 0,  # the in-process twin check has its own test
     }
     values.update(training)
     return [f"training.{k}={v}" for k, v in values.items()]
@@ -245,3 +246,98 @@ def test_device_names_resolve_to_this_ranks_gpu() -> None:
     assert resolve_device("cpu", rank1) == torch.device("cpu")
     expected = torch.device("cuda:1") if torch.cuda.is_available() else torch.device("cpu")
     assert resolve_device("auto", rank1) == expected
+
+
+def write_state_episodes(root: Path, episodes: int = 3, steps: int = 10, seed: int = 0) -> None:
+    """State-policy episodes (proprioception + object poses, no frames) in the recorded format."""
+    rng = np.random.default_rng(seed)
+    with EpisodeWriter(root / "rgb_stacking_sim_state", 20.0, "test/synthetic", background=False) as writer:
+        for _ in range(episodes):
+            writer.begin_episode(task="stack red on blue")
+            for t in range(steps):
+                obs = {
+                    "gripper/joints/angle": np.array([255.0 * (t > steps // 2)], dtype=np.float32),
+                    "objects/pose": rng.uniform(-1, 1, 21).astype(np.float32),
+                    "sawyer/joints/angle": rng.uniform(-1, 1, 7).astype(np.float32),
+                    "sawyer/pinch/pose": rng.uniform(-1, 1, 7).astype(np.float32),
+                    "sawyer/tcp/pose": rng.uniform(-1, 1, 7).astype(np.float32),
+                }
+                writer.add_step(obs, rng.uniform(-0.05, 0.05, 5), timestamp=0.05 * t)
+            writer.end_episode(success=True)
+
+
+def test_success_check_picks_the_best_checkpoint_by_twin_episodes_and_survives_resume(tmp_path) -> None:
+    """`gato-ros train` with the in-process check: twin episodes at every checked checkpoint, success.jsonl
+    and success.png beside the loss curve, checkpoints/best a loadable copy; a resumed run appends."""
+    from gato_ros.gato.curves import plot_success_vs_data
+    from gato_ros.tools import train as train_tool
+
+    write_state_episodes(tmp_path / "data", episodes=3)
+    overrides = [
+        "+experiment=state_policy",
+        "model=tiny",
+        "control.episode_seconds=1.0",  # 20 control steps per check episode: a test-sized check
+        *small_run_overrides(
+            tmp_path,
+            steps=4,
+            sequence_length=100,
+            checkpoint_every=2,
+            **{"success_check.every": 2, "success_check.episodes": 2, "success_check.first_seed": 5},
+        ),
+        "training.data.prompt.max_tokens=0",
+    ]
+    assert train_tool.main([*overrides, "training.data.max_episodes=2"]) == 0
+    run = tmp_path / "run"
+    records = [json.loads(line) for line in (run / "success.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [2, 4]
+    for record in records:
+        assert record["episodes"] == 2 and record["seeds"] == [5, 6] and len(record["outcomes"]) == 2
+        assert record["successes"] == sum(record["outcomes"]) and 0.0 <= record["success_rate"] <= 1.0
+        assert record["data_episodes"] == 2 and record["data_steps"] == 20  # max_episodes=2 of 3
+        lo, hi = record["interval"]
+        assert 0.0 <= lo <= record["success_rate"] <= hi <= 1.0
+    assert (run / "success.png").read_bytes()[:4] == b"\x89PNG"
+    best = load_policy(run / "checkpoints" / "best")
+    best_rate = max(r["success_rate"] for r in records)
+    assert best.step == max(r["step"] for r in records if r["success_rate"] == best_rate)
+    # resumed with a longer schedule: the check continues the same log
+    steps_before = [r["step"] for r in records]
+    overrides = [o.replace("training.steps=4", "training.steps=6") for o in overrides]
+    assert train_tool.main([*overrides, "training.resume=auto"]) == 0
+    records = [json.loads(line) for line in (run / "success.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [*steps_before, 6]
+    assert records[-1]["data_episodes"] == 3  # the whole dataset this time
+    png = plot_success_vs_data([run], tmp_path / "data_size.png")
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_best_checkpoint_follows_the_success_rate_not_the_step(tmp_path) -> None:
+    """checkpoints/best is the checkpoint with the highest checked success (ties: the later one), and a
+    resumed run remembers the best rate it had."""
+    from gato_ros.evaluation.success_check import CheckResult, SuccessCheck
+
+    cfg = load_config(
+        small_run_overrides(tmp_path, steps=8, checkpoint_every=2, **{"success_check.every": 2})
+    )
+    check = SuccessCheck(cfg)
+
+    def checked(step: int, successes: int) -> None:
+        source = tmp_path / f"ckpt_{step}"
+        source.mkdir()
+        (source / "step.txt").write_text(str(step))
+        result = CheckResult(step, successes, 4, [0, 1, 2, 3], [True] * successes + [False] * (4 - successes),
+                             0, 0.0, "train")  # fmt: skip
+        check._record(result, source)
+
+    def best_step() -> int:
+        return int((tmp_path / "run" / "checkpoints" / "best" / "step.txt").read_text())
+
+    checked(2, 1)
+    assert best_step() == 2
+    checked(4, 3)
+    checked(6, 2)
+    assert best_step() == 4  # a later, worse checkpoint does not replace it
+    assert SuccessCheck(cfg).best_rate == 0.75  # what a resumed run starts from
+    checked(8, 3)
+    assert best_step() == 8  # a tie goes to the later checkpoint
+    assert check.due(2) and not check.due(3) and check.due(8)

@@ -97,7 +97,8 @@ def test_basket_visual_meshes_are_the_wheels(benchmark_cell: mujoco.MjModel, twi
         return sum(
             1
             for g in range(model.ngeom)
-            if model.geom_type[g] == mujoco.mjtGeom.mjGEOM_MESH and model.geom_contype[g] == 0
+            if model.geom_type[g] == mujoco.mjtGeom.mjGEOM_MESH
+            and model.geom_contype[g] == 0
             and model.body(model.geom_bodyid[g]).name.endswith("rgb_basket")
         )
 

@@ -1,7 +1,11 @@
-"""Training curves: `log.jsonl` of a run (one JSON record per logged step) -> a PNG of loss and learning rate.
+"""Training curves: `log.jsonl` of a run (one JSON record per logged step) -> a PNG of loss and learning rate;
+`success.jsonl` (the in-training success check, gato_ros/evaluation/success_check.py) -> success against
+steps; several runs' success logs -> best success against training-data size.
 
-The trainer redraws the PNG at every checkpoint, so a long run can be watched with an image viewer; a
-finished (or running) run can be redrawn with `python -m gato_ros.gato.curves <run_dir>`.
+The trainer redraws the PNGs at every checkpoint, so a long run can be watched with an image viewer; a
+finished (or running) run can be redrawn with `python -m gato_ros.gato.curves <run_dir>`, and runs on
+data subsets (``training.data.max_episodes``) compared with
+`python -m gato_ros.gato.curves --data-size <run_dir> <run_dir> ... [-o success_vs_data.png]`.
 """
 
 from __future__ import annotations
@@ -14,6 +18,9 @@ import numpy as np
 
 LOG_NAME = "log.jsonl"
 PLOT_NAME = "loss.png"
+SUCCESS_LOG_NAME = "success.jsonl"
+SUCCESS_PLOT_NAME = "success.png"
+DATA_PLOT_NAME = "success_vs_data.png"
 SMOOTHING_WINDOW = 10  # logged points in the running mean drawn over the raw loss
 
 
@@ -81,14 +88,112 @@ def plot_training_log(log_path: str | Path, png_path: str | Path | None = None, 
     return png
 
 
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _rate_and_errors(records: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    rate = np.array([r["success_rate"] for r in records], dtype=float)
+    lo = np.array([r.get("interval", [r["success_rate"]] * 2)[0] for r in records], dtype=float)
+    hi = np.array([r.get("interval", [r["success_rate"]] * 2)[1] for r in records], dtype=float)
+    return 100 * rate, 100 * np.stack([rate - lo, hi - rate])
+
+
+def plot_success_log(log_path: str | Path, png_path: str | Path | None = None, title: str = "") -> Path:
+    """Success rate of each in-training check over steps, with its Wilson 95 % interval."""
+    log_path = Path(log_path)
+    png = Path(png_path) if png_path is not None else log_path.with_name(SUCCESS_PLOT_NAME)
+    records = sorted(read_log(log_path), key=lambda r: r["step"])
+    if not records:
+        raise ValueError(f"{log_path} holds no success checks")
+    plt = _pyplot()
+    steps = np.array([r["step"] for r in records], dtype=float)
+    rate, errors = _rate_and_errors(records)
+    fig, ax = plt.subplots(figsize=(7.0, 3.5))
+    ax.errorbar(steps, rate, yerr=errors, marker="o", capsize=3, color="tab:green")
+    ax.set_ylim(-3, 103)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("success (%)")
+    ax.grid(True, alpha=0.3)
+    last = records[-1]
+    seeds = last.get("seeds") or [0]
+    summary = (
+        f"{last['episodes']} twin episodes per check ({last.get('objects', '?')} objects, seeds "
+        f"{seeds[0]}..{seeds[-1]}); best {max(rate):.0f} %"
+    )
+    ax.set_title(f"{title}\n{summary}" if title else summary, fontsize=10)
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return png
+
+
+def plot_success_vs_data(run_dirs: list[str | Path], png_path: str | Path) -> Path:
+    """Best checked success of each run against the number of training episodes it saw."""
+    points = []
+    for run in run_dirs:
+        records = read_log(Path(run) / SUCCESS_LOG_NAME)
+        sized = [r for r in records if r.get("data_episodes")]
+        if not sized:
+            raise ValueError(f"{run}: no success check with a recorded data size")
+        best = max(sized, key=lambda r: (r["success_rate"], r["step"]))
+        points.append((int(best["data_episodes"]), best, Path(run).name))
+    points.sort(key=lambda p: p[0])
+    plt = _pyplot()
+    sizes = np.array([p[0] for p in points], dtype=float)
+    rate, errors = _rate_and_errors([p[1] for p in points])
+    fig, ax = plt.subplots(figsize=(7.0, 3.5))
+    ax.errorbar(sizes, rate, yerr=errors, marker="o", capsize=3, color="tab:purple")
+    for size, r, (_, _, name) in zip(sizes, rate, points, strict=True):
+        ax.annotate(name, (size, r), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set_xscale("log")
+    ax.set_ylim(-3, 103)
+    ax.set_xlabel("training episodes")
+    ax.set_ylabel("best checked success (%)")
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    png = Path(png_path)
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return png
+
+
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    usage = (
+        "usage: python -m gato_ros.gato.curves <run_dir | log.jsonl>\n"
+        "       python -m gato_ros.gato.curves --data-size <run_dir> [<run_dir> ...] [-o out.png]"
+    )
+    if args and args[0] == "--data-size":
+        runs, out = args[1:], DATA_PLOT_NAME
+        if "-o" in runs:
+            i = runs.index("-o")
+            if i + 1 >= len(runs):
+                print(usage, file=sys.stderr)
+                return 2
+            out = runs[i + 1]
+            runs = runs[:i] + runs[i + 2 :]
+        if not runs:
+            print(usage, file=sys.stderr)
+            return 2
+        print(plot_success_vs_data(runs, out))
+        return 0
     if len(args) != 1:
-        print("usage: python -m gato_ros.gato.curves <run_dir | log.jsonl>", file=sys.stderr)
+        print(usage, file=sys.stderr)
         return 2
     path = Path(args[0])
     log = path / LOG_NAME if path.is_dir() else path
     print(plot_training_log(log, title=log.parent.name))
+    success = log.with_name(SUCCESS_LOG_NAME)
+    if success.is_file():
+        print(plot_success_log(success, title=log.parent.name))
     return 0
 
 

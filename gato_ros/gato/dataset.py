@@ -8,6 +8,10 @@ window of whole steps with ``EpisodeSerializer.training_sequence`` (prompted wit
 same task for a configured share). The random stream of a batch is a pure function of
 ``(seed, rank, step, micro)``, so a resumed or re-run training sees the same batches.
 
+Camera frames are decoded only for the steps of a window (`gato_ros.gato.data.EncodedFrames`), fitted to
+the policy's image size (``cameras.width x height``) and augmented (``training.data.augmentation``, one draw
+per sequence and camera; see `gato_ros.gato.images`).
+
 Batches follow docs/ARCHITECTURE.md: right-padded with ``padding_id`` and loss 0; ``patches`` of all
 sequences concatenated in row-major (b, t) order; ``patch_pos`` the quantised intervals (the model samples
 within them in training and takes the mean at evaluation).
@@ -26,6 +30,7 @@ import torch
 
 from gato_ros.gato.batch import TokenBatch
 from gato_ros.gato.data import Episode, EpisodeDataset, dataset_directory, load_episode
+from gato_ros.gato.images import PIXELS_SUFFIX, ImageAugmentation, PolicyFrames, policy_image_size
 from gato_ros.gato.serialization import Demonstration, EpisodeSerializer, TokenSequence
 
 
@@ -85,6 +90,7 @@ class DatasetSource:
     path: Path
     weight: float
     successful_only: bool = False
+    max_episodes: int | None = None  # the first N usable episodes only (data-size sweeps)
 
 
 def mixture_sources(cfg: Any) -> list[DatasetSource]:
@@ -102,9 +108,36 @@ def mixture_sources(cfg: Any) -> list[DatasetSource]:
                 path=dataset_directory(cfg, str(name)),
                 weight=weight,
                 successful_only=bool(entry.get("successful_only", False)),
+                max_episodes=_max_episodes(cfg.training.data.get("max_episodes")),
             )
         )
     return sources
+
+
+def _max_episodes(value: Any) -> int | None:
+    if value is None:
+        return None
+    if int(value) < 1:
+        raise ValueError(f"training.data.max_episodes must be >= 1 or null, got {value}")
+    return int(value)
+
+
+def mixture_size(cfg: Any) -> tuple[int, int]:
+    """(episodes, steps) the sampler draws from: usable episodes of every source with positive weight."""
+    episodes = steps = 0
+    for source in mixture_sources(cfg):
+        dataset = _source_dataset(source)
+        episodes += len(dataset)
+        steps += dataset.total_steps
+    return episodes, steps
+
+
+def _source_dataset(source: DatasetSource) -> EpisodeDataset:
+    dataset = EpisodeDataset(source.path, successful_only=source.successful_only)
+    if source.max_episodes is not None:
+        dataset.paths = dataset.paths[: source.max_episodes]
+        dataset.metadata = dataset.metadata[: source.max_episodes]
+    return dataset
 
 
 class _EpisodeCache:
@@ -132,7 +165,7 @@ class _IndexedSource:
 
     def __init__(self, source: DatasetSource, prompt_successful_only: bool) -> None:
         self.source = source
-        self.dataset = EpisodeDataset(source.path, successful_only=source.successful_only)
+        self.dataset = _source_dataset(source)
         if len(self.dataset) == 0:
             raise ValueError(f"dataset {source.name} at {source.path} holds no usable episodes")
         steps = np.array([self.dataset.num_steps(i) for i in range(len(self.dataset))], dtype=np.float64)
@@ -181,6 +214,22 @@ class SequenceSampler:
         weights = np.array([s.weight for s in sources], dtype=np.float64)
         self.source_p = weights / weights.sum()
         self._cache = _EpisodeCache(int(cfg.training.data.cache_episodes))
+        self.image_size = policy_image_size(cfg)
+        self.augmentation = ImageAugmentation.from_config(cfg.training.data.get("augmentation"))
+
+    def demonstration(self, episode: Episode, rng: np.random.Generator) -> Demonstration:
+        """The episode as the policy sees it in training: camera frames fitted to its image size and
+        augmented (one draw per camera from ``rng``; none drawn when augmentation is off)."""
+        width, height = self.image_size
+        observations: dict[str, Any] = {}
+        for key in sorted(episode.observations):
+            value = episode.observations[key]
+            if key.endswith(PIXELS_SUFFIX):
+                draw = self.augmentation.draw(rng) if self.augmentation.enabled else None
+                if draw is not None or tuple(value.shape[1:3]) != (height, width):
+                    value = PolicyFrames(value, width, height, self.augmentation, draw)
+            observations[key] = value
+        return Demonstration(observations=observations, actions=episode.action, task=episode.task)
 
     def rng_for(self, step: int, micro: int = 0, rank: int = 0) -> np.random.Generator:
         """The batch's random stream: a pure function of (seed, rank, step, micro)."""
@@ -189,14 +238,14 @@ class SequenceSampler:
     def sample_sequence(self, rng: np.random.Generator) -> TokenSequence:
         source = self.sources[int(rng.choice(len(self.sources), p=self.source_p))]
         index = int(rng.choice(len(source.dataset), p=source.episode_p))
-        demo = Demonstration.from_episode(self._cache.get(source.dataset.paths[index]))
+        demo = self.demonstration(self._cache.get(source.dataset.paths[index]), rng)
         prompt_mode = self.serializer.draw_prompt_mode(rng)
         prompt_demo = None
         if prompt_mode is not None:
             candidates = source.prompt_candidates[source.task(index)]
             pool = [i for i in candidates if i != index] or candidates  # another episode if possible
             prompt_index = pool[int(rng.integers(len(pool)))]
-            prompt_demo = Demonstration.from_episode(self._cache.get(source.dataset.paths[prompt_index]))
+            prompt_demo = self.demonstration(self._cache.get(source.dataset.paths[prompt_index]), rng)
         return self.serializer.training_sequence(demo, rng, prompt_demo, prompt_mode)
 
     def sample_batch(self, batch_size: int, rng: np.random.Generator) -> GatoBatch:

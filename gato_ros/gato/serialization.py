@@ -230,7 +230,7 @@ class EpisodeSerializer:
 
     def step_length(self, demo: Demonstration) -> int:
         """Tokens per time step: observation + separator + action (156 for RGB stacking)."""
-        first = {k: np.asarray(v)[0] for k, v in demo.observations.items()}
+        first = {k: v[0] for k, v in demo.observations.items()}  # one frame: no full decode
         return self.tokenizer.step_length(first) + int(np.shape(demo.actions)[1])
 
     def text_prefix(self, task: str) -> TokenSequence:

@@ -199,12 +199,15 @@ def train(
     vocab_size: int | None = None,
     model: GatoModel | None = None,
     stop_at: int | None = None,
+    on_checkpoint: Callable[[int, Path], Any] | None = None,
 ) -> TrainResult:
     """Train `cfg.model` with `cfg.training`; batches from `batch_source(step, micro)` or, by default,
     from the episode mixture of `cfg.training.data`. Runs under torchrun (DDP) as well as plainly.
 
     `stop_at` ends this session early at that step, with a checkpoint, keeping the schedule of
     `training.steps` (for time-sliced or preemptible jobs; resume with `training.resume=auto`).
+    `on_checkpoint(step, path)` runs on rank 0 after each checkpoint is saved (e.g. the success check of
+    gato_ros/evaluation/success_check.py, which the core cannot import).
     """
     tcfg = cfg.training
     dist = DistContext.from_env()
@@ -219,7 +222,9 @@ def train(
     if tcfg.get("num_threads"):
         torch.set_num_threads(int(tcfg.num_threads))
     try:
-        return _train(cfg, tcfg, dist, device, amp_dtype, batch_source, vocab_size, model, stop_at)
+        return _train(
+            cfg, tcfg, dist, device, amp_dtype, batch_source, vocab_size, model, stop_at, on_checkpoint
+        )
     finally:
         torch.set_num_threads(threads_before)
 
@@ -234,6 +239,7 @@ def _train(
     vocab_size: int | None,
     model: GatoModel | None,
     stop_at: int | None,
+    on_checkpoint: Callable[[int, Path], Any] | None = None,
 ) -> TrainResult:
     from gato_ros.gato.checkpoint import load_training_state, save_checkpoint  # needs safetensors
 
@@ -317,6 +323,8 @@ def _train(
             result.checkpoint = path
             if bool(tcfg.get("plot", True)):
                 _plot_curves(log_path, str(cfg.model.name))
+            if on_checkpoint is not None:
+                on_checkpoint(step + 1, path)
     if progress is not None:
         progress.close()
     if dist.world_size > 1:

@@ -2,7 +2,8 @@
 
 Observation. `ObservationAssembler` (ROS-free) keeps the newest image of every camera the checkpoint's
 tokenizer wants and the newest joint state, and assembles the observation dict of docs/ARCHITECTURE.md:
-images centre-cropped to the configured aspect and resized to ``cameras.width x height``; joint angles;
+images centre-cropped and resized (`gato_ros.gato.images.fit_image`) to the image size the checkpoint was
+trained at (its own ``cameras.width x height``, whatever the cameras deliver); joint angles;
 the gripper driver angle in 0..255 units; the tool-point (pinch) and flange (tcp) poses computed from
 the joint angles with `ArmKinematics`, exactly as the twin computes them; for a state-based checkpoint
 (trained with ``tokenizer.observation.use_privileged``) the object poses of OBJECT_POSES as
@@ -37,7 +38,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 from geometry_msgs.msg import PoseArray
@@ -48,6 +48,7 @@ from std_msgs.msg import Float64, String
 from std_srvs.srv import Trigger
 
 from gato_ros.control.kinematics import OBJECT_REFERENCE_WXYZ, ArmKinematics, canonical_quat
+from gato_ros.gato.images import fit_image, policy_image_size
 from gato_ros.ros import contract
 from gato_ros.ros.messages import (
     POSE_SIZE,
@@ -76,23 +77,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def fit_image(pixels: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Centre-crop to the target aspect ratio, then resize (area filter) to height x width."""
-    h, w = pixels.shape[:2]
-    if (h, w) == (height, width):
-        return pixels
-    target = width / height
-    if w / h > target:
-        crop = round(h * target)
-        x0 = (w - crop) // 2
-        pixels = pixels[:, x0 : x0 + crop]
-    elif w / h < target:
-        crop = round(w / target)
-        y0 = (h - crop) // 2
-        pixels = pixels[y0 : y0 + crop]
-    return cv2.resize(np.ascontiguousarray(pixels), (width, height), interpolation=cv2.INTER_AREA)
 
 
 def placeholder_object_poses(cfg: DictConfig) -> np.ndarray:
@@ -135,13 +119,15 @@ class ObservationAssembler:
         cameras: Sequence[str],
         kinematics: ArmKinematics,
         object_poses: bool = False,
+        image_size: tuple[int, int] | None = None,
     ) -> None:
         """`object_poses`: the observation also needs ``objects/pose`` (a state-based checkpoint), one
-        pose per ``twin.object_colors`` entry, from `add_object_poses`."""
+        pose per ``twin.object_colors`` entry, from `add_object_poses`. `image_size`: (width, height) the
+        policy was trained at (default ``cfg.cameras``)."""
         self.cameras = list(cameras)
         self.object_poses = object_poses
         self.num_objects = len(cfg.twin.object_colors)
-        self.width, self.height = int(cfg.cameras.width), int(cfg.cameras.height)
+        self.width, self.height = image_size if image_size is not None else policy_image_size(cfg)
         self.gripper_range = np.asarray(cfg.robot.gripper.driver_range, dtype=float)
         self.gripper_units = float(cfg.robot.gripper.command_range[1])
         self.max_age_s = float(cfg.policy.max_observation_age_s)
@@ -282,7 +268,11 @@ class PolicyNode(GatoNode):
         self.joint_names = [str(n) for n in cfg.robot.joint_names]
         self.gripper_joint = str(cfg.robot.gripper.joint_name)
         self.assembler = ObservationAssembler(
-            cfg, self.cameras, ArmKinematics(cfg.robot), object_poses=self.object_poses
+            cfg,
+            self.cameras,
+            ArmKinematics(cfg.robot),
+            object_poses=self.object_poses,
+            image_size=policy_image_size(trained),
         )
         self.log_period_s = float(cfg.policy.stale_log_period_s)
         self.episode: int | None = None

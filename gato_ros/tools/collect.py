@@ -192,6 +192,7 @@ class LearnerPolicy:
 
         from gato_ros.gato.checkpoint import load_policy
         from gato_ros.gato.decoder import ActionDecoder
+        from gato_ros.gato.images import fit_observation, policy_image_size
         from gato_ros.gato.tokenizer import ObservationTokenizer
 
         self.beta = float(cfg.collection.beta)
@@ -205,6 +206,8 @@ class LearnerPolicy:
                 f"collection.policy={cfg.collection.policy} reads camera images: set collection.render=true"
             )
         self.decoder = ActionDecoder(checkpoint.model, tokenizer, cfg)
+        self.image_size = policy_image_size(checkpoint.cfg)  # the twin may render at another size
+        self.fit_observation = fit_observation
         self.rng = np.random.default_rng()
 
     def reset(self, seed: int) -> None:
@@ -213,7 +216,8 @@ class LearnerPolicy:
 
     def __call__(self, observation: dict[str, np.ndarray], expert_action: np.ndarray) -> np.ndarray:
         # The learner sees every step (its context must hold the whole history), acted on or not.
-        action = np.asarray(self.decoder.act(observation), dtype=np.float64)
+        seen = self.fit_observation(observation, *self.image_size)
+        action = np.asarray(self.decoder.act(seen), dtype=np.float64)
         return expert_action if self.rng.random() < self.beta else action
 
 
@@ -346,11 +350,17 @@ def check_collection_config(ccfg: DictConfig) -> None:
         raise ValueError(f"collection.noise_scale must be >= 0, got {ccfg.noise_scale}")
     if not 0.0 <= float(ccfg.beta) <= 1.0:
         raise ValueError(f"collection.beta must be in [0, 1], got {ccfg.beta}")
+    from gato_ros.gato.data import FrameCodec
+
+    try:
+        FrameCodec(str(ccfg.image_codec), quality=int(ccfg.jpeg_quality))
+    except ValueError as err:
+        raise ValueError(f"collection.image_codec/jpeg_quality: {err}") from None
 
 
 def collect(cfg: DictConfig) -> dict[str, Any]:
     """Run the collection of `cfg.collection`; returns its summary (also printed by `main`)."""
-    from gato_ros.gato.data import EpisodeWriter
+    from gato_ros.gato.data import EpisodeWriter, FrameCodec
 
     ccfg = cfg.collection
     check_collection_config(ccfg)
@@ -377,6 +387,7 @@ def collect(cfg: DictConfig) -> dict[str, Any]:
         source=collection_source(ccfg),
         clock="twin_sim_time",
         compress=bool(ccfg.compress),
+        image_codec=FrameCodec(str(ccfg.image_codec), quality=int(ccfg.jpeg_quality)),
         background=False,  # the ledger line follows the file, so a resumed run never skips a lost episode
     )
     try:

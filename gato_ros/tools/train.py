@@ -2,7 +2,9 @@
 
 Everything comes from the config (`training.*` for the optimiser and run directory, `training.data.*` for
 the episode mixture, `model=` for the size, `+experiment=` for a preset). The run directory gets
-`log.jsonl`, `loss.png` (redrawn at every checkpoint) and `checkpoints/`. With `training.eval_at_end=true`
+`log.jsonl`, `loss.png` (redrawn at every checkpoint) and `checkpoints/`; with `training.success_check.every`
+> 0 (the default) also `success.jsonl`, `success.png` and `checkpoints/best`, the checkpoint that stacked
+most often in the in-process twin check. With `training.eval_at_end=true`
 the final checkpoint is evaluated through the ROS 2 stack (`gato-ros eval`, config `evaluation.*`, output in
 `<out_dir>/eval` unless `evaluation.out_dir` is given); `gato-ros eval evaluation.checkpoint=DIR` does the
 same on demand. Under `torchrun --nproc-per-node N -m gato_ros.cli train ...` the same command trains with
@@ -34,9 +36,26 @@ def evaluate_checkpoint(cfg: DictConfig, checkpoint: Path) -> bool:
     return bool(report.ok)
 
 
+def success_check_hook(cfg: DictConfig):
+    """The in-training success check of `training.success_check` (None when it is off or on a rank
+    other than 0), told the size of the training data for success-vs-data curves."""
+    from gato_ros.evaluation.success_check import SuccessCheck, check_settings
+    from gato_ros.gato.dataset import mixture_size
+
+    if check_settings(cfg.training) is None or not DistContext.from_env().is_main:
+        return None
+    episodes, steps = mixture_size(cfg)
+    return SuccessCheck(cfg, data_episodes=episodes, data_steps=steps)
+
+
 def main(argv: list[str]) -> int:
     cfg = load_config(argv)
-    result = train(cfg)
+    check = success_check_hook(cfg)
+    try:
+        result = train(cfg, on_checkpoint=check)
+    finally:
+        if check is not None:
+            check.close()
     if not DistContext.from_env().is_main:
         return 0
     last = result.losses[-1] if result.losses else float("nan")
@@ -45,6 +64,11 @@ def main(argv: list[str]) -> int:
     if result.checkpoint is not None:
         print(f"  checkpoint {result.checkpoint}")
     print(f"  log {cfg.training.out_dir}/log.jsonl, curve {cfg.training.out_dir}/loss.png")
+    if check is not None and check.best_rate >= 0:
+        print(
+            f"  best checked success {100 * check.best_rate:.0f} %: {cfg.training.out_dir}/checkpoints/best "
+            f"(checks in success.jsonl, curve success.png)"
+        )
     if bool(cfg.training.get("eval_at_end", False)) and result.checkpoint is not None:
         return 0 if evaluate_checkpoint(cfg, result.checkpoint) else 1
     return 0

@@ -1,0 +1,223 @@
+"""The in-training success check: a checkpoint drives a few lock-step twin episodes on fixed seeds, in
+the training process, without ROS. Behaviour cloning's loss says little about whether a policy stacks
+(a lower loss can come with a policy that closes early), so `gato-ros train` picks ``checkpoints/best`` by
+this success rate, not by loss, and draws the success curve beside the loss curve.
+
+It is a proxy for `gato-ros eval`, never a replacement: the same twin, seeds and episode rule, but the
+decoded action goes straight to the twin (which clips it to the action bounds) instead of through the
+command node's limits and the ROS transport, and frames are fitted to the policy's image size in-process.
+Results go to ``<run>/success.jsonl``, one line per check; ``success.png`` plots them. A resumed run
+appends to the same log and keeps the best rate it had.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from gato_ros.evaluation.stats import wilson_interval
+from gato_ros.gato.curves import SUCCESS_LOG_NAME, SUCCESS_PLOT_NAME, plot_success_log, read_log
+
+log = logging.getLogger(__name__)
+
+BEST_DIR = "best"  # under the run's checkpoints/: a copy of the best checkpoint so far, never pruned
+
+
+@dataclass
+class CheckResult:
+    """One check of one checkpoint."""
+
+    step: int
+    successes: int
+    episodes: int
+    seeds: list[int]
+    outcomes: list[bool]
+    errors: int  # episodes ended by a decoder error (non-finite logits): failures
+    wall_seconds: float
+    objects: str
+    data_episodes: int | None = None  # size of the training data, for success-vs-data curves
+    data_steps: int | None = None
+    interval: tuple[float, float] = field(default=(0.0, 0.0))
+
+    @property
+    def rate(self) -> float:
+        return self.successes / self.episodes if self.episodes else 0.0
+
+    def record(self) -> dict[str, Any]:
+        return {**asdict(self), "success_rate": self.rate, "interval": list(self.interval)}
+
+
+def read_success_log(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The checks recorded in a run directory (newest per step), in step order; none if there is no log."""
+    path = Path(run_dir) / SUCCESS_LOG_NAME
+    return read_log(path) if path.is_file() else []
+
+
+def check_settings(tcfg: DictConfig) -> DictConfig | None:
+    """``training.success_check`` when it is on (``every`` > 0), else None; nonsense is a ValueError."""
+    node = tcfg.get("success_check")
+    if node is None or int(node.get("every", 0)) <= 0:
+        return None
+    if int(node.episodes) < 1:
+        raise ValueError(f"training.success_check.episodes must be >= 1, got {node.episodes}")
+    if int(node.every) % int(tcfg.checkpoint_every):
+        print(
+            f"note: training.success_check.every ({node.every}) is not a multiple of "
+            f"training.checkpoint_every ({tcfg.checkpoint_every}): checks run only at checkpoints whose "
+            "step it divides, and at the end"
+        )
+    return node
+
+
+class SuccessCheck:
+    """Runs the check on checkpoints of one training run and keeps ``checkpoints/best`` up to date.
+
+    Called by the trainer after every checkpoint it saves (`__call__`); it checks at multiples of
+    ``training.success_check.every`` and at the run's last step. A failing check (no renderer, a bad
+    checkpoint) is logged and skipped: it must never cost the training run.
+    """
+
+    def __init__(
+        self, cfg: DictConfig, data_episodes: int | None = None, data_steps: int | None = None
+    ) -> None:
+        settings = check_settings(cfg.training)
+        if settings is None:
+            raise ValueError("training.success_check.every is 0: the success check is off")
+        self.cfg = cfg
+        self.settings = settings
+        self.every = int(settings.every)
+        self.total_steps = int(cfg.training.steps)
+        self.seeds = [int(settings.first_seed) + i for i in range(int(settings.episodes))]
+        self.run_dir = Path(str(cfg.training.out_dir))
+        self.data_episodes, self.data_steps = data_episodes, data_steps
+        self.twin: Any = None
+        self.best_rate = self._best_so_far()
+
+    def _best_so_far(self) -> float:
+        """A resumed run keeps the best of the checks it already made."""
+        rates = [float(r["success_rate"]) for r in read_success_log(self.run_dir)]
+        return max(rates) if rates else -math.inf
+
+    def due(self, step: int) -> bool:
+        return step % self.every == 0 or step == self.total_steps
+
+    def __call__(self, step: int, checkpoint: Path) -> CheckResult | None:
+        if not self.due(step):
+            return None
+        try:
+            result = self.run(step, checkpoint)
+        except Exception as err:  # a check must never cost the training run
+            log.warning("success check at step %d failed: %r", step, err)
+            print(f"warning: success check at step {step} failed: {err!r}")
+            return None
+        self._record(result, checkpoint)
+        return result
+
+    # -- the episodes ------------------------------------------------------------------------------
+    def _twin_config(self, trained: DictConfig) -> DictConfig:
+        cfg = self.cfg.copy()
+        needs_images = any(str(k).endswith("/pixels") for k in trained.tokenizer.observation.image_keys)
+        OmegaConf.update(cfg, "twin.render", needs_images)
+        OmegaConf.update(cfg, "twin.objects", str(self.settings.objects))
+        OmegaConf.update(cfg, "twin.episode.mode", str(self.settings.episode_mode))
+        return cfg
+
+    def run(self, step: int, checkpoint: Path) -> CheckResult:
+        """The check's episodes, one after another, on a twin kept for the run (built on first use)."""
+        import torch
+
+        from gato_ros.gato.checkpoint import load_policy
+        from gato_ros.gato.decoder import ActionDecoder, NonFiniteLogitsError
+        from gato_ros.gato.images import fit_observation, policy_image_size
+        from gato_ros.gato.tokenizer import ObservationTokenizer
+        from gato_ros.twin import StackingTwin
+        from gato_ros.twin.rollout import run_episode
+
+        start = time.perf_counter()
+        device = "cuda" if torch.cuda.is_available() and str(self.cfg.training.device) != "cpu" else "cpu"
+        policy = load_policy(checkpoint, device)
+        tokenizer = ObservationTokenizer(policy.cfg)
+        cfg = self._twin_config(policy.cfg)
+        decoder = ActionDecoder(policy.model, tokenizer, cfg)
+        width, height = policy_image_size(policy.cfg)
+        if self.twin is None:
+            os.environ.setdefault("MUJOCO_GL", "egl")
+            self.twin = StackingTwin(cfg)
+
+        outcomes, errors = [], 0
+        for seed in self.seeds:
+            decoder.reset()
+
+            def act(_twin: Any, observation: dict[str, np.ndarray]) -> np.ndarray:
+                return decoder.act(fit_observation(observation, width, height))
+
+            try:
+                outcomes.append(bool(run_episode(self.twin, act, seed).success))
+            except NonFiniteLogitsError as err:
+                log.warning("success check, seed %d: %s", seed, err)
+                outcomes.append(False)
+                errors += 1
+        successes = sum(outcomes)
+        return CheckResult(
+            step=step,
+            successes=successes,
+            episodes=len(outcomes),
+            seeds=list(self.seeds),
+            outcomes=outcomes,
+            errors=errors,
+            wall_seconds=round(time.perf_counter() - start, 2),
+            objects=str(self.settings.objects),
+            data_episodes=self.data_episodes,
+            data_steps=self.data_steps,
+            interval=wilson_interval(successes, len(outcomes)),
+        )
+
+    # -- bookkeeping -------------------------------------------------------------------------------
+    def _record(self, result: CheckResult, checkpoint: Path) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with (self.run_dir / SUCCESS_LOG_NAME).open("a") as handle:
+            handle.write(json.dumps(result.record()) + "\n")
+        # ties go to the later checkpoint: the same success after more training
+        if result.rate >= self.best_rate:
+            self.best_rate = result.rate
+            copy_checkpoint(checkpoint, self.run_dir / "checkpoints" / BEST_DIR)
+        lo, hi = result.interval
+        print(
+            f"success check at step {result.step}: {result.successes}/{result.episodes} "
+            f"({100 * result.rate:.0f} %, 95 % CI {100 * lo:.0f}-{100 * hi:.0f} %) "
+            f"on {result.objects} objects, seeds {self.seeds[0]}..{self.seeds[-1]}; "
+            f"best so far {100 * self.best_rate:.0f} % "
+            f"({result.wall_seconds:.0f} s)"
+        )
+        try:
+            plot_success_log(self.run_dir / SUCCESS_LOG_NAME, title=str(self.cfg.model.name))
+        except Exception as err:  # the log itself is intact
+            print(f"warning: could not plot {self.run_dir / SUCCESS_PLOT_NAME}: {err!r}")
+
+    def close(self) -> None:
+        if self.twin is not None:
+            self.twin.close()
+            self.twin = None
+
+
+def copy_checkpoint(source: Path, target: Path) -> None:
+    """Replace ``target`` with a copy of the checkpoint directory ``source``, atomically (a rename)."""
+    staging = target.with_name(f".{target.name}.tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(source, staging)
+    old = target.with_name(f".{target.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        os.replace(target, old)
+    os.replace(staging, target)
+    shutil.rmtree(old, ignore_errors=True)
