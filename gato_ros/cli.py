@@ -15,6 +15,7 @@ TOOLS: dict[str, str] = {
     "collect": "record scripted-expert episodes in the twin for training (parallel, resumable)",
     "train": "train a Gato policy on recorded episodes",
     "eval": "success rates per object triplet through the ROS 2 stack in the twin (JSON, Markdown, plots)",
+    "check": "quick success rates of checkpoints in lock-step twin episodes, in-process, no ROS",
     "params": "print a model config's parameter count",
     "calibrate": "write camera calibration into calibration/",
 }

@@ -100,7 +100,7 @@ class SuccessCheck:
         self.seeds = [int(settings.first_seed) + i for i in range(int(settings.episodes))]
         self.run_dir = Path(str(cfg.training.out_dir))
         self.data_episodes, self.data_steps = data_episodes, data_steps
-        self.twin: Any = None
+        self.runner: CheckpointRunner | None = None
         self.best_rate = self._best_so_far()
 
     def _best_so_far(self) -> float:
@@ -124,49 +124,14 @@ class SuccessCheck:
         return result
 
     # -- the episodes ------------------------------------------------------------------------------
-    def _twin_config(self, trained: DictConfig) -> DictConfig:
-        cfg = self.cfg.copy()
-        needs_images = any(str(k).endswith("/pixels") for k in trained.tokenizer.observation.image_keys)
-        OmegaConf.update(cfg, "twin.render", needs_images)
-        OmegaConf.update(cfg, "twin.objects", str(self.settings.objects))
-        OmegaConf.update(cfg, "twin.episode.mode", str(self.settings.episode_mode))
-        return cfg
-
     def run(self, step: int, checkpoint: Path) -> CheckResult:
         """The check's episodes, one after another, on a twin kept for the run (built on first use)."""
-        import torch
-
-        from gato_ros.gato.checkpoint import load_policy
-        from gato_ros.gato.decoder import ActionDecoder, NonFiniteLogitsError
-        from gato_ros.gato.images import fit_observation, policy_image_size
-        from gato_ros.gato.tokenizer import ObservationTokenizer
-        from gato_ros.twin import StackingTwin
-        from gato_ros.twin.rollout import run_episode
-
         start = time.perf_counter()
-        device = "cuda" if torch.cuda.is_available() and str(self.cfg.training.device) != "cpu" else "cpu"
-        policy = load_policy(checkpoint, device)
-        tokenizer = ObservationTokenizer(policy.cfg)
-        cfg = self._twin_config(policy.cfg)
-        decoder = ActionDecoder(policy.model, tokenizer, cfg)
-        width, height = policy_image_size(policy.cfg)
-        if self.twin is None:
-            os.environ.setdefault("MUJOCO_GL", "egl")
-            self.twin = StackingTwin(cfg)
-
-        outcomes, errors = [], 0
-        for seed in self.seeds:
-            decoder.reset()
-
-            def act(_twin: Any, observation: dict[str, np.ndarray]) -> np.ndarray:
-                return decoder.act(fit_observation(observation, width, height))
-
-            try:
-                outcomes.append(bool(run_episode(self.twin, act, seed).success))
-            except NonFiniteLogitsError as err:
-                log.warning("success check, seed %d: %s", seed, err)
-                outcomes.append(False)
-                errors += 1
+        runner = self.runner or CheckpointRunner(self.cfg, checkpoint, self.settings.objects)
+        if self.runner is not None:
+            runner.load(checkpoint)
+        self.runner = runner
+        outcomes, errors = runner.episodes(self.seeds, str(self.settings.episode_mode))
         successes = sum(outcomes)
         return CheckResult(
             step=step,
@@ -203,6 +168,95 @@ class SuccessCheck:
             plot_success_log(self.run_dir / SUCCESS_LOG_NAME, title=str(self.cfg.model.name))
         except Exception as err:  # the log itself is intact
             print(f"warning: could not plot {self.run_dir / SUCCESS_PLOT_NAME}: {err!r}")
+
+    def close(self) -> None:
+        if self.runner is not None:
+            self.runner.close()
+            self.runner = None
+
+
+def group_overrides(group: int | str) -> dict[str, Any]:
+    """Twin settings of an object group: a test triplet 1..5 or ``train`` / ``heldout``."""
+    text = str(group)
+    if text.isdigit():
+        return {"twin.objects": "triplet", "twin.triplet": int(text)}
+    return {"twin.objects": text}
+
+
+class CheckpointRunner:
+    """A checkpoint (or the scripted expert, ``checkpoint=None``) driving lock-step twin episodes of one
+    object group, in this process, no ROS: the machinery of the success check and `gato-ros check`."""
+
+    def __init__(self, cfg: DictConfig, checkpoint: Path | str | None, group: int | str) -> None:
+        self.cfg = cfg.copy()
+        for key, value in group_overrides(group).items():
+            OmegaConf.update(self.cfg, key, value)
+        self.group = group
+        self.twin: Any = None
+        self.decoder: Any = None
+        self.expert: Any = None
+        self.image_size = (int(cfg.cameras.width), int(cfg.cameras.height))
+        self.needs_images = False
+        if checkpoint is None:
+            from gato_ros.twin import ScriptedExpert
+
+            self.expert = ScriptedExpert(self.cfg)
+        else:
+            self.load(checkpoint)
+
+    def load(self, checkpoint: Path | str) -> None:
+        """Switch to another checkpoint (of the same observation layout) on the same twin."""
+        import torch
+
+        from gato_ros.gato.checkpoint import load_policy, resolve_checkpoint
+        from gato_ros.gato.decoder import ActionDecoder
+        from gato_ros.gato.images import policy_image_size
+        from gato_ros.gato.tokenizer import ObservationTokenizer
+
+        device = "cuda" if torch.cuda.is_available() and str(self.cfg.training.device) != "cpu" else "cpu"
+        policy = load_policy(resolve_checkpoint(checkpoint), device)
+        tokenizer = ObservationTokenizer(policy.cfg)
+        self.decoder = ActionDecoder(policy.model, tokenizer, self.cfg)
+        self.image_size = policy_image_size(policy.cfg)
+        self.needs_images = any(k.endswith("/pixels") for k in tokenizer.observation_keys)
+
+    def _twin(self, episode_mode: str) -> Any:
+        if self.twin is None or bool(self.twin.render_images) != self.needs_images:
+            from gato_ros.twin import StackingTwin
+
+            os.environ.setdefault("MUJOCO_GL", "egl")
+            if self.twin is not None:
+                self.twin.close()
+            OmegaConf.update(self.cfg, "twin.episode.mode", episode_mode)
+            self.twin = StackingTwin(self.cfg, render=self.needs_images)
+        return self.twin
+
+    def episodes(self, seeds: list[int], episode_mode: str) -> tuple[list[bool], int]:
+        """Success of each seed's episode, and how many ended on a decoder error (counted as failures)."""
+        from gato_ros.gato.decoder import NonFiniteLogitsError
+        from gato_ros.twin.rollout import run_episode
+
+        twin = self._twin(episode_mode)
+        outcomes, errors = [], 0
+        for seed in seeds:
+            if self.expert is not None:
+                self.expert.reset()
+            else:
+                self.decoder.reset()
+            try:
+                outcomes.append(bool(run_episode(twin, self._act, seed).success))
+            except NonFiniteLogitsError as err:
+                log.warning("%s, seed %d: %s", self.group, seed, err)
+                outcomes.append(False)
+                errors += 1
+        return outcomes, errors
+
+    def _act(self, twin: Any, observation: dict[str, np.ndarray]) -> np.ndarray:
+        if self.expert is not None:
+            return self.expert.act(twin)
+        from gato_ros.gato.images import fit_observation
+
+        return self.decoder.act(fit_observation(observation, *self.image_size))
 
     def close(self) -> None:
         if self.twin is not None:
