@@ -35,7 +35,7 @@ def test_check_runs_checkpoints_and_the_expert_on_the_same_seeds(tmp_path: Path,
         cells = result["summary"][name]
         assert set(cells) == {"Group 2", "Average", "train"}
         assert cells["Group 2"]["n"] == 3 and cells["train"]["n"] == 3
-        assert set(result["outcomes"][name]["train"]) == {"4", "5", "6"}  # seeds split over 2 workers, rejoined
+        assert set(result["outcomes"][name]["train"]) == {"4", "5", "6"}  # split over 2 workers, rejoined
     table = (out / "check.md").read_text()
     assert "| run/best |" in table and "| expert |" in table and "n=3" in table
     assert "run/best" in capsys.readouterr().out
