@@ -137,7 +137,7 @@ class EpisodeMonitor:
         rclpy.shutdown(context=self.context)
 
 
-def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, dict[str, str], list[str]]:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gato-ros launch",
         description="Start the gato_ros stack as processes.",
@@ -148,6 +148,11 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, dict[str, str],
     parser.add_argument("--episodes", type=int, default=0, help="stop after N finished episodes (sim)")
     parser.add_argument("--duration", type=float, default=0.0, help="stop after S wall seconds")
     parser.add_argument("--isolated", action="store_true", help="use a ROS_DOMAIN_ID of this run's own")
+    return parser
+
+
+def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, dict[str, str], list[str]]:
+    parser = build_parser()
     args, rest = parser.parse_known_args(list(argv))
     launch_args: dict[str, str] = {}
     overrides: list[str] = []
