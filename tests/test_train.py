@@ -341,3 +341,30 @@ def test_best_checkpoint_follows_the_success_rate_not_the_step(tmp_path) -> None
     checked(8, 3)
     assert best_step() == 8  # a tie goes to the later checkpoint
     assert check.due(2) and not check.due(3) and check.due(8)
+
+
+def test_init_from_fine_tunes_a_shipped_policy_with_a_fresh_optimizer(tmp_path, capsys) -> None:
+    """`training.init_from=default`: the run adopts the policy's model and tokenizer (whatever model= said),
+    starts from its weights at step 0 with a fresh optimizer, and continues its own state on resume."""
+    from gato_ros.tools import train as train_tool
+
+    shipped = load_policy("default")
+    write_state_episodes(tmp_path / "data", episodes=2)
+    overrides = [
+        "+experiment=state_policy",
+        "model=tiny",  # replaced by the shipped policy's own
+        "training.init_from=default",
+        "training.data.prompt.max_tokens=0",
+        *small_run_overrides(tmp_path, steps=2, sequence_length=100, lr=0.0, warmup_steps=0),
+    ]
+    assert train_tool.main(overrides) == 0
+    assert "adopting its model settings" in capsys.readouterr().out
+    tuned = load_policy(latest_checkpoint(tmp_path / "run"))
+    assert tuned.step == 2 and tuned.cfg.model.name == shipped.cfg.model.name
+    for name, tensor in shipped.model.state_dict().items():  # lr 0: the shipped weights, untouched
+        torch.testing.assert_close(tuned.model.state_dict()[name], tensor)
+    # a resumed fine-tuning run continues from its own checkpoint, not the starting policy
+    more = [o.replace("training.steps=2", "training.steps=3") for o in overrides]
+    assert train_tool.main([*more, "training.resume=auto"]) == 0
+    assert "initialised from" not in capsys.readouterr().out
+    assert load_policy(latest_checkpoint(tmp_path / "run")).step == 3

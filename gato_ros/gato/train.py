@@ -209,6 +209,8 @@ def train(
     `on_checkpoint(step, path)` runs on rank 0 after each checkpoint is saved (e.g. the success check of
     gato_ros/evaluation/success_check.py, which the core cannot import).
     """
+    if cfg.training.get("init_from"):
+        cfg = adopt_init_architecture(cfg)
     tcfg = cfg.training
     dist = DistContext.from_env()
     if dist.world_size > 1 and not torch.distributed.is_initialized():
@@ -241,7 +243,11 @@ def _train(
     stop_at: int | None,
     on_checkpoint: Callable[[int, Path], Any] | None = None,
 ) -> TrainResult:
-    from gato_ros.gato.checkpoint import load_training_state, save_checkpoint  # needs safetensors
+    from gato_ros.gato.checkpoint import (  # needs safetensors
+        load_training_state,
+        resolve_checkpoint,
+        save_checkpoint,
+    )
 
     seed = int(tcfg.seed)
     out_dir = Path(str(tcfg.out_dir))
@@ -256,6 +262,11 @@ def _train(
         path = latest_checkpoint(out_dir) if str(resume) == "auto" else Path(str(resume))
         if path is not None:
             start = load_training_state(path, gato, optimizer)
+    if start == 0 and tcfg.get("init_from"):
+        source = resolve_checkpoint(str(tcfg.init_from))
+        initial_step = load_training_state(source, gato, optimizer=None)
+        if dist.is_main:
+            print(f"initialised from {source} (its step {initial_step}); fresh optimizer and schedule")
     if batch_source is None:
         batch_source = dataset_batch_source(cfg, dist)
     net: nn.Module = gato
@@ -330,6 +341,34 @@ def _train(
     if dist.world_size > 1:
         torch.distributed.barrier()
     return result
+
+
+INIT_ADOPTED_GROUPS = ("model", "tokenizer")  # and the policy's image size, cameras.width/height
+
+
+def adopt_init_architecture(cfg: DictConfig) -> DictConfig:
+    """Fine-tuning (``training.init_from``): the run takes the starting checkpoint's model, tokenizer and
+    image size, whatever the command line said, so its weights load and its observations mean the same;
+    returns a copy, and says which settings changed."""
+    from omegaconf import OmegaConf
+
+    from gato_ros.gato.checkpoint import read_checkpoint_config, resolve_checkpoint
+
+    source = resolve_checkpoint(str(cfg.training.init_from))
+    trained = OmegaConf.create(read_checkpoint_config(source)["config"])
+    cfg = cfg.copy()
+    changed = []
+    for group in INIT_ADOPTED_GROUPS:
+        if OmegaConf.to_container(cfg[group], resolve=True) != OmegaConf.to_container(trained[group]):
+            changed.append(group)
+        OmegaConf.update(cfg, group, OmegaConf.to_container(trained[group]), merge=False)
+    for key in ("width", "height"):
+        if int(cfg.cameras[key]) != int(trained.cameras[key]):
+            changed.append(f"cameras.{key}")
+        OmegaConf.update(cfg, f"cameras.{key}", int(trained.cameras[key]))
+    if changed and DistContext.from_env().is_main:
+        print(f"training.init_from={source}: adopting its {', '.join(changed)} settings")
+    return cfg
 
 
 def _plot_curves(log_path: Path, title: str) -> None:
