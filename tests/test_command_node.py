@@ -340,3 +340,70 @@ def test_sim_time_drives_the_ticks_and_the_watchdog(ros_context) -> None:
     assert len(cell.velocity) >= jumped + 8 and moving(cell, 3)
     assert_commands_in_limits(cell, command.limits)
     command.destroy_node()
+
+
+def test_acts_on_arrival_and_the_timer_still_holds_a_dead_policy(ros_context) -> None:
+    """A fresh action is commanded at once (sim time standing still: no timer tick could have done it);
+    one command per action, none doubled by the timer; with no more actions the timer's watchdog holds
+    within two periods of staleness, as before."""
+    from rosgraph_msgs.msg import Clock
+
+    command, cell, executor = start(ros_context, [*OVERRIDES, "ros.use_sim_time=true"])
+    clock_pub = cell.node.create_publisher(Clock, contract.CLOCK.name, contract.CLOCK.qos.profile())
+    period = command.limits.control_period
+    sim_time = 20.0
+
+    def tick_clock() -> None:
+        nonlocal sim_time
+        sim_time += period
+        clock_pub.publish(Clock(clock=time_msg(sim_time)))
+        spin_until(executor, lambda: abs(command.now_s() - sim_time) < 1e-9)
+        spin_for(executor, 0.02)  # the joint state and the timer of this tick
+
+    def act() -> None:
+        before = len(cell.velocity)
+        cell.action_pub.publish(Float64MultiArray(data=list(ACTION)))
+        spin_until(executor, lambda: len(cell.velocity) > before)  # answered without a clock tick
+        spin_for(executor, 0.02)
+        assert len(cell.velocity) == before + 1, "one command per action"
+
+    for _ in range(5):  # the stack comes up: joint states, timer ticks (holding, no action yet)
+        tick_clock()
+    # the first action shares its clock reading with this period's timer tick: it waits for the next one
+    cell.action_pub.publish(Float64MultiArray(data=list(ACTION)))
+    spin_until(executor, lambda: command.action_pending)
+    assert command.events["arrivals_deferred_to_timer"] == 1
+    tick_clock()
+    assert not command.action_pending
+    arrivals = command.events["arrival_ticks"]
+    for _ in range(30):
+        tick_clock()
+        act()
+    assert command.events["arrival_ticks"] == arrivals + 30
+    assert command.events["timer_ticks_skipped"] >= 25  # the timer stayed quiet while actions came
+    assert moving(cell, 3)
+    # the policy dies: the timer takes over and holds once the action is stale
+    stale_after = command.limits.stale_after_periods
+    for _ in range(math.ceil(stale_after) + 2):
+        tick_clock()
+    assert holding(cell, 1) and command.supervisor.counters[Reason.STALE_ACTION] > 0
+    assert_commands_in_limits(cell, command.limits)
+    command.destroy_node()
+
+
+def test_timer_only_mode_waits_for_the_tick(ros_context) -> None:
+    from rosgraph_msgs.msg import Clock
+
+    command, cell, executor = start(
+        ros_context, [*OVERRIDES, "ros.use_sim_time=true", "safety.act_on_arrival=false"]
+    )
+    clock_pub = cell.node.create_publisher(Clock, contract.CLOCK.name, contract.CLOCK.qos.profile())
+    clock_pub.publish(Clock(clock=time_msg(20.0)))
+    spin_until(executor, lambda: command.now_s() > 0)
+    spin_for(executor, 0.1)
+    before = len(cell.velocity)
+    cell.action_pub.publish(Float64MultiArray(data=list(ACTION)))
+    spin_until(executor, lambda: command.latest_action is not None)
+    spin_for(executor, 0.1)
+    assert len(cell.velocity) == before and command.events["arrival_ticks"] == 0
+    command.destroy_node()

@@ -1,9 +1,18 @@
 """The command node: the only node that moves the arm.
 
-Every control period it maps the newest policy action through the Cartesian velocity controller
+On each tick it maps the newest policy action through the Cartesian velocity controller
 (gato_ros.control), runs the result through the safety supervisor and limiter (gato_ros.safety), and
 publishes the joint command (JOINT_VELOCITY_COMMAND, or a one-point JOINT_TRAJECTORY_COMMAND when
 ``safety.command_interface=trajectory``) and the GRIPPER_COMMAND, on every tick, holds included.
+
+Ticks. With ``safety.act_on_arrival`` (default) a fresh valid action is acted on at once: no waiting up to
+a period for the timer (which also made the lock-step twin apply each action one period late). The
+control-period timer keeps the watchdog: it ticks whenever no action has been acted on for
+`TIMER_COVER_PERIODS` periods, so a late or dead policy is held exactly as before
+(stale after ``safety.stale_after_periods``), and an action arriving less than
+`MIN_ARRIVAL_INTERVAL_PERIODS` after the last tick waits for the timer (a flood of actions cannot raise the
+command rate, and two ticks never share one clock reading). Without it, the timer alone ticks, every
+period.
 
 Never crashes on input: a malformed action or joint state (wrong length, NaN, missing joint names, a
 stamp going back) is logged (rate-limited) and holds the arm until a valid one arrives; a joint state that
@@ -52,6 +61,10 @@ from gato_ros.safety.inputs import check_monotonic_stamp
 
 COMMAND_INTERFACES = ("velocity", "trajectory")
 DIAGNOSTIC_NAME = "gato_ros: safety"
+# Act on arrival: the timer stays quiet while actions were acted on within this many periods...
+TIMER_COVER_PERIODS = 1.5
+# ...and an action closer than this to the previous tick waits for the timer.
+MIN_ARRIVAL_INTERVAL_PERIODS = 0.5
 # Holds that are the normal state of a stack at rest (logged at info, not as warnings).
 QUIET_HOLDS = frozenset({Reason.DISABLED, Reason.NO_ACTION, Reason.NO_JOINT_STATE})
 
@@ -93,6 +106,7 @@ class CommandNode(GatoNode):
         self.joint_names = list(cfg.robot.joint_names)
         self.gripper_joint = str(cfg.robot.gripper.joint_name)
         self.gripper_range = list(cfg.robot.gripper.driver_range)
+        self.act_on_arrival = config_flag(safety.get("act_on_arrival", False), "safety.act_on_arrival")
         self.log_period_s = positive_seconds(safety.log_period_s, "safety.log_period_s")
         diagnostics_period_s = positive_seconds(safety.diagnostics_period_s, "safety.diagnostics_period_s")
         self._last_log: dict[str, float] = {}
@@ -105,6 +119,11 @@ class CommandNode(GatoNode):
         self.events: Counter[str] = Counter()  # messages and ticks, alongside the supervisor's reasons
         self._published_estop: bool | None = None
         self._holding_reasons: frozenset[Reason] | None = None
+        self.last_tick_s: float | None = None  # node clock of the last tick (either kind)
+        self.last_action_tick_s: float | None = (
+            None  # node clock of the last tick that acted on a fresh action
+        )
+        self.action_pending = False  # a valid action arrived that no tick has acted on yet
 
         if self.command_interface == "velocity":
             self.velocity_pub = self.publisher(contract.JOINT_VELOCITY_COMMAND)
@@ -119,12 +138,15 @@ class CommandNode(GatoNode):
         self.service(contract.ESTOP_SERVICE, self.on_estop_service)
         self.service(contract.RELEASE_SERVICE, self.on_release_service)
         self.service(contract.ENABLE_SERVICE, self.on_enable_service)
-        self.timer = self.create_timer(self.limits.control_period, self.on_tick)
+        self.timer = self.create_timer(self.limits.control_period, self.on_timer)
         self.diagnostics_timer = self.create_timer(diagnostics_period_s, self.publish_diagnostics)
         self.publish_estop_state()
         state = "enabled" if self.supervisor.enabled else f"disabled (call {contract.ENABLE_SERVICE.name})"
         rate = 1.0 / self.limits.control_period
-        self.get_logger().info(f"command node up: {rate:g} Hz, {self.command_interface} interface, {state}")
+        trigger = "on each fresh action (timer as watchdog)" if self.act_on_arrival else "on the timer"
+        self.get_logger().info(
+            f"command node up: {rate:g} Hz, {self.command_interface} interface, commands {trigger}, {state}"
+        )
 
     # -- logging -----------------------------------------------------------------------------------
     def should_log(self, key: str) -> bool:
@@ -166,7 +188,39 @@ class CommandNode(GatoNode):
             self.warn_throttled("action", f"malformed action, holding: {err}")
             return
         self.latest_action, self.action_fault = (action, now), None
+        self.action_pending = True
         self.events["action_messages"] += 1
+        if self.act_on_arrival:
+            self.on_arrival(now)
+
+    def on_arrival(self, now: float) -> None:
+        """Act on a fresh action now, unless the last tick was too recent or there is no joint state to act
+        from yet (then the timer takes it, holding as before)."""
+        if self.latest_joints is None:
+            self.events["arrivals_deferred_to_timer"] += 1
+            return
+        period = self.limits.control_period
+        if (
+            self.last_tick_s is not None
+            and 0.0 <= now - self.last_tick_s < MIN_ARRIVAL_INTERVAL_PERIODS * period
+        ):
+            self.events["arrivals_deferred_to_timer"] += 1
+            return
+        self.on_tick()
+        self.events["arrival_ticks"] += 1
+
+    def on_timer(self) -> None:
+        """The control-period timer: every tick without act-on-arrival; with it, only when no action was
+        acted on for TIMER_COVER_PERIODS (the watchdog's hold, a late policy, a deferred action)."""
+        # A waiting action does not wake the timer while actions flow: at a shared clock reading (the
+        # lock-step twin) the next one arrives with the next clock, and the timer would keep deferring it.
+        if self.act_on_arrival and self.last_action_tick_s is not None:
+            since = self.now_s() - self.last_action_tick_s
+            if 0.0 <= since < TIMER_COVER_PERIODS * self.limits.control_period:
+                self.events["timer_ticks_skipped"] += 1
+                return
+        self.on_tick()
+        self.events["timer_ticks"] += 1
 
     def on_joint_state(self, msg: JointState) -> None:
         try:
@@ -242,6 +296,10 @@ class CommandNode(GatoNode):
     def on_tick(self) -> None:
         """Compute and publish this tick's command; whatever fails, a hold is published."""
         now = self.now_s()
+        self.last_tick_s = now
+        if self.action_pending:  # this tick acts on a fresh action (on arrival, or deferred to the timer)
+            self.last_action_tick_s = now
+            self.action_pending = False
         try:
             last_tick = self.supervisor.last_tick
             if last_tick is not None and now < last_tick:
