@@ -68,21 +68,28 @@ def measure_decoder(
     observations: list[dict[str, np.ndarray]],
     steps: int,
     warmup: int,
+    trim_ahead: bool = False,
 ) -> dict[str, Any]:
     """Latency of `steps` control steps with the decoder `cfg` describes, after `ActionDecoder.warmup`
-    (as a deployment does before its control loop) and `warmup` further untimed steps."""
+    (as a deployment does before its control loop) and `warmup` further untimed steps. `trim_ahead`:
+    `prepare_next` after each step, as the policy node does after publishing (timed apart: idle time)."""
     t0 = time.perf_counter()
     decoder = ActionDecoder(model, tokenizer, cfg)
     setup_s = time.perf_counter() - t0
     warmup_s = decoder.warmup(observations[0])
-    totals, tokenize, trims = [], [], 0
+    totals, tokenize, trims, ahead = [], [], 0, []
     for i in range(warmup + steps):
         result = decoder.step(observations[i % len(observations)])
         if i >= warmup:
             totals.append(result.total_s)
             tokenize.append(result.tokenize_s)
             trims += int(result.trimmed)
+        if trim_ahead:
+            t_prepare = time.perf_counter()
+            if decoder.prepare_next() and i >= warmup:
+                ahead.append(time.perf_counter() - t_prepare)
     stats = percentiles(totals)
+    stats["trim_ahead_max_ms"] = 1e3 * max(ahead) if ahead else None
     stats["setup_s"] = setup_s
     stats["warmup_s"] = warmup_s
     stats["tokenize_p50_ms"] = percentiles(tokenize)["p50_ms"]
@@ -133,6 +140,7 @@ def run_model(
     step_tokens = tokenizer.step_length(observations[0]) + tokenizer.action_dim
     cfg.policy.decoder.kv_cache = True
     cached = measure_decoder(model, tokenizer, cfg, observations, steps, warmup=0)
+    ahead = measure_decoder(model, tokenizer, cfg, observations, steps, warmup=0, trim_ahead=True)
     eager, graph_check = None, None
     if device.type == "cuda" and bool(cfg.policy.decoder.cuda_graphs):
         cfg.policy.decoder.cuda_graphs = False
@@ -151,7 +159,9 @@ def run_model(
         "dtype": str(dtype).removeprefix("torch."),
         "tokens_per_step": step_tokens,
         "context_length": model.config.context_length,
+        "period_ms": 1e3 / float(cfg.control.rate_hz),
         "kv_cache": cached,
+        "kv_cache_trim_ahead": ahead,
         "kv_cache_without_cuda_graphs": eager,
         "cuda_graph_check": graph_check,
         "full_forward": full,
@@ -166,6 +176,15 @@ def format_result(r: dict[str, Any]) -> str:
         f"  KV cache      p50 {c['p50_ms']:8.2f} ms  p99 {c['p99_ms']:8.2f} ms  mean {c['mean_ms']:8.2f} ms"
         f"  (n={c['n']}, {c['trims']} trims, tokenize p50 {c['tokenize_p50_ms']:.2f} ms)",
     ]
+    a = r.get("kv_cache_trim_ahead")
+    if a is not None:
+        lines.append(
+            f"  KV, trim ahead p50 {a['p50_ms']:7.2f} ms  p99 {a['p99_ms']:8.2f} ms"
+            f"  mean {a['mean_ms']:8.2f} ms"
+            f"  (trims done between steps, longest {a['trim_ahead_max_ms'] or 0:.1f} ms; p99 ratio "
+            f"{a['p99_ms'] / c['p99_ms']:.2f} of trimming in the step, {a['p99_ms'] / r['period_ms']:.2f} "
+            "of the control period)"
+        )
     e, g = r.get("kv_cache_without_cuda_graphs"), r.get("cuda_graph_check")
     if e is not None:
         lines.append(

@@ -175,3 +175,27 @@ def test_non_finite_logits_give_no_action(setup) -> None:
         with torch.no_grad():
             weight.copy_(saved)
     assert np.all(np.isfinite(decoder.step(observation).action))
+
+
+@pytest.mark.parametrize("kv_cache", [True, False])
+def test_trimming_ahead_changes_no_action_and_takes_the_trim_off_the_step(setup, kv_cache: bool) -> None:
+    """`prepare_next` between steps (the policy node calls it after publishing) keeps the same steps and
+    decodes the same actions as trimming inside `step`; the step after it encodes only its observation."""
+    model, tokenizer = setup
+    plain = make_decoder(model, tokenizer)
+    ahead = make_decoder(model, tokenizer, f"policy.decoder.kv_cache={str(kv_cache).lower()}")
+    rng = np.random.default_rng(1)
+    trims_ahead = 0
+    for _ in range(STEPS):
+        obs = random_observation(rng)
+        reference, result = plain.step(obs), ahead.step(obs)
+        np.testing.assert_array_equal(result.token_ids, reference.token_ids)
+        np.testing.assert_allclose(result.logits, reference.logits, rtol=1e-4, atol=1e-4)
+        assert result.trimmed == reference.trimmed and result.context_tokens == reference.context_tokens
+        np.testing.assert_array_equal(ahead.history().tokens, plain.history().tokens)
+        if ahead.prepare_next():
+            trims_ahead += 1
+            if kv_cache:  # everything kept is cached now, the last action token included
+                assert ahead.cached == len(ahead.history()) and ahead.pending_action is None
+    assert trims_ahead == 2
+    assert not make_decoder(model, tokenizer).prepare_next()  # nothing to trim before the first step

@@ -135,6 +135,8 @@ class ActionDecoder:
         self.steps: list[TokenSequence] = []  # whole past steps: observation, separator, action tokens
         self.cached = 0  # tokens whose keys/values are in the cache
         self.pending_action: int | None = None  # last action token of the previous step, not yet cached
+        self._step_length: int | None = None  # tokens of the last step (observation + action)
+        self._trimmed_ahead = False  # prepare_next trimmed since the last step
         if self.prompt is not None and self.use_kv_cache:
             with torch.inference_mode():
                 self._encode(self.prompt)
@@ -178,12 +180,15 @@ class ActionDecoder:
         budget = self.context_length - self.prompt_length
         if step_length > budget:
             raise ValueError(f"a step of {step_length} tokens does not fit the context after the prompt")
-        trimmed = self._trim_for(step_length, budget)
+        trimmed_now = self._trim_for(step_length, budget)
+        trimmed = trimmed_now or self._trimmed_ahead  # done now, or ahead by prepare_next
+        self._trimmed_ahead = False
+        self._step_length = step_length
         self._logits.clear()
         self._finite.fill_(True)
         with torch.inference_mode():
             if self.use_kv_cache:
-                ids, context = self._decode_cached(observation, trimmed)
+                ids, context = self._decode_cached(observation, trimmed_now)
             else:
                 ids, context = self._decode_full(observation)
         token_ids = ids.cpu().numpy()
@@ -208,6 +213,22 @@ class ActionDecoder:
             logits=torch.stack(self._logits).cpu().numpy() if self.record_logits else None,
         )
         return self.last_result
+
+    def prepare_next(self) -> bool:
+        """Do now the context trim the next step would need, and re-encode the kept steps into the cache,
+        so that the next `step` pays only for its own observation. Call it after the action went out, in
+        the idle part of the control period: a trim then never lands on the critical path. The decoded
+        actions are the same as without it (the same steps are kept, the same tokens cached); the next
+        step reports ``trimmed``. Returns whether it trimmed."""
+        if not self.steps or self._step_length is None:
+            return False
+        if not self._trim_for(self._step_length, self.context_length - self.prompt_length):
+            return False
+        if self.use_kv_cache:
+            with torch.inference_mode():
+                self._reencode_kept_steps()
+        self._trimmed_ahead = True
+        return True
 
     # ---- internals --------------------------------------------------------------------------------
     def _trim_for(self, step_length: int, budget: int) -> bool:
@@ -281,12 +302,17 @@ class ActionDecoder:
         self.cached += 1
         return logits
 
+    def _reencode_kept_steps(self) -> None:
+        """After a trim: the kept steps (their last action token included) behind the prompt prefix, whose
+        cache is still valid."""
+        self.cached = self.prompt_length
+        self.pending_action = None
+        if self.steps:
+            self._encode(TokenSequence.concat(self.steps))
+
     def _decode_cached(self, observation: TokenSequence, trimmed: bool) -> tuple[torch.Tensor, int]:
-        if trimmed:  # re-encode the kept steps behind the prompt prefix, whose cache is still valid
-            self.cached = self.prompt_length
-            self.pending_action = None
-            if self.steps:
-                self._encode(TokenSequence.concat(self.steps))
+        if trimmed:
+            self._reencode_kept_steps()
         new = observation
         if self.pending_action is not None:
             pending = TokenSequence.from_actions(

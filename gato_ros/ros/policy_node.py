@@ -254,6 +254,7 @@ class PolicyNode(GatoNode):
         trained = checkpoint.cfg
         self.tokenizer = ObservationTokenizer(trained)
         self.decoder = ActionDecoder(checkpoint.model, self.tokenizer, cfg)
+        self.trim_ahead = bool(cfg.policy.decoder.get("trim_ahead", True))
         keys = self.tokenizer.observation_keys
         self.cameras = [k.removesuffix(PIXELS_SUFFIX) for k in keys if k.endswith(PIXELS_SUFFIX)]
         self.object_poses = OBJECTS_KEY in keys  # a state-based checkpoint: OBJECT_POSES is one more part
@@ -447,6 +448,16 @@ class PolicyNode(GatoNode):
         self.latency_pub.publish(Float64(data=latency))
         self.steps += 1
         self.report_pace(latency)
+        if self.trim_ahead:  # the action is out: the next step's context trim happens now, off its path
+            try:
+                with self._decoder_lock:
+                    self.decoder.prepare_next()
+            except Exception as err:
+                self.get_logger().error(
+                    f"context trim failed (decoder reset): {err!r}", throttle_duration_sec=self.log_period_s
+                )
+                with self._decoder_lock:
+                    self.decoder.reset()
 
     def report_pace(self, latency_s: float) -> None:
         """Every `policy.report_period_s`: the achieved action rate (per second of the node's clock, sim
