@@ -57,7 +57,8 @@ class Cell:
     diagnostics: list = field(default_factory=list)
     action: list[float] | None = None
     send_joint_states: bool = True
-    joint_stamp: float = 100.0
+    joint_stamp: float = 0.0
+    stamp_offset: float = 0.0  # a driver clock behind (< 0) or ahead of the node's
 
     def __post_init__(self) -> None:
         n = self.node
@@ -91,7 +92,8 @@ class Cell:
         return msg
 
     def publish_inputs(self) -> None:
-        self.joint_stamp += 1.0 / float(self.cfg.control.rate_hz)
+        # stamped by the cell's clock (the node's, sim time when set), as a driver on a synced clock does
+        self.joint_stamp = self.node.get_clock().now().nanoseconds * 1e-9 + self.stamp_offset
         if self.send_joint_states:
             self.joint_pub.publish(self.joint_state())
         if self.action is not None:
@@ -406,4 +408,36 @@ def test_timer_only_mode_waits_for_the_tick(ros_context) -> None:
     spin_until(executor, lambda: command.latest_action is not None)
     spin_for(executor, 0.1)
     assert len(cell.velocity) == before and command.events["arrival_ticks"] == 0
+    command.destroy_node()
+
+
+def test_joint_state_freshness_is_judged_by_its_stamp_and_future_stamps_are_dropped(
+    ros_context, capfd
+) -> None:
+    """A reading from the future is dropped and never becomes the reference for later ones (the fault
+    campaign's 1000 s stamp locked the arm in a hold); one stamped long ago is stale however fresh its
+    arrival."""
+    command, cell, executor = start(ros_context, OVERRIDES)
+    cell.action = ACTION
+    spin_until(executor, lambda: moving(cell, 3))
+    future = cell.joint_state(positions=[*(posture() + 0.3).tolist(), 0.0], stamp=cell.joint_stamp + 1000.0)
+    cell.joint_pub.publish(future)
+    spin_until(executor, lambda: command.events["future_joint_state_stamps"] == 1)
+    assert command.last_joint_stamp < cell.joint_stamp + 1.0  # not adopted as the reference
+    assert not np.allclose(command.latest_joints.positions, posture() + 0.3)  # its posture never used
+    spin_for(executor, 0.2)
+    assert moving(cell, 3) and command.events["malformed_joint_state_messages"] == 0  # real ones go on
+    assert "ahead of this node's clock" in capfd.readouterr().err
+    command.destroy_node()
+    # a driver whose readings are all stamped half a second ago: stale on arrival, held from the start
+    command, cell, executor = start(ros_context, OVERRIDES)
+    cell.stamp_offset = -0.5
+    cell.action = ACTION
+    spin_until(
+        executor, lambda: command.events["stale_joint_state_arrivals"] >= 5 and len(cell.velocity) >= 5
+    )
+    assert holding(cell, 5) and command.supervisor.counters[Reason.STALE_JOINT_STATE] > 0
+    assert "arrived 0.5" in capfd.readouterr().err
+    cell.stamp_offset = 0.0  # the clock is synced again: it moves
+    spin_until(executor, lambda: moving(cell, 3))
     command.destroy_node()

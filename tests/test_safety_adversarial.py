@@ -475,8 +475,8 @@ def test_command_node_callbacks_never_raise_and_junk_holds(ros_context, capfd) -
             assert time.monotonic() < deadline
             executor.spin_once(timeout_sec=0.01)
         joint_state = JointState(name=[*ARM, GRIPPER_JOINT], position=[*posture().tolist(), 0.0])
-        for tick in range(8):
-            joint_state.header.stamp = time_msg(1.0 + tick * PERIOD)
+        for _ in range(8):  # a driver on the node's clock: freshness is judged by the stamps
+            joint_state.header.stamp = time_msg(node.now_s())
             node.on_joint_state(joint_state)
             node.on_action(Float64MultiArray(data=[0.05, 0.0, 0.0, 0.0, 1.0]))
             node.on_tick()
@@ -490,8 +490,8 @@ def test_command_node_callbacks_never_raise_and_junk_holds(ros_context, capfd) -
             time.sleep(PERIOD)
         assert Reason.STALE_JOINT_STATE in node.supervisor.last_output.reasons
         assert node.events["repeated_joint_state_stamps"] >= 4
-        for tick in range(8, 14):  # new readings: moving again
-            joint_state.header.stamp = time_msg(1.0 + tick * PERIOD)
+        for _ in range(8, 14):  # new readings: moving again
+            joint_state.header.stamp = time_msg(node.now_s())
             node.on_joint_state(joint_state)
             node.on_action(Float64MultiArray(data=[0.05, 0.0, 0.0, 0.0, 1.0]))
             node.on_tick()
@@ -528,7 +528,7 @@ def test_command_node_shutdown_in_trajectory_mode_sends_stop(ros_context) -> Non
             assert time.monotonic() < deadline
             executor.spin_once(timeout_sec=0.01)
         joint_state = JointState(name=[*ARM, GRIPPER_JOINT], position=[*posture().tolist(), 0.0])
-        joint_state.header.stamp = time_msg(1.0)
+        joint_state.header.stamp = time_msg(node.now_s())
         node.on_joint_state(joint_state)
         node.on_tick()  # a hold (no action) with a fresh joint state: a point where the arm is
         node.close()  # shutdown: the empty trajectory, "stop where you are"

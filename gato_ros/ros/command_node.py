@@ -58,6 +58,7 @@ from gato_ros.safety import (
     parse_joint_state,
 )
 from gato_ros.safety.inputs import check_monotonic_stamp
+from gato_ros.safety.limits import is_real_scalar
 
 COMMAND_INTERFACES = ("velocity", "trajectory")
 DIAGNOSTIC_NAME = "gato_ros: safety"
@@ -107,6 +108,10 @@ class CommandNode(GatoNode):
         self.gripper_joint = str(cfg.robot.gripper.joint_name)
         self.gripper_range = list(cfg.robot.gripper.driver_range)
         self.act_on_arrival = config_flag(safety.get("act_on_arrival", False), "safety.act_on_arrival")
+        lead_periods = float(safety.get("max_stamp_lead_periods", 1.2))
+        if not (math.isfinite(lead_periods) and 0.0 <= lead_periods <= 2.0):
+            raise SafetyConfigError(f"safety.max_stamp_lead_periods must be in [0, 2], got {lead_periods!r}")
+        self.max_stamp_lead_s = lead_periods * self.limits.control_period
         self.log_period_s = positive_seconds(safety.log_period_s, "safety.log_period_s")
         diagnostics_period_s = positive_seconds(safety.diagnostics_period_s, "safety.diagnostics_period_s")
         self._last_log: dict[str, float] = {}
@@ -226,6 +231,16 @@ class CommandNode(GatoNode):
         try:
             now = self.now_s()
             stamp = contract.stamp_to_seconds(msg.header.stamp)
+            if is_real_scalar(stamp) and stamp - now > self.max_stamp_lead_s:
+                # From the future (a bogus or foreign clock): dropped, and never the reference the
+                # monotonicity check holds later readings to; the last good reading ages on.
+                self.events["future_joint_state_stamps"] += 1
+                self.warn_throttled(
+                    "joint_state_future",
+                    f"joint state stamped {stamp - now:.3f} s ahead of this node's clock "
+                    f"(tolerance {self.max_stamp_lead_s:.3f} s): dropped",
+                )
+                return
             check_monotonic_stamp(self.last_joint_stamp, stamp)
             parsed = parse_joint_state(
                 msg.name, msg.position, self.joint_names, self.gripper_joint, self.gripper_range
@@ -245,7 +260,17 @@ class CommandNode(GatoNode):
             )
             return
         self.last_joint_stamp = stamp
-        self.latest_joints = JointSample(parsed.positions, now, parsed.gripper_closed_fraction)
+        # Fresh is judged by the reading's own stamp (a reading stamped long ago but delivered now is old),
+        # at most the node's clock (a lead within the tolerance is the twin's publishing order).
+        sampled = min(stamp, now)
+        if now - sampled > self.limits.stale_after_seconds:
+            self.events["stale_joint_state_arrivals"] += 1
+            self.warn_throttled(
+                "joint_state_old",
+                f"joint state arrived {now - sampled:.3f} s after its stamp (stale after "
+                f"{self.limits.stale_after_seconds:.3f} s): holding; check the driver's clock and latency",
+            )
+        self.latest_joints = JointSample(parsed.positions, sampled, parsed.gripper_closed_fraction)
         self.joint_fault = None
         self.events["joint_state_messages"] += 1
 
