@@ -1,7 +1,8 @@
 """ROS 2 launch file of the gato_ros stacking stack (needs a full ROS 2 install with launch_ros).
 
     ros2 launch gato_ros stacking.launch.py sim:=true                                   # on the twin
-    ros2 launch gato_ros stacking.launch.py sim:=false checkpoint:=/path/ckpt device:=cuda  # the cell
+    ros2 launch gato_ros stacking.launch.py sim:=false checkpoint:=/path/ckpt device:=cuda \
+        overrides:="robot.driver_command_timeout_s=0.1"   # the cell; the arm driver's own command timeout
     ros2 launch gato_ros stacking.launch.py sim:=true overrides:="ros.twin.action_source=expert"
 
 The node list and every node's arguments come from `gato_ros.ros.launcher.stack_plan`, the same function

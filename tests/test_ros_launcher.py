@@ -51,7 +51,7 @@ def test_expert_plan_has_no_policy_node() -> None:
 
 def test_real_plan_is_one_camera_per_policy_camera_and_never_enabled() -> None:
     cfg = load_config()
-    nodes = plan(False)
+    nodes = plan(False, "robot.driver_command_timeout_s=0.1")
     cameras = [f"camera_{c}" for c in cfg.cameras.policy_cameras]
     assert [n.name for n in nodes] == [*cameras, "policy", "command_node"]
     for node, camera in zip(nodes, cfg.cameras.policy_cameras, strict=False):
@@ -59,6 +59,16 @@ def test_real_plan_is_one_camera_per_policy_camera_and_never_enabled() -> None:
     for node in nodes:
         assert "ros.use_sim_time=false" in node.args
         assert not any(a.startswith("safety.start_enabled") for a in node.args)  # a real arm waits
+
+
+def test_the_real_cell_refuses_to_start_without_a_driver_command_timeout() -> None:
+    """A frozen or killed command node must not leave the arm moving: the real plan needs the driver's own
+    command timeout declared, and one no longer than the watchdog allows."""
+    with pytest.raises(ValueError, match=r"robot\.driver_command_timeout_s"):
+        plan(False)
+    with pytest.raises(ValueError, match=r"must be in \(0, 0.150\]"):
+        plan(False, "robot.driver_command_timeout_s=0.5")
+    assert plan(True)  # the twin enforces its own (ros.twin.command_timeout_s)
 
 
 def test_node_command_line_round_trips_through_the_runtime() -> None:

@@ -62,6 +62,8 @@ def stack_plan(cfg: DictConfig, sim: bool, overrides: Sequence[str] = ()) -> lis
     """The nodes of the stack, in start order; every node gets the same `overrides` (plus its own)."""
     common = tuple(overrides)
     nodes: list[NodeSpec] = []
+    if not sim:
+        check_driver_command_timeout(cfg)
     if sim:
         nodes.append(NodeSpec("twin", f"{PACKAGE}.ros.twin_node", "twin_node", common))
     else:
@@ -72,6 +74,25 @@ def stack_plan(cfg: DictConfig, sim: bool, overrides: Sequence[str] = ()) -> lis
         nodes.append(NodeSpec("policy", f"{PACKAGE}.ros.policy_node", "policy_node", common))
     nodes.append(NodeSpec("command_node", f"{PACKAGE}.ros.command_node", "command_node", common))
     return nodes
+
+
+def check_driver_command_timeout(cfg: DictConfig) -> float:
+    """The real cell needs an arm driver that stops the arm by itself when commands stop (the command
+    node can be frozen or killed): a ValueError unless ``robot.driver_command_timeout_s`` declares one no
+    longer than the watchdog's stale limit plus one control period."""
+    value = cfg.robot.get("driver_command_timeout_s")
+    period = 1.0 / float(cfg.control.rate_hz)
+    limit = (float(cfg.safety.stale_after_periods) + 1.0) * period
+    if value is None:
+        raise ValueError(
+            "the real cell needs robot.driver_command_timeout_s: the arm driver's own command timeout "
+            f"(it must stop the arm when commands stop; at most {limit:.3f} s), e.g. "
+            "robot.driver_command_timeout_s=0.1 once your driver is configured so"
+        )
+    timeout = float(value)
+    if not (timeout > 0.0 and timeout <= limit + 1e-9):
+        raise ValueError(f"robot.driver_command_timeout_s={value} must be in (0, {limit:.3f}] s")
+    return timeout
 
 
 MAX_ROS_DOMAIN_ID = 232  # the highest id ROS 2 accepts on Linux (port arithmetic of the DDS spec)
