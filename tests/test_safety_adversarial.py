@@ -249,12 +249,18 @@ def test_position_limit_counts_the_motion_since_an_aged_joint_state() -> None:
     sup = supervisor()
     velocity = np.zeros(7)
     velocity[6] = 1.0
-    now = run_to_speed(sup, velocity)
+    now, sent = 0.0, []  # (tick time, command sent): the last ones were still ramping up
+    while not sent or not np.allclose(sent[-1][1], velocity):
+        out = sup.tick(now, JointSample(posture(), now), CommandRequest(velocity, 1.0, now))
+        sent.append((now, out.joint_velocity.copy()))
+        now += PERIOD
     age = LIMITS.stale_after_seconds
     measured = posture().copy()
     measured[6] = LIMITS.position_high[6] - 0.5 * velocity[6] * age
+    # each command sent over the reading's age was in force for one period
+    travel = sum((v * PERIOD for t, v in sent if t >= now - age - 1e-9), np.zeros(7))
     out = sup.tick(now, JointSample(measured, now - age), CommandRequest(velocity, 1.0, now))
-    actual = measured + velocity * age  # where a velocity-tracking arm is by now: past the margin
+    actual = measured + travel  # where a velocity-tracking arm is by now: past the margin
     assert actual[6] > LIMITS.position_high[6]
     np.testing.assert_allclose(out.joint_positions, actual)
     assert out.joint_velocity[6] <= 0.0 and Reason.POSITION in out.reasons  # it may only move back

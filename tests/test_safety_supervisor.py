@@ -197,3 +197,32 @@ def test_parse_action_and_joint_state_reject_malformed_messages() -> None:
     check_monotonic_stamp(1.0, 1.0)
     with pytest.raises(InputError):
         check_monotonic_stamp(1.0, 0.9)
+
+
+def test_position_prediction_integrates_every_command_since_the_reading() -> None:
+    """A reading older than the previous tick is advanced through each command in force since it was
+    taken, not by the last command alone (the fault campaign's 15 mrad / 3 mm excursions)."""
+    sup = supervisor()
+    q = posture()
+    v0, v1, v2 = np.full(7, 0.3), np.full(7, 0.2), np.full(7, -0.1)
+    sup.command_history.extend([(-0.10, v0), (0.0, v1), (0.05, v2)])
+    sup.previous_velocity = v2
+    predicted = sup.predicted_positions(JointSample(q, -0.02, 0.0), now=0.08)
+    np.testing.assert_allclose(predicted, q + v0 * 0.02 + v1 * 0.05 + v2 * 0.03)
+    # the age is capped at the stale limit: nothing before now - stale_after counts
+    stale = sup.limits.stale_after_seconds
+    capped = sup.predicted_positions(JointSample(q, -5.0, 0.0), now=0.08)
+    np.testing.assert_allclose(capped, q + sup.displacement_since(0.08 - stale, 0.08))
+
+
+def test_command_history_follows_the_ticks_and_stays_short() -> None:
+    sup = supervisor()
+    period = sup.limits.control_period
+    last_tick = run_until_full_speed(sup) - period
+    times = [t for t, _ in sup.command_history]
+    assert times == sorted(times) and times[-1] == pytest.approx(last_tick)
+    assert times[-1] - times[1] <= sup.limits.stale_after_seconds + period + 1e-9
+    np.testing.assert_array_equal(sup.command_history[-1][1], sup.previous_velocity)
+    # the clock going back (a restarted twin) starts the history afresh
+    sup.tick(0.0, *fresh(0.0))
+    assert [t for t, _ in sup.command_history] == [0.0]

@@ -23,7 +23,7 @@ States and transitions:
 from __future__ import annotations
 
 import math
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -91,6 +91,8 @@ class SafetySupervisor:
         self.last_tick: float | None = None
         self.ramp_start: float | None = None
         self.last_output: SafeCommand | None = None
+        # (tick time, joint velocity) of the commands sent, oldest first: each in force until the next
+        self.command_history: deque[tuple[float, np.ndarray]] = deque()
 
     # -- operator inputs ---------------------------------------------------------------------------
     def request_estop(self, now: float) -> None:
@@ -206,14 +208,41 @@ class SafetySupervisor:
         return self._finish(output)
 
     def predicted_positions(self, joints: JointSample, now: float) -> np.ndarray | None:
-        """The joint state advanced by the command in force since it was received: the arm kept moving
-        while the reading aged (up to the stale limit), and a limit checked from the old reading would
-        let it overshoot by that much. None if the reading is not 7 finite numbers."""
+        """The joint state advanced through every command in force since it was taken: the arm kept
+        moving while the reading aged (up to the stale limit), under the commands of each tick since, and a
+        limit checked from the old reading would let it overshoot by that much. None if the reading is not
+        7 finite numbers."""
         measured = real_vector(joints.positions)
         if measured is None or not np.all(np.isfinite(measured)):
             return None
-        age = float(np.clip(float(now) - float(joints.stamp), 0.0, self.limits.stale_after_seconds))
-        return measured + self.previous_velocity * age
+        now = float(now)
+        age = float(np.clip(now - float(joints.stamp), 0.0, self.limits.stale_after_seconds))
+        return measured + self.displacement_since(now - age, now)
+
+    def displacement_since(self, start: float, now: float) -> np.ndarray:
+        """Joint travel commanded over [start, now]: each sent command over the part of its time in force
+        (from its tick to the next) inside that window."""
+        travel = np.zeros(NUM_JOINTS)
+        history = self.command_history
+        for i, (t_sent, velocity) in enumerate(history):
+            t_next = history[i + 1][0] if i + 1 < len(history) else now
+            overlap = min(t_next, now) - max(t_sent, start)
+            if overlap > 0.0:
+                travel += velocity * overlap
+        return travel
+
+    def _remember_command(self, velocity: np.ndarray) -> None:
+        """Keep the commands that can still be in force over a reading's age (the stale limit), plus the
+        one in force at that window's start."""
+        if self.last_tick is None:
+            return
+        history = self.command_history
+        if history and self.last_tick < history[-1][0]:  # the clock went back: the old times mean nothing
+            history.clear()
+        history.append((float(self.last_tick), velocity.copy()))
+        horizon = self.last_tick - self.limits.stale_after_seconds - self.limits.control_period
+        while len(history) > 1 and history[1][0] <= horizon:
+            history.popleft()
 
     def hold(self, reasons: Iterable[Reason], positions: np.ndarray | None = None) -> SafeCommand:
         """Zero joint velocity, the last safe gripper command; the next motion ramps in again."""
@@ -238,6 +267,7 @@ class SafetySupervisor:
 
     def _finish(self, output: SafeCommand) -> SafeCommand:
         self.previous_velocity = output.joint_velocity.copy()
+        self._remember_command(self.previous_velocity)
         self.counters.update(output.reasons)
         self.last_output = output
         return output
