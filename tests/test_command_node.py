@@ -371,12 +371,13 @@ def test_acts_on_arrival_and_the_timer_still_holds_a_dead_policy(ros_context) ->
 
     for _ in range(5):  # the stack comes up: joint states, timer ticks (holding, no action yet)
         tick_clock()
-    # the first action shares its clock reading with this period's timer tick: it waits for the next one
+    # the first action shares its clock reading with this period's watchdog tick: it replaces that tick
+    # (undone and ticked again with the action) instead of a second tick with dt = 0
+    before = len(cell.velocity)
     cell.action_pub.publish(Float64MultiArray(data=list(ACTION)))
-    spin_until(executor, lambda: command.action_pending)
-    assert command.events["arrivals_deferred_to_timer"] == 1
-    tick_clock()
-    assert not command.action_pending
+    spin_until(executor, lambda: len(cell.velocity) > before)
+    assert command.events["timer_ticks_replaced"] == 1 and not command.action_pending
+    assert Reason.INVALID_TIME_STEP not in command.supervisor.counters
     arrivals = command.events["arrival_ticks"]
     for _ in range(30):
         tick_clock()
@@ -440,4 +441,43 @@ def test_joint_state_freshness_is_judged_by_its_stamp_and_future_stamps_are_drop
     assert "arrived 0.5" in capfd.readouterr().err
     cell.stamp_offset = 0.0  # the clock is synced again: it moves
     spin_until(executor, lambda: moving(cell, 3))
+    command.destroy_node()
+
+
+def test_a_dead_policy_is_held_exactly_two_periods_after_its_last_action(ros_context) -> None:
+    """Repeated kills on the node's own clock (sim time, advanced in small steps): the watchdog's hold
+    lands within stale_after_periods (2) of the last action's receipt, never later (the fault campaign
+    measured up to 4 periods)."""
+    from rosgraph_msgs.msg import Clock
+
+    command, cell, executor = start(ros_context, [*OVERRIDES, "ros.use_sim_time=true"])
+    clock_pub = cell.node.create_publisher(Clock, contract.CLOCK.name, contract.CLOCK.qos.profile())
+    period = command.limits.control_period
+    sim_time = 10.0
+    step = period / 5  # the clock moves in fifths of a period: the hold's tick is seen to a fifth
+
+    def advance(seconds: float) -> None:
+        nonlocal sim_time
+        for _ in range(round(seconds / step)):
+            sim_time += step
+            clock_pub.publish(Clock(clock=time_msg(sim_time)))
+            spin_until(executor, lambda now=sim_time: abs(command.now_s() - now) < 1e-9)
+            spin_for(executor, 0.005)
+
+    rng = np.random.default_rng(0)
+    for trial in range(6):
+        for _ in range(12):  # a live policy, its actions at a random phase to the timer
+            advance(period)
+            cell.action_pub.publish(Float64MultiArray(data=list(ACTION)))
+            spin_until(executor, lambda: command.latest_action is not None and command.now_s() >= sim_time)
+            spin_for(executor, 0.01)
+        advance(step * int(rng.integers(0, 5)))
+        assert moving(cell, 2), trial
+        killed = len(command.stale_hold_latencies_s)
+        advance(3 * period)  # the policy is dead
+        assert len(command.stale_hold_latencies_s) == killed + 1, trial
+        latency = command.stale_hold_latencies_s[-1]
+        assert latency <= command.limits.stale_after_seconds + 1e-6, (trial, latency / period)
+        assert holding(cell, 1)
+    assert_commands_in_limits(cell, command.limits)
     command.destroy_node()

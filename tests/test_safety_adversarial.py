@@ -244,7 +244,7 @@ def run_to_speed(sup: SafetySupervisor, velocity: np.ndarray, now: float = 0.0) 
 
 def test_position_limit_counts_the_motion_since_an_aged_joint_state() -> None:
     """Joint 6 (wrist roll: the tool point does not move) runs toward its upper limit; the newest reading
-    is two periods old, so the joint is already past where it says. Checked from the old reading, the
+    is 1.5 periods old, so the joint is already past where it says. Checked from the old reading, the
     limiter would allow another period of motion and end up a whole margin past the margin."""
     sup = supervisor()
     velocity = np.zeros(7)
@@ -254,11 +254,13 @@ def test_position_limit_counts_the_motion_since_an_aged_joint_state() -> None:
         out = sup.tick(now, JointSample(posture(), now), CommandRequest(velocity, 1.0, now))
         sent.append((now, out.joint_velocity.copy()))
         now += PERIOD
-    age = LIMITS.stale_after_seconds
+    age = 1.5 * PERIOD  # old, but younger than the stale limit (2 periods)
     measured = posture().copy()
     measured[6] = LIMITS.position_high[6] - 0.5 * velocity[6] * age
-    # each command sent over the reading's age was in force for one period
-    travel = sum((v * PERIOD for t, v in sent if t >= now - age - 1e-9), np.zeros(7))
+    # each command sent was in force for one period: its share of the reading's age
+    travel = np.zeros(7)
+    for t, v in sent:
+        travel += v * max(0.0, min(t + PERIOD, now) - max(t, now - age))
     out = sup.tick(now, JointSample(measured, now - age), CommandRequest(velocity, 1.0, now))
     actual = measured + travel  # where a velocity-tracking arm is by now: past the margin
     assert actual[6] > LIMITS.position_high[6]

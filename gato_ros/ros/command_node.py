@@ -129,6 +129,10 @@ class CommandNode(GatoNode):
             None  # node clock of the last tick that acted on a fresh action
         )
         self.action_pending = False  # a valid action arrived that no tick has acted on yet
+        self.stale_hold_latencies_s: list[float] = []  # action receipt -> first stale hold, per hold
+        # (clock, supervisor state before it, last tick before it) of the newest timer tick
+        self._timer_tick_state: tuple[float, dict[str, Any], float | None] | None = None
+        self._stale_holding = False
 
         if self.command_interface == "velocity":
             self.velocity_pub = self.publisher(contract.JOINT_VELOCITY_COMMAND)
@@ -196,19 +200,27 @@ class CommandNode(GatoNode):
         self.action_pending = True
         self.events["action_messages"] += 1
         if self.act_on_arrival:
+            # The watchdog's period counts from this receipt: without a newer action the timer ticks at
+            # one period (skipped) and at two, where the action is stale: the hold lands at 2 periods.
+            self.timer.reset()
             self.on_arrival(now)
 
     def on_arrival(self, now: float) -> None:
         """Act on a fresh action now, unless the last tick was too recent or there is no joint state to act
-        from yet (then the timer takes it, holding as before)."""
+        from yet (then the timer takes it, holding as before). A watchdog tick at this very clock reading
+        (a discrete sim clock: the timer fired on the clock update, the action came after it) is replaced:
+        undone and ticked again with the action, as if the action had come first."""
         if self.latest_joints is None:
             self.events["arrivals_deferred_to_timer"] += 1
             return
-        period = self.limits.control_period
-        if (
-            self.last_tick_s is not None
-            and 0.0 <= now - self.last_tick_s < MIN_ARRIVAL_INTERVAL_PERIODS * period
-        ):
+        provisional = self._timer_tick_state
+        if provisional is not None and provisional[0] == now and self.last_tick_s == now:
+            self.supervisor.restore(provisional[1])
+            self.last_tick_s = provisional[2]
+            self._timer_tick_state = None
+            self.events["timer_ticks_replaced"] += 1
+        min_interval = MIN_ARRIVAL_INTERVAL_PERIODS * self.limits.control_period
+        if self.last_tick_s is not None and 0.0 <= now - self.last_tick_s < min_interval:
             self.events["arrivals_deferred_to_timer"] += 1
             return
         self.on_tick()
@@ -216,14 +228,14 @@ class CommandNode(GatoNode):
 
     def on_timer(self) -> None:
         """The control-period timer: every tick without act-on-arrival; with it, only when no action was
-        acted on for TIMER_COVER_PERIODS (the watchdog's hold, a late policy, a deferred action)."""
-        # A waiting action does not wake the timer while actions flow: at a shared clock reading (the
-        # lock-step twin) the next one arrives with the next clock, and the timer would keep deferring it.
-        if self.act_on_arrival and self.last_action_tick_s is not None:
-            since = self.now_s() - self.last_action_tick_s
+        acted on for TIMER_COVER_PERIODS (the watchdog's hold, a late policy) or one waits (deferred)."""
+        now = self.now_s()
+        if self.act_on_arrival and not self.action_pending and self.last_action_tick_s is not None:
+            since = now - self.last_action_tick_s
             if 0.0 <= since < TIMER_COVER_PERIODS * self.limits.control_period:
                 self.events["timer_ticks_skipped"] += 1
                 return
+        self._timer_tick_state = (now, self.supervisor.snapshot(), self.last_tick_s)
         self.on_tick()
         self.events["timer_ticks"] += 1
 
@@ -341,10 +353,26 @@ class CommandNode(GatoNode):
             command = self.supervisor.emergency_hold(now)
         self.publish_command(command, now)
         try:
+            self.note_stale_hold(command, now)
             self.log_hold_transitions(command)
         except Exception as err:  # logging must never stop the ticks
             self.events["log_errors"] += 1
             self.warn_throttled("log", f"could not log the hold state: {err!r}")
+
+    def note_stale_hold(self, command: SafeCommand, now: float) -> None:
+        """The watchdog's latency: from the receipt of the last action to the first hold for its age
+        (node clock), kept for /diagnostics (the promise: at most stale_after_periods)."""
+        stale = command.hold and Reason.STALE_ACTION in command.reasons
+        if stale and not self._stale_holding and self.latest_action is not None:
+            latency = now - self.latest_action[1]
+            self.stale_hold_latencies_s.append(latency)
+            period = self.limits.control_period
+            if latency > self.limits.stale_after_seconds + 1e-6:
+                self.warn_throttled(
+                    "stale_hold_late",
+                    f"stale-action hold came {latency / period:.2f} periods after the action",
+                )
+        self._stale_holding = stale
 
     def compute_command(self, now: float) -> SafeCommand:
         joints = self.latest_joints
@@ -440,6 +468,10 @@ class CommandNode(GatoNode):
             level, message = DiagnosticStatus.OK, "moving"
         values = dict(sup.status())
         values.update({key: str(count) for key, count in sorted(self.events.items())})
+        if self.stale_hold_latencies_s:
+            period = self.limits.control_period
+            values["stale_hold_latency_last_periods"] = f"{self.stale_hold_latencies_s[-1] / period:.3f}"
+            values["stale_hold_latency_max_periods"] = f"{max(self.stale_hold_latencies_s) / period:.3f}"
         return DiagnosticStatus(
             level=level,
             name=DIAGNOSTIC_NAME,

@@ -26,6 +26,7 @@ import math
 from collections import Counter, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -124,12 +125,14 @@ class SafetySupervisor:
 
     # -- control tick ------------------------------------------------------------------------------
     def is_stale(self, stamp: float, now: float) -> bool:
-        """True unless `stamp` is a number at most `stale_after_periods` old and not in the future."""
+        """True unless `stamp` is a number younger than `stale_after_periods` and not in the future: the hold
+        comes when an input reaches that age, so a tick at exactly that age (the command node's watchdog
+        tick, aligned to the last action) holds: within 2 periods, not after them."""
         if not (is_real_scalar(stamp) and is_real_scalar(now)):
             return True
         age = float(now) - float(stamp)
-        # 1 ns of slack: an input exactly `stale_after_periods` old must not flip on float rounding.
-        return not (0.0 <= age <= self.limits.stale_after_seconds + STALE_TOLERANCE_S)
+        # 1 ns of slack: an input exactly `stale_after_periods` old is stale whatever the float rounding.
+        return not (0.0 <= age < self.limits.stale_after_seconds - STALE_TOLERANCE_S)
 
     def ramp_scale(self, now: float) -> float:
         if self.ramp_start is None:
@@ -271,6 +274,24 @@ class SafetySupervisor:
         self.counters.update(output.reasons)
         self.last_output = output
         return output
+
+    def snapshot(self) -> dict[str, Any]:
+        """The tick state, to undo a provisional tick (`restore`): the command node replaces a watchdog tick
+        by an action that arrives at the same clock reading (a discrete sim clock), which would otherwise
+        be a second tick with dt = 0. The counters are not part of it: they count every tick published,
+        monotonically, as /diagnostics promises."""
+        return {
+            "previous_velocity": self.previous_velocity.copy(),
+            "last_tick": self.last_tick,
+            "ramp_start": self.ramp_start,
+            "last_output": self.last_output,
+            "last_safe_gripper": self.last_safe_gripper,
+            "command_history": deque((t, v.copy()) for t, v in self.command_history),
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        for name, value in state.items():
+            setattr(self, name, value)
 
     @property
     def holding(self) -> bool:
