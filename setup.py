@@ -1,5 +1,5 @@
-"""ament_python build of gato_ros: installs the Python package, its console entry points, and the
-launch/, calibration/, sim/ and config trees under share/gato_ros as colcon expects."""
+"""ament_python build of gato_ros: installs the Python package (with its config tree), its console entry
+points, and the launch/, calibration/, sim/ and policies/ trees under share/gato_ros as colcon expects."""
 
 from pathlib import Path
 
@@ -31,7 +31,7 @@ setup(
         *share_tree("calibration"),
         *share_tree("sim"),
         *share_tree("policies"),
-        *share_tree(f"{PACKAGE}/config"),
+        # the config tree is package data (gato_ros/config, read through gato_ros.paths.CONFIG_DIR): once
     ],
     install_requires=["setuptools"],
     zip_safe=False,
@@ -39,7 +39,6 @@ setup(
     maintainer_email="maintainers@gato-ros.dev",
     description="Gato-style generalist policy on a ROS 2 arm for RGB-object stacking, with a MuJoCo twin",
     license="Apache-2.0",
-    tests_require=["pytest"],
     entry_points={
         "console_scripts": [
             "gato-ros = gato_ros.cli:main",

@@ -17,12 +17,12 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 stamp="$VENV/.gato_ros-installed"
-want=$(cat requirements.txt setup.py | sha256sum | cut -d' ' -f1)
+want=$(cat requirements*.txt setup.py | sha256sum | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
-echo "[setup] installing Python dependencies into $VENV (pinned in requirements.txt)"
+echo "[setup] installing Python dependencies into $VENV (pinned in requirements*.txt)"
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r requirements.txt 2>&1 | grep -v "is ignored: it is neither" || true
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps -e . 2>&1 | grep -v "is ignored: it is neither" || true
 "$VENV/bin/python" -c "import torch, mujoco, rclpy, gato_ros" >/dev/null
