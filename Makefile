@@ -10,10 +10,11 @@ setup:
 	@bash scripts/setup.sh
 
 # The stack on the twin: twin, Gato policy node (the shipped default policy, policies/default) and command
-# (safety) node as separate processes, in real time; prints each episode's outcome and the success rate.
+# (safety) node as separate processes, in real time; prints each episode's outcome, the success rate and the
+# pace (says when this machine could not keep up), and writes outputs/demo/stack.mp4: the policy's camera views.
 # Triplet 5 was that policy's best group on twin 1 (3/10); on the current twin (2) it stacks 0 % (its card).
 demo: setup
-	$(PY) -m gato_ros.cli launch stacking sim:=true twin.triplet=5 --episodes 3 --isolated
+	$(PY) -m gato_ros.cli launch stacking sim:=true twin.triplet=5 --episodes 3 --isolated --video outputs/demo/stack.mp4
 
 test: setup
 	$(PY) -m ruff check .

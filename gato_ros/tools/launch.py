@@ -12,6 +12,11 @@ Options:
   --duration S   stop after S wall seconds
   --isolated     run on a ROS_DOMAIN_ID of its own (derived from the pid), e.g. beside another stack;
                  a ROS_DOMAIN_ID you set is used as it is
+  --video PATH   (sim) the policy's two camera views of every episode, side by side, with the episode,
+                 the action and each outcome overlaid, as an MP4 (the twin then renders every tick)
+
+On the twin the run ends with the pace: actions per sim second, the twin's real-time factor and the
+command node's stale-action holds, and says plainly when the machine could not keep up.
 
 Examples:
   gato-ros launch stacking sim:=true ros.twin.action_source=expert --episodes 3   # the scripted expert
@@ -31,6 +36,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
+from typing import Any
 
 from gato_ros.config import load_config
 from gato_ros.evaluation.stats import WILSON_Z, wilson_interval  # noqa: F401  (re-exported)
@@ -81,10 +87,158 @@ class EpisodeLog:
         )
 
 
-class EpisodeMonitor:
-    """A small rclpy node in the launcher that prints each finished episode of the twin."""
+@dataclass
+class PaceLog:
+    """How the stack kept up: the twin's clock against the wall, actions per sim second, and the command
+    node's holds for stale actions (the sign of a machine that could not keep up)."""
 
-    def __init__(self, log: EpisodeLog, say: Callable[[str], None], spin_period_s: float) -> None:
+    first: tuple[float, float] | None = None  # (wall, sim) at the first clock message
+    last: tuple[float, float] | None = None
+    actions: int = 0
+    first_action_sim: float | None = None  # the clock at the first action: the rate counts from there
+    stale_holds: int | None = None  # the command node's hold_stale_action counter
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+
+    def clock(self, sim_s: float) -> None:
+        with self._lock:
+            now = (time.monotonic(), sim_s)
+            if self.first is None or sim_s < self.first[1]:
+                self.first = now
+            self.last = now
+
+    def action(self) -> None:
+        with self._lock:
+            if self.last is None:
+                return
+            if self.first_action_sim is None or self.last[1] < self.first_action_sim:
+                self.first_action_sim, self.actions = self.last[1], 0
+            self.actions += 1
+
+    def summary(self, configured_factor: float, rate_hz: float) -> list[str]:
+        with self._lock:
+            if self.first is None or self.last is None or self.last[0] <= self.first[0]:
+                return ["pace: no clock heard"]
+            wall = self.last[0] - self.first[0]
+            sim = self.last[1] - self.first[1]
+            factor = sim / wall
+            acting = self.last[1] - (self.first_action_sim or self.last[1])
+            rate = (self.actions - 1) / acting if acting > 0 else 0.0
+            holds = self.stale_holds
+        lines = [
+            f"pace: {rate:.1f} actions per sim second (control rate {rate_hz:g} Hz), twin at {factor:.2f}x "
+            f"real time"
+            + (f" (configured {configured_factor:g}x)" if configured_factor > 0 else " (lock-step)")
+            + (f"; command node held {holds} ticks for stale actions" if holds is not None else "")
+        ]
+        if configured_factor > 0 and factor < 0.9 * configured_factor:
+            lines.append(
+                f"this machine could not keep up: the twin ran at {factor:.2f}x instead of "
+                f"{configured_factor:g}x real time; the policy and the command node had less time per step "
+                "than on a real cell, so outcomes may be worse than in lock-step (gato-ros eval) for that"
+            )
+        elif rate < 0.9 * rate_hz:
+            lines.append(
+                f"the policy answered {rate:.1f} times per sim second against {rate_hz:g} Hz: slower than "
+                "the control rate on this machine (stale-action holds follow)"
+            )
+        return lines
+
+
+class EpisodeVideo:
+    """The policy's camera views side by side, with the episode, the action and each outcome overlaid,
+    written as the episodes run (one frame per twin tick; H.264, else MPEG-4 part 2, through PyAV)."""
+
+    SCALE = 2  # the 128 px policy views, enlarged for a watcher
+
+    def __init__(self, path: str, cameras: list[str], fps: int) -> None:
+        self.path = path
+        self.cameras = cameras
+        self.fps = fps
+        self.latest: dict[str, Any] = {}
+        self.action: list[float] | None = None
+        self.caption = ""
+        self.banner: tuple[str, int] | None = None  # (text, frames left)
+        self.frames = 0
+        self.writer: Any = None
+        self._lock = threading.Lock()
+
+    def _open(self) -> None:
+        import imageio.v3 as iio
+
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        last_error: Exception | None = None
+        for codec in ("libx264", "mpeg4"):
+            try:
+                writer = iio.imopen(self.path, "w", plugin="pyav")
+                writer.init_video_stream(codec, fps=self.fps)
+                self.writer = writer
+                return
+            except Exception as err:  # this ffmpeg build lacks the codec: try the next one
+                last_error = err
+        raise RuntimeError(f"cannot write {self.path}: {last_error}")
+
+    def image(self, camera: str, pixels: Any) -> None:
+        """A camera frame; a frame of the first camera closes one video frame (one per tick)."""
+        with self._lock:
+            self.latest[camera] = pixels
+            if camera == self.cameras[0] and all(c in self.latest for c in self.cameras):
+                self._write_frame()
+
+    def _write_frame(self) -> None:
+        import cv2
+        import numpy as np
+
+        views = [self.latest[c] for c in self.cameras]
+        height = max(v.shape[0] for v in views)
+        frame = np.concatenate([cv2.resize(v, (v.shape[1] * height // v.shape[0], height)) for v in views], 1)
+        frame = cv2.resize(frame, (frame.shape[1] * self.SCALE, frame.shape[0] * self.SCALE),
+                           interpolation=cv2.INTER_NEAREST)  # fmt: skip
+        frame = np.ascontiguousarray(frame)
+        font = cv2.FONT_HERSHEY_SIMPLEX
+        cv2.putText(frame, self.caption, (6, 18), font, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
+        if self.action is not None:
+            text = "action " + " ".join(f"{a:+.2f}" for a in self.action)
+            cv2.putText(frame, text, (6, frame.shape[0] - 8), font, 0.45, (255, 255, 0), 1, cv2.LINE_AA)
+        if self.banner is not None:
+            text, left = self.banner
+            cv2.putText(frame, text, (6, 44), font, 0.8, (0, 255, 0) if "SUCCESS" in text else (255, 80, 80),
+                        2, cv2.LINE_AA)  # fmt: skip
+            self.banner = (text, left - 1) if left > 1 else None
+        if self.writer is None:
+            self._open()
+        self.writer.write_frame(frame)
+        self.frames += 1
+
+    def status(self, status: dict) -> None:
+        with self._lock:
+            self.caption = (
+                f"episode {status.get('episode')} seed {status.get('seed')} triplet {status.get('triplet')} "
+                f"t={float(status.get('sim_time', 0.0)):.1f}s"
+            )
+            if status.get("done"):
+                self.banner = ("SUCCESS" if status.get("success") else "no stack", self.fps)
+
+    def close(self) -> str | None:
+        with self._lock:
+            if self.writer is None:
+                return None
+            self.writer.close()
+            self.writer = None
+            return self.path
+
+
+class EpisodeMonitor:
+    """A small rclpy node in the launcher that prints each finished episode of the twin, follows the pace
+    of the stack and, with a video, records the policy's camera views."""
+
+    def __init__(
+        self,
+        log: EpisodeLog,
+        say: Callable[[str], None],
+        spin_period_s: float,
+        pace: PaceLog | None = None,
+        video: EpisodeVideo | None = None,
+    ) -> None:
         import rclpy
         from rclpy.context import Context
         from rclpy.executors import SingleThreadedExecutor
@@ -99,6 +253,22 @@ class EpisodeMonitor:
         self.node = rclpy.create_node("launch_monitor", context=self.context)
         topic = contract.EPISODE_STATUS
         self.node.create_subscription(topic.msg_type, topic.name, self.on_status, topic.qos.profile())
+        self.pace, self.video = pace, video
+        if pace is not None:
+            for topic, callback in (
+                (contract.CLOCK, lambda m: pace.clock(contract.stamp_to_seconds(m.clock))),
+                (contract.ACTION, lambda _m: pace.action()),
+                (contract.DIAGNOSTICS, self.on_diagnostics),
+            ):
+                self.node.create_subscription(topic.msg_type, topic.name, callback, topic.qos.profile())
+        if video is not None:
+            for camera in video.cameras:
+                topic = contract.camera_image(camera)
+                self.node.create_subscription(
+                    topic.msg_type, topic.name, lambda m, c=camera: self.on_image(c, m), topic.qos.profile()
+                )
+            topic = contract.ACTION
+            self.node.create_subscription(topic.msg_type, topic.name, self.on_action, topic.qos.profile())
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         self.running = True
@@ -109,11 +279,33 @@ class EpisodeMonitor:
         while self.running and self.context.ok():
             self.executor.spin_once(timeout_sec=self.spin_period_s)
 
+    def on_diagnostics(self, msg) -> None:
+        for status in msg.status:
+            for kv in status.values:
+                if kv.key == "hold_stale_action" and self.pace is not None:
+                    self.pace.stale_holds = int(kv.value)
+
+    def on_image(self, camera: str, msg) -> None:
+        from gato_ros.ros.messages import image_array
+
+        try:
+            assert self.video is not None
+            self.video.image(camera, image_array(msg))
+        except Exception as err:  # a video problem must not stop the run
+            self.say(f"video: {err!r}; recording stopped")
+            self.video = None
+
+    def on_action(self, msg) -> None:
+        if self.video is not None:
+            self.video.action = list(msg.data)
+
     def on_status(self, msg) -> None:
         try:
             status = json.loads(msg.data)
         except ValueError:
             return
+        if self.video is not None:
+            self.video.status(status)
         done = self.log.add(status)
         if done is not None:
             if done["success"] and done.get("stacked_since") is not None:
@@ -148,6 +340,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--episodes", type=int, default=0, help="stop after N finished episodes (sim)")
     parser.add_argument("--duration", type=float, default=0.0, help="stop after S wall seconds")
     parser.add_argument("--isolated", action="store_true", help="use a ROS_DOMAIN_ID of this run's own")
+    parser.add_argument(
+        "--video",
+        metavar="PATH",
+        help="(sim) write the policy's camera views of every episode to PATH (.mp4)",
+    )
     return parser
 
 
@@ -213,12 +410,17 @@ def main(argv: list[str] | None = None) -> int:
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     log = EpisodeLog()
+    pace = PaceLog()
+    video = None
+    if args.video and sim:
+        cameras = [str(c) for c in cfg.cameras.policy_cameras]
+        video = EpisodeVideo(args.video, cameras, round(float(cfg.control.rate_hz)))
     monitor = None
     processes = NodeProcesses(env=env)
     code = 0
     try:
         if sim:
-            monitor = EpisodeMonitor(log, say, float(cfg.ros.spin_period_s))
+            monitor = EpisodeMonitor(log, say, float(cfg.ros.spin_period_s), pace, video)
         say(f"ROS_DOMAIN_ID={env.get('ROS_DOMAIN_ID', '0')}; nodes: {', '.join(s.name for s in plan)}")
         for spec in plan:
             node = processes.start(spec)
@@ -255,6 +457,15 @@ def main(argv: list[str] | None = None) -> int:
         if monitor is not None:
             monitor.close()
             say(log.summary())
+            for line in pace.summary(float(cfg.ros.twin.realtime_factor), float(cfg.control.rate_hz)):
+                say(line)
+            if video is not None:
+                written = video.close()
+                say(
+                    f"video of the episodes: {written} ({video.frames} frames)"
+                    if written
+                    else "no video frame"
+                )
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return code
