@@ -481,3 +481,49 @@ def test_a_dead_policy_is_held_exactly_two_periods_after_its_last_action(ros_con
         assert holding(cell, 1)
     assert_commands_in_limits(cell, command.limits)
     command.destroy_node()
+
+
+def test_settings_are_read_only_ros_parameters_and_ros_overrides_apply(ros_context) -> None:
+    """`ros2 param get /command_node safety.stale_after_periods` shows the effective setting; `--ros-args
+    -p safety.stale_after_periods:=1.5` overrides the config like the hydra override does; set is refused."""
+    from rcl_interfaces.msg import Parameter as ParameterMsg
+    from rcl_interfaces.msg import ParameterValue
+    from rcl_interfaces.srv import GetParameters, ListParameters, SetParameters
+
+    cfg = load_config(OVERRIDES)
+    node = CommandNode(
+        cfg, context=ros_context, cli_args=["--ros-args", "-p", "safety.stale_after_periods:=1.5"]
+    )
+    assert node.limits.stale_after_periods == 1.5 and cfg.safety.stale_after_periods == 1.5
+    assert node.ros_overrides == {"safety.stale_after_periods": 1.5}
+    client_node = Node("param_client", context=ros_context)
+    executor = SingleThreadedExecutor(context=ros_context)
+    executor.add_node(node)
+    executor.add_node(client_node)
+    try:
+        lister = client_node.create_client(ListParameters, "/command_node/list_parameters")
+        names = call(executor, lister, ListParameters.Request(depth=0)).result.names
+        assert {"safety.stale_after_periods", "control.rate_hz", "robot.joint_names"} <= set(names)
+        getter = client_node.create_client(GetParameters, "/command_node/get_parameters")
+        values = call(
+            executor, getter, GetParameters.Request(names=["safety.stale_after_periods", "control.rate_hz"])
+        ).values
+        assert [values[0].double_value, values[1].double_value] == [1.5, float(cfg.control.rate_hz)]
+        setter = client_node.create_client(SetParameters, "/command_node/set_parameters")
+        change = ParameterMsg(
+            name="safety.stale_after_periods", value=ParameterValue(type=3, double_value=0.5)
+        )
+        result = call(executor, setter, SetParameters.Request(parameters=[change])).results[0]
+        assert not result.successful and node.limits.stale_after_periods == 1.5  # read-only
+    finally:
+        executor.shutdown()
+        client_node.destroy_node()
+        node.destroy_node()
+
+
+def test_a_ros_override_of_the_wrong_type_stops_the_node(ros_context) -> None:
+    import pytest
+
+    with pytest.raises(ValueError, match=r"safety\.start_enabled"):
+        CommandNode(load_config(OVERRIDES), context=ros_context,
+                    cli_args=["--ros-args", "-p", "safety.start_enabled:=3.5"])  # fmt: skip

@@ -177,6 +177,8 @@ def source_from_config(cfg: DictConfig) -> PipelineFrameSource:
 class CameraNode(GatoNode):
     """Publishes one RealSense camera on the contract's camera topics."""
 
+    SETTINGS = ("control", "cameras", "ros.camera")
+
     def __init__(self, cfg: DictConfig, source: FrameSource | None = None, **kwargs: Any) -> None:
         self.camera = str(cfg.ros.camera.name)
         super().__init__(f"camera_{self.camera}", cfg, **kwargs)

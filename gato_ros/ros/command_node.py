@@ -87,6 +87,8 @@ def positive_seconds(value: object, name: str) -> float:
 class CommandNode(GatoNode):
     """Latest action -> Cartesian controller -> safety supervisor/limiter -> arm and gripper commands."""
 
+    SETTINGS = ("control", "safety", "robot")
+
     def __init__(self, cfg: DictConfig, **kwargs: Any) -> None:
         super().__init__("command_node", cfg, **kwargs)
         safety = cfg.safety

@@ -241,6 +241,8 @@ class ObservationAssembler:
 class PolicyNode(GatoNode):
     """Runs a Gato checkpoint at the control rate on the newest fresh observation."""
 
+    SETTINGS = ("control", "policy", "cameras")
+
     def __init__(self, cfg: DictConfig, **kwargs: Any) -> None:
         super().__init__("policy", cfg, **kwargs)
         from gato_ros.gato.checkpoint import load_policy

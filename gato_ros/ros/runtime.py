@@ -20,6 +20,11 @@ and is started as ``python -m gato_ros.ros.my_node [key=value ...] [--ros-args .
   (``key=value``, ``+key=value``, ``group=option``) composed by `gato_ros.config.load_config`, so
   ``control.rate_hz=10`` means the same thing to every node, to the launcher and to the tools.
   ``--ros-args`` (remaps, ``__node:=name``, log levels) still reach rclpy.
+- **ROS parameters.** A node declares the config sections it reads (`GatoNode.SETTINGS`) as read-only
+  ROS 2 parameters (``safety.stale_after_periods``, ...), so ``ros2 param list/get`` shows its effective
+  settings, and ``--ros-args -p safety.stale_after_periods:=1.5`` (or a launch file's parameters) overrides
+  the composed config like the hydra override ``safety.stale_after_periods=1.5`` does: one config, two
+  ways in. A value of the wrong type is a one-line error at start-up.
 - **Sim time.** ``ros.use_sim_time=true`` (set by the launcher for ``sim:=true``) gives the node the ROS
   parameter ``use_sim_time``: its clock, timers and stamps then follow the twin's ``/clock``. The twin node
   itself publishes that clock and stays on wall time.
@@ -78,8 +83,73 @@ def config_from_argv(argv: Sequence[str] | None = None) -> DictConfig:
     return load_config(hydra_overrides(argv))
 
 
+def _parameter_value(value: Any) -> Any | None:
+    """A config leaf as a ROS parameter value (bool, int, float, str or a homogeneous list of them), or
+    None where ROS parameters cannot hold it (null, empty or mixed lists)."""
+    if isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, list) and value:
+        if all(isinstance(v, bool) for v in value) or all(isinstance(v, str) for v in value):
+            return value
+        if all(isinstance(v, int | float) and not isinstance(v, bool) for v in value):
+            return value if all(isinstance(v, int) for v in value) else [float(v) for v in value]
+    return None
+
+
+def config_parameters(cfg: DictConfig, sections: Sequence[str]) -> dict[str, Any]:
+    """The leaves of `sections` of `cfg` (resolved) that ROS parameters can hold, by dotted name."""
+    from omegaconf import OmegaConf
+
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, dict):
+            for key, child in node.items():
+                if str(key)[:1].isalpha():  # ROS names: each token starts with a letter
+                    walk(f"{prefix}.{key}", child)
+            return
+        value = _parameter_value(node)
+        if value is not None:
+            out[prefix] = value
+
+    for section in sections:
+        node = OmegaConf.select(cfg, section)
+        if node is not None:
+            walk(section, OmegaConf.to_container(node, resolve=True))
+    return out
+
+
+def _coerce(name: str, override: Any, like: Any) -> Any:
+    """A ROS override in the type of the config value it replaces, or a one-line ValueError."""
+    try:
+        if isinstance(like, bool):
+            if not isinstance(override, bool):
+                raise TypeError
+            return override
+        if isinstance(like, int):
+            if isinstance(override, bool) or not float(override).is_integer():
+                raise TypeError
+            return int(override)
+        if isinstance(like, float):
+            if isinstance(override, bool):
+                raise TypeError
+            return float(override)
+        if isinstance(like, str):
+            return str(override)
+        if isinstance(like, list):
+            if not isinstance(override, list | tuple):
+                raise TypeError
+            return [_coerce(name, o, like[0]) for o in override] if like else list(override)
+    except (TypeError, ValueError):
+        raise ValueError(f"ROS parameter {name}:={override!r} does not fit its setting ({like!r})") from None
+    return override
+
+
 class GatoNode(Node):
     """A node of the stack: holds the composed config and creates its endpoints from the contract."""
+
+    # The config sections the node reads, declared as its read-only ROS parameters.
+    SETTINGS: tuple[str, ...] = ("control",)
 
     def __init__(
         self, name: str, cfg: DictConfig, *, use_sim_time: bool | None = None, **kwargs: Any
@@ -94,6 +164,25 @@ class GatoNode(Node):
         super().__init__(name, parameter_overrides=overrides, **kwargs)
         self.cfg = cfg
         self.exit_code: int | None = None
+        self.ros_overrides = self.declare_settings(cfg)
+
+    def declare_settings(self, cfg: DictConfig) -> dict[str, Any]:
+        """Declare `SETTINGS` as read-only parameters; a ROS override of one (``-p name:=value``) is
+        written into `cfg` before the node reads it. Returns the overrides applied."""
+        from omegaconf import OmegaConf
+        from rcl_interfaces.msg import ParameterDescriptor
+
+        applied: dict[str, Any] = {}
+        for name, value in config_parameters(cfg, self.SETTINGS).items():
+            descriptor = ParameterDescriptor(read_only=True, dynamic_typing=True)
+            declared = self.declare_parameter(name, value, descriptor).value
+            if declared != value:
+                coerced = _coerce(name, declared, value)
+                OmegaConf.update(cfg, name, coerced)
+                applied[name] = coerced
+        if applied:
+            self.get_logger().info(f"ROS parameter overrides: {applied}")
+        return applied
 
     # -- endpoints from the contract ---------------------------------------------------------------
     def publisher(self, topic: Topic) -> Publisher:

@@ -93,6 +93,8 @@ def trajectory_velocity(
 class TwinNode(GatoNode):
     """Steps `StackingTwin` from ROS joint commands and publishes the cell's sensors and sim clock."""
 
+    SETTINGS = ("control", "twin", "ros.twin", "cameras")
+
     def __init__(self, cfg: DictConfig, twin: StackingTwin | None = None, **kwargs: Any) -> None:
         super().__init__("twin", cfg, use_sim_time=False, **kwargs)  # it *is* the sim clock
         tcfg = cfg.ros.twin
