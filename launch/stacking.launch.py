@@ -33,6 +33,8 @@ def stack_nodes(context, *args, **kwargs):
             package=PACKAGE,
             executable=spec.executable,
             name=spec.name,
+            namespace=spec.namespace or None,  # ros.namespace (overrides:="ros.namespace=/cell1")
+            remappings=[("/clock", f"{spec.namespace}/clock")] if spec.namespace else None,
             arguments=list(spec.args),
             output="screen",
             emulate_tty=True,

@@ -527,3 +527,30 @@ def test_a_ros_override_of_the_wrong_type_stops_the_node(ros_context) -> None:
     with pytest.raises(ValueError, match=r"safety\.start_enabled"):
         CommandNode(load_config(OVERRIDES), context=ros_context,
                     cli_args=["--ros-args", "-p", "safety.start_enabled:=3.5"])  # fmt: skip
+
+
+def test_namespaced_nodes_talk_only_inside_their_namespace(ros_context) -> None:
+    """The contract's names are relative: two command nodes under /cell_a and /cell_b share a graph, and
+    an e-stop on /cell_a/safety/estop latches only cell_a's."""
+    cfg = load_config(OVERRIDES)
+    cell_a = CommandNode(cfg, context=ros_context, namespace="/cell_a")
+    cell_b = CommandNode(load_config(OVERRIDES), context=ros_context, namespace="/cell_b")
+    tester = Node("namespace_tester", context=ros_context)
+    publisher = tester.create_publisher(
+        Bool, f"/cell_a/{contract.ESTOP_REQUEST.name}", contract.ESTOP_REQUEST.qos.profile()
+    )
+    executor = SingleThreadedExecutor(context=ros_context)
+    for node in (cell_a, cell_b, tester):
+        executor.add_node(node)
+    try:
+        assert cell_a.resolve_topic_name(contract.ACTION.name) == "/cell_a/gato/action"
+        assert cell_b.resolve_topic_name(contract.ACTION.name) == "/cell_b/gato/action"
+        spin_until(executor, lambda: publisher.get_subscription_count() == 1)  # cell_a's only
+        publisher.publish(Bool(data=True))
+        spin_until(executor, lambda: cell_a.supervisor.estop_latched)
+        spin_for(executor, 0.1)
+        assert not cell_b.supervisor.estop_latched
+    finally:
+        executor.shutdown()
+        for node in (cell_a, cell_b, tester):
+            node.destroy_node()

@@ -71,6 +71,16 @@ def test_the_real_cell_refuses_to_start_without_a_driver_command_timeout() -> No
     assert plan(True)  # the twin enforces its own (ros.twin.command_timeout_s)
 
 
+def test_a_namespaced_stack_runs_every_node_and_its_clock_in_the_namespace() -> None:
+    for node in plan(True, "ros.namespace=cell1"):
+        command = node.command()
+        assert node.namespace == "/cell1"
+        assert "__ns:=/cell1" in command and "/clock:=/cell1/clock" in command
+    assert all(not n.namespace and "__ns:=" not in " ".join(n.command()) for n in plan(True))
+    with pytest.raises(ValueError, match="not a ROS namespace"):
+        plan(True, "ros.namespace=1cell")
+
+
 def test_node_command_line_round_trips_through_the_runtime() -> None:
     node = plan(True, "control.rate_hz=10")[0]
     command = node.command(python="python")

@@ -101,19 +101,20 @@ class CommandNode(GatoNode):
             )
         kinematics = ArmKinematics(cfg.robot)
         self.controller = CartesianVelocityController(cfg, kinematics)
+        lead_periods = float(safety.get("max_stamp_lead_periods", 1.2))
+        if not (math.isfinite(lead_periods) and 0.0 <= lead_periods <= 2.0):
+            raise SafetyConfigError(f"safety.max_stamp_lead_periods must be in [0, 2], got {lead_periods!r}")
+        self.max_stamp_lead_s = lead_periods * self.limits.control_period
         self.supervisor = SafetySupervisor(
             self.limits,
             lambda q: kinematics.tool_state(q).position,
             start_enabled=config_flag(safety.start_enabled, "safety.start_enabled"),
+            stamp_lead_s=self.max_stamp_lead_s,
         )
         self.joint_names = list(cfg.robot.joint_names)
         self.gripper_joint = str(cfg.robot.gripper.joint_name)
         self.gripper_range = list(cfg.robot.gripper.driver_range)
         self.act_on_arrival = config_flag(safety.get("act_on_arrival", False), "safety.act_on_arrival")
-        lead_periods = float(safety.get("max_stamp_lead_periods", 1.2))
-        if not (math.isfinite(lead_periods) and 0.0 <= lead_periods <= 2.0):
-            raise SafetyConfigError(f"safety.max_stamp_lead_periods must be in [0, 2], got {lead_periods!r}")
-        self.max_stamp_lead_s = lead_periods * self.limits.control_period
         self.log_period_s = positive_seconds(safety.log_period_s, "safety.log_period_s")
         diagnostics_period_s = positive_seconds(safety.diagnostics_period_s, "safety.diagnostics_period_s")
         self._last_log: dict[str, float] = {}
@@ -274,9 +275,9 @@ class CommandNode(GatoNode):
             )
             return
         self.last_joint_stamp = stamp
-        # Fresh is judged by the reading's own stamp (a reading stamped long ago but delivered now is old),
-        # at most the node's clock (a lead within the tolerance is the twin's publishing order).
-        sampled = min(stamp, now)
+        # Fresh is judged by the reading's own stamp (a reading stamped long ago but delivered now is old);
+        # a lead within the tolerance is the twin's publishing order, and the supervisor accepts it.
+        sampled = stamp
         if now - sampled > self.limits.stale_after_seconds:
             self.events["stale_joint_state_arrivals"] += 1
             self.warn_throttled(

@@ -3,6 +3,12 @@
 Every topic, service, message type, QoS profile and frame id used anywhere in the stack is declared here
 and nowhere else, so the twin looks to the stack exactly like the real cell. Only standard message types
 are used (no custom .msg: the interface generators are not on PyPI).
+
+Names are relative (``gato/action``), so a node's namespace (``ros.namespace``, ``__ns``, a launch file's
+namespace) and remaps apply: two cells share one ROS graph under ``/cell1`` and ``/cell2``. Under the
+default namespace they read ``/gato/action`` etc. Two stay absolute by ROS convention: ``/clock`` (a
+namespaced sim stack remaps it, see `gato_ros.ros.launcher.NodeSpec`) and ``/diagnostics`` (aggregated
+across the graph; each status names its node).
 """
 
 from __future__ import annotations
@@ -77,7 +83,7 @@ def camera_optical_frame(camera: str) -> str:
 
 # Robot state (published by the real robot driver or the twin)
 JOINT_STATES = Topic(
-    "/joint_states",
+    "joint_states",
     JointState,
     Qos.RELIABLE,
     "arm joints right_j0..right_j6 and the gripper driver joint: position, velocity, effort",
@@ -86,7 +92,7 @@ CLOCK = Topic("/clock", Clock, Qos.RELIABLE, "simulated time (twin only; nodes r
 # Privileged state for state-based policies (tokenizer.observation.use_privileged): the twin knows it; on
 # a real cell a pose estimator may publish the same topic.
 OBJECT_POSES = Topic(
-    "/twin/object_poses",
+    "twin/object_poses",
     PoseArray,
     Qos.RELIABLE,
     "poses of the red, green and blue objects (in that order), frame world, header stamp = the joint state's "
@@ -95,18 +101,16 @@ OBJECT_POSES = Topic(
 
 
 def camera_image(camera: str) -> Topic:
-    return Topic(
-        f"/cameras/{camera}/image_raw", Image, Qos.SENSOR, "rgb8 image, header stamp = exposure time"
-    )
+    return Topic(f"cameras/{camera}/image_raw", Image, Qos.SENSOR, "rgb8 image, header stamp = exposure time")
 
 
 def camera_info(camera: str) -> Topic:
-    return Topic(f"/cameras/{camera}/camera_info", CameraInfo, Qos.SENSOR, "intrinsics from calibration/")
+    return Topic(f"cameras/{camera}/camera_info", CameraInfo, Qos.SENSOR, "intrinsics from calibration/")
 
 
 def camera_depth(camera: str) -> Topic:
     return Topic(
-        f"/cameras/{camera}/depth/image_raw",
+        f"cameras/{camera}/depth/image_raw",
         Image,
         Qos.SENSOR,
         "16UC1 depth in millimetres (RealSense only, optional), same stamp as the colour frame",
@@ -115,7 +119,7 @@ def camera_depth(camera: str) -> Topic:
 
 def camera_time_reference(camera: str) -> Topic:
     return Topic(
-        f"/cameras/{camera}/time_reference",
+        f"cameras/{camera}/time_reference",
         TimeReference,
         Qos.SENSOR,
         "per frame: header.stamp = the image's ROS stamp, time_ref = the device's own timestamp, "
@@ -125,58 +129,56 @@ def camera_time_reference(camera: str) -> Topic:
 
 # Policy output
 ACTION = Topic(
-    "/gato/action",
+    "gato/action",
     Float64MultiArray,
     Qos.RELIABLE,
     "5-D action [vx, vy, vz, wz, gripper]: tool-point velocity (m/s, world), yaw rate (rad/s), "
     "gripper (>0 closes)",
 )
-ACTION_TOKENS = Topic(
-    "/gato/action_tokens", Int64MultiArray, Qos.RELIABLE, "raw action token ids of the step"
-)
+ACTION_TOKENS = Topic("gato/action_tokens", Int64MultiArray, Qos.RELIABLE, "raw action token ids of the step")
 POLICY_LATENCY = Topic(
-    "/gato/latency", Float64, Qos.RELIABLE, "seconds from observation receipt to action publication"
+    "gato/latency", Float64, Qos.RELIABLE, "seconds from observation receipt to action publication"
 )
-RESET_POLICY = Service("/gato/reset", Trigger, "episode boundary: clear the decoder's KV cache")
+RESET_POLICY = Service("gato/reset", Trigger, "episode boundary: clear the decoder's KV cache")
 
 # Commands to the arm (ros2_control forward-command style), published only by the command node
 JOINT_VELOCITY_COMMAND = Topic(
-    "/joint_velocity_controller/commands",
+    "joint_velocity_controller/commands",
     Float64MultiArray,
     Qos.RELIABLE,
     "7 joint velocities (rad/s), already inside every safety limit",
 )
 GRIPPER_COMMAND = Topic(
-    "/gripper_controller/commands",
+    "gripper_controller/commands",
     Float64MultiArray,
     Qos.RELIABLE,
     "1 gripper command in [-255, 255] (positive closes)",
 )
 JOINT_TRAJECTORY_COMMAND = Topic(
-    "/joint_trajectory_controller/joint_trajectory",
+    "joint_trajectory_controller/joint_trajectory",
     JointTrajectory,
     Qos.RELIABLE,
     "alternative command interface: one-point trajectory one control period ahead",
 )
 
 # Safety
-ESTOP_REQUEST = Topic("/safety/estop", Bool, Qos.RELIABLE, "True latches an e-stop (False does not release)")
-ESTOP_STATE = Topic("/safety/estop_state", Bool, Qos.LATCHED, "latched e-stop state")
-ESTOP_SERVICE = Service("/safety/trigger_estop", Trigger, "latch an e-stop")
-RELEASE_SERVICE = Service("/safety/release_estop", Trigger, "explicitly release a latched e-stop")
-ENABLE_SERVICE = Service("/safety/enable", SetBool, "enable (ramp in) or disable (hold) policy control")
+ESTOP_REQUEST = Topic("safety/estop", Bool, Qos.RELIABLE, "True latches an e-stop (False does not release)")
+ESTOP_STATE = Topic("safety/estop_state", Bool, Qos.LATCHED, "latched e-stop state")
+ESTOP_SERVICE = Service("safety/trigger_estop", Trigger, "latch an e-stop")
+RELEASE_SERVICE = Service("safety/release_estop", Trigger, "explicitly release a latched e-stop")
+ENABLE_SERVICE = Service("safety/enable", SetBool, "enable (ramp in) or disable (hold) policy control")
 DIAGNOSTICS = Topic("/diagnostics", DiagnosticArray, Qos.RELIABLE, "safety counters: every clamp and hold")
 
 # Twin episode control
 EPISODE_STATUS = Topic(
-    "/twin/episode",
+    "twin/episode",
     String,
     Qos.RELIABLE,
     "JSON: episode, seed, step, sim_time, clock, success, done, time_limit, physics_unstable (the physics "
     "diverged: the episode ended, never a success), stacked_since (sim s the current stack first stood, or "
     "null), triplet, objects",
 )
-RESET_EPISODE = Service("/twin/reset", Trigger, "start the next seeded episode")
+RESET_EPISODE = Service("twin/reset", Trigger, "start the next seeded episode")
 
 TOPICS: tuple[Topic, ...] = (
     JOINT_STATES,
@@ -203,14 +205,18 @@ def stamp_to_seconds(stamp: Time) -> float:
 def markdown_table(cameras: tuple[str, ...] = ("basket_front_left", "basket_front_right")) -> str:
     """The contract as the README's table (regenerate with `python -m gato_ros.ros.contract`)."""
     rows = ["| topic / service | type | QoS | carries |", "|---|---|---|---|"]
+
+    def shown(name: str) -> str:  # as resolved under the default (root) namespace
+        return name if name.startswith("/") else f"/{name}"
+
     per_camera = (camera_image, camera_info, camera_depth, camera_time_reference)
     topics = list(TOPICS) + [f(c) for c in cameras for f in per_camera]
     for t in topics:
         kind = f"{t.msg_type.__module__.split('.')[0]}/{t.msg_type.__name__}"
-        rows.append(f"| `{t.name}` | `{kind}` | {t.qos.value} | {t.doc} |")
+        rows.append(f"| `{shown(t.name)}` | `{kind}` | {t.qos.value} | {t.doc} |")
     for s in SERVICES:
         kind = f"{s.srv_type.__module__.split('.')[0]}/{s.srv_type.__name__}"
-        rows.append(f"| `{s.name}` (service) | `{kind}` | — | {s.doc} |")
+        rows.append(f"| `{shown(s.name)}` (service) | `{kind}` | — | {s.doc} |")
     return "\n".join(rows)
 
 

@@ -38,10 +38,30 @@ class NodeSpec:
     module: str
     executable: str
     args: tuple[str, ...] = ()
+    namespace: str = ""  # "" or "/cell1": the node's ROS namespace (ros.namespace)
+
+    def ros_args(self) -> list[str]:
+        """Node name, and in a namespace also ``__ns`` and the sim clock remapped into it."""
+        args = ["-r", f"__node:={self.name}"]
+        if self.namespace:
+            args += ["-r", f"__ns:={self.namespace}", "-r", f"/clock:={self.namespace}/clock"]
+        return args
 
     def command(self, python: str = sys.executable) -> list[str]:
-        """The process command line: ``python -m module overrides --ros-args -r __node:=name``."""
-        return [python, "-m", self.module, *self.args, "--ros-args", "-r", f"__node:={self.name}"]
+        """The process command line: ``python -m module overrides --ros-args -r __node:=name ...``."""
+        return [python, "-m", self.module, *self.args, "--ros-args", *self.ros_args()]
+
+
+def ros_namespace(cfg: DictConfig) -> str:
+    """``ros.namespace`` as an absolute ROS namespace ("" for the root); a one-line error if invalid."""
+    value = str(cfg.ros.get("namespace") or "").strip().rstrip("/")
+    if not value:
+        return ""
+    value = value if value.startswith("/") else f"/{value}"
+    tokens = value[1:].split("/")
+    if not all(t and (t[0].isalpha() or t[0] == "_") and t.replace("_", "").isalnum() for t in tokens):
+        raise ValueError(f"ros.namespace={cfg.ros.namespace!r} is not a ROS namespace (e.g. /cell1)")
+    return value
 
 
 def launch_overrides(
@@ -61,18 +81,21 @@ def launch_overrides(
 def stack_plan(cfg: DictConfig, sim: bool, overrides: Sequence[str] = ()) -> list[NodeSpec]:
     """The nodes of the stack, in start order; every node gets the same `overrides` (plus its own)."""
     common = tuple(overrides)
+    namespace = ros_namespace(cfg)
     nodes: list[NodeSpec] = []
     if not sim:
         check_driver_command_timeout(cfg)
     if sim:
-        nodes.append(NodeSpec("twin", f"{PACKAGE}.ros.twin_node", "twin_node", common))
+        nodes.append(NodeSpec("twin", f"{PACKAGE}.ros.twin_node", "twin_node", common, namespace))
     else:
         for camera in cfg.cameras.policy_cameras:
             args = (*common, f"ros.camera.name={camera}")
-            nodes.append(NodeSpec(f"camera_{camera}", f"{PACKAGE}.ros.camera_node", "camera_node", args))
+            nodes.append(
+                NodeSpec(f"camera_{camera}", f"{PACKAGE}.ros.camera_node", "camera_node", args, namespace)
+            )
     if not (sim and str(cfg.ros.twin.action_source) in {"expert", "random"}):  # the twin acts itself
-        nodes.append(NodeSpec("policy", f"{PACKAGE}.ros.policy_node", "policy_node", common))
-    nodes.append(NodeSpec("command_node", f"{PACKAGE}.ros.command_node", "command_node", common))
+        nodes.append(NodeSpec("policy", f"{PACKAGE}.ros.policy_node", "policy_node", common, namespace))
+    nodes.append(NodeSpec("command_node", f"{PACKAGE}.ros.command_node", "command_node", common, namespace))
     return nodes
 
 

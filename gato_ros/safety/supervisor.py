@@ -79,8 +79,13 @@ STALE_TOLERANCE_S = 1e-9
 class SafetySupervisor:
     """Watchdog, e-stop latch, enable state and ramp-in; every output goes through the `CommandLimiter`."""
 
-    def __init__(self, limits: SafetyLimits, tool_point: ToolPointFn, *, start_enabled: bool) -> None:
+    def __init__(
+        self, limits: SafetyLimits, tool_point: ToolPointFn, *, start_enabled: bool, stamp_lead_s: float = 0.0
+    ) -> None:
+        """`stamp_lead_s`: how far an input's stamp may lead `now` and still count as fresh (age 0): the
+        twin stamps a tick's readings with the new time just before its clock says so."""
         self.limits = limits
+        self.stamp_lead_s = max(0.0, float(stamp_lead_s))
         self.limiter = CommandLimiter(limits, tool_point)
         self.enabled = bool(start_enabled)
         self.estop_latched = False
@@ -132,7 +137,8 @@ class SafetySupervisor:
             return True
         age = float(now) - float(stamp)
         # 1 ns of slack: an input exactly `stale_after_periods` old is stale whatever the float rounding.
-        return not (0.0 <= age < self.limits.stale_after_seconds - STALE_TOLERANCE_S)
+        fresh_from = -self.stamp_lead_s - STALE_TOLERANCE_S if self.stamp_lead_s else 0.0
+        return not (fresh_from <= age < self.limits.stale_after_seconds - STALE_TOLERANCE_S)
 
     def ramp_scale(self, now: float) -> float:
         if self.ramp_start is None:

@@ -44,6 +44,7 @@ from gato_ros.ros.launcher import (
     NodeProcesses,
     isolated_domain_id,
     launch_overrides,
+    ros_namespace,
     stack_plan,
     user_domain_id,
 )
@@ -227,6 +228,15 @@ class EpisodeVideo:
             return self.path
 
 
+def namespaced_clock(namespace: str) -> Any:
+    """The sim clock topic a stack in `namespace` runs on (its nodes remap /clock into it)."""
+    from dataclasses import replace
+
+    from gato_ros.ros import contract
+
+    return replace(contract.CLOCK, name=f"{namespace}/clock") if namespace else contract.CLOCK
+
+
 class EpisodeMonitor:
     """A small rclpy node in the launcher that prints each finished episode of the twin, follows the pace
     of the stack and, with a video, records the policy's camera views."""
@@ -238,6 +248,7 @@ class EpisodeMonitor:
         spin_period_s: float,
         pace: PaceLog | None = None,
         video: EpisodeVideo | None = None,
+        namespace: str = "",
     ) -> None:
         import rclpy
         from rclpy.context import Context
@@ -250,13 +261,13 @@ class EpisodeMonitor:
         self.spin_period_s = spin_period_s
         self.context = Context()
         rclpy.init(args=[], context=self.context, signal_handler_options=SignalHandlerOptions.NO)
-        self.node = rclpy.create_node("launch_monitor", context=self.context)
+        self.node = rclpy.create_node("launch_monitor", namespace=namespace or None, context=self.context)
         topic = contract.EPISODE_STATUS
         self.node.create_subscription(topic.msg_type, topic.name, self.on_status, topic.qos.profile())
         self.pace, self.video = pace, video
         if pace is not None:
             for topic, callback in (
-                (contract.CLOCK, lambda m: pace.clock(contract.stamp_to_seconds(m.clock))),
+                (namespaced_clock(namespace), lambda m: pace.clock(contract.stamp_to_seconds(m.clock))),
                 (contract.ACTION, lambda _m: pace.action()),
                 (contract.DIAGNOSTICS, self.on_diagnostics),
             ):
@@ -420,7 +431,8 @@ def main(argv: list[str] | None = None) -> int:
     code = 0
     try:
         if sim:
-            monitor = EpisodeMonitor(log, say, float(cfg.ros.spin_period_s), pace, video)
+            namespace = ros_namespace(cfg)
+            monitor = EpisodeMonitor(log, say, float(cfg.ros.spin_period_s), pace, video, namespace)
         say(f"ROS_DOMAIN_ID={env.get('ROS_DOMAIN_ID', '0')}; nodes: {', '.join(s.name for s in plan)}")
         for spec in plan:
             node = processes.start(spec)
