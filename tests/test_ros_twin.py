@@ -269,8 +269,12 @@ def test_twin_follows_the_command_nodes_trajectory_interface(ros_module_context)
             n.destroy_node()
         twin.close()
         twin.destroy_node()
-    assert all(len(t.points) == 1 and len(t.points[0].velocities) == 7 for t in trajectories)
-    moving = [t for t in trajectories if np.abs(t.points[0].velocities).max() > 1e-3]
+    # one point a period ahead; an empty trajectory ("stop where you are") is a hold for a joint reading
+    # that aged out, which a loaded machine can cause when the lock-step twin ticks on its timeout
+    assert all(len(t.points) in (0, 1) for t in trajectories)
+    pointed = [t for t in trajectories if t.points]
+    assert len(pointed) >= 0.5 * len(trajectories) and all(len(t.points[0].velocities) == 7 for t in pointed)
+    moving = [t for t in pointed if np.abs(t.points[0].velocities).max() > 1e-3]
     assert moving, "the command node never moved the arm"
     travel = np.abs(np.asarray(joints[-1].position[:7]) - np.asarray(joints[0].position[:7])).max()
     assert travel > 0.005, travel
