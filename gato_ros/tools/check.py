@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from gato_ros.config import load_config
 from gato_ros.evaluation.report import format_rate, group_label, table_columns
 from gato_ros.evaluation.stats import success_summary
+from gato_ros.tools.workers import die_with_parent
 
 EXPERT = "expert"
 AVERAGE_COLUMN = "Average"
@@ -84,7 +85,7 @@ def check(cfg: DictConfig) -> dict[str, Any]:
                     jobs.append((name, checkpoint, group, share))
     start = time.perf_counter()
     context = multiprocessing.get_context("spawn")  # no torch/MuJoCo state forked into the workers
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=die_with_parent) as pool:
         futures = [
             (name, pool.submit(_run_job, plain, ckpt, group, seeds)) for name, ckpt, group, seeds in jobs
         ]

@@ -45,6 +45,8 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from gato_ros.tools.workers import die_with_parent
+
 LEDGER_NAME = "collection.jsonl"
 TASK_TEXT = "stack the red object on the blue object"
 SOURCE = "twin/scripted_expert"
@@ -125,28 +127,12 @@ def output_directory(cfg: DictConfig) -> Path:
 _WORKER: dict[str, Any] = {}
 
 
-def _die_with_parent() -> None:
-    """A pool worker exits when the collection process dies, even by SIGKILL (Linux: PR_SET_PDEATHSIG),
-    instead of living on as an orphan that keeps a core and the pool's resource tracker busy."""
-    parent = multiprocessing.parent_process()
-    if parent is None or not sys.platform.startswith("linux"):
-        return
-    import ctypes
-
-    pr_set_pdeathsig = 1
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0) != 0:
-        return
-    if os.getppid() != parent.pid:  # the parent died before the request took effect
-        os._exit(1)
-
-
 def _init_worker(plain_cfg: dict[str, Any]) -> None:
     """Per process: one twin and one expert, reused across that worker's episodes."""
     os.environ.setdefault("MUJOCO_GL", "egl")
     if multiprocessing.parent_process() is not None:  # a pool worker: Ctrl-C is the parent's to handle
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        _die_with_parent()
+        die_with_parent()
     from gato_ros.twin import ScriptedExpert, StackingTwin
 
     cfg = OmegaConf.create(plain_cfg)
