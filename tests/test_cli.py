@@ -67,3 +67,21 @@ def test_a_refused_value_is_one_line_and_debug_shows_the_traceback(capsys, monke
 def test_an_unknown_tool_suggests_the_closest(capsys) -> None:
     assert cli.main(["colect"]) == cli.EXIT_USAGE
     assert "did you mean 'collect'?" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train", "training.steps=-5"], "training.steps must be an integer >= 1"),
+        (["train", "training.batch_size=0"], "training.batch_size must be an integer >= 1"),
+        (["train", "training.lr=nan"], "training.lr must be finite and >= 0"),
+        (["train", "training.min_lr_ratio=2"], "training.min_lr_ratio must be in [0.0, 1.0]"),
+        (["check", "evaluation.episodes_per_group=-2", "evaluation.baselines=[expert]"], "must be >= 1"),
+        (["collect", "collection.workers=0"], "collection.workers must be >= 1"),
+    ],
+)
+def test_nonsense_values_are_refused_where_read_in_one_line(argv: list[str], message: str, capsys) -> None:
+    assert cli.main(argv) != 0
+    err = capsys.readouterr()
+    text = err.err + err.out
+    assert message in text and text.strip().count("\n") == 0, text

@@ -105,6 +105,30 @@ def make_optimizer(model: GatoModel, train_cfg: DictConfig, device: torch.device
     )
 
 
+def check_training_config(tcfg: DictConfig) -> None:
+    """The numbers of ``training.*`` where they are read: nonsense is a one-line ValueError before any
+    data is opened, not a silent no-op or a NaN run."""
+    counts = {
+        "steps": 1, "batch_size": 1, "grad_accum_steps": 1, "sequence_length": 1, "log_every": 1,
+        "checkpoint_every": 1, "keep_checkpoints": 1, "warmup_steps": 0,
+    }  # fmt: skip
+    for key, least in counts.items():
+        value = tcfg.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"training.{key} must be an integer >= {least}, got {value!r}")
+    lr = float(tcfg.get("lr"))
+    if not (math.isfinite(lr) and lr >= 0.0):  # 0 freezes the weights (a dry run)
+        raise ValueError(f"training.lr must be finite and >= 0, got {tcfg.get('lr')!r}")
+    for key in ("grad_clip", "eps"):
+        value = float(tcfg.get(key))
+        if not (math.isfinite(value) and value > 0.0):
+            raise ValueError(f"training.{key} must be finite and > 0, got {tcfg.get(key)!r}")
+    for key, low, high in (("min_lr_ratio", 0.0, 1.0), ("weight_decay", 0.0, math.inf)):
+        value = float(tcfg.get(key))
+        if not (math.isfinite(value) and low <= value <= high):
+            raise ValueError(f"training.{key} must be in [{low}, {high}], got {tcfg.get(key)!r}")
+
+
 # ---- devices, precision, processes --------------------------------------------------------------
 @dataclass(frozen=True)
 class DistContext:
@@ -212,6 +236,7 @@ def train(
     if cfg.training.get("init_from"):
         cfg = adopt_init_architecture(cfg)
     tcfg = cfg.training
+    check_training_config(tcfg)
     dist = DistContext.from_env()
     if dist.world_size > 1 and not torch.distributed.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"

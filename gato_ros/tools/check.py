@@ -73,7 +73,12 @@ def check(cfg: DictConfig) -> dict[str, Any]:
         raise ValueError("nothing to check: set check.checkpoints=[...] and/or evaluation.baselines=[expert]")
     groups = parse_groups(cfg)
     episodes, first = int(cfg.evaluation.episodes_per_group), int(cfg.evaluation.first_seed)
-    workers = max(1, int(cfg.evaluation.workers))
+    workers = int(cfg.evaluation.workers)
+    if episodes < 1 or workers < 1 or first < 0:
+        raise ValueError(
+            "evaluation.episodes_per_group and evaluation.workers must be >= 1 and evaluation.first_seed "
+            f">= 0, got {episodes}, {workers}, {first}"
+        )
     plain = OmegaConf.to_container(cfg, resolve=True)
     jobs = []
     for name, checkpoint in policies:

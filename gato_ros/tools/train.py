@@ -18,7 +18,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from gato_ros.config import load_config
-from gato_ros.gato.train import DistContext, train
+from gato_ros.gato.train import DistContext, check_training_config, train
 
 DEFAULT_EVAL_DIR = "outputs/eval"  # evaluation.out_dir's default: redirected into the run directory
 
@@ -50,6 +50,7 @@ def success_check_hook(cfg: DictConfig):
 
 def main(argv: list[str]) -> int:
     cfg = load_config(argv)
+    check_training_config(cfg.training)  # before any dataset is opened
     check = success_check_hook(cfg)
     try:
         result = train(cfg, on_checkpoint=check)
