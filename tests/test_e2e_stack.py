@@ -93,6 +93,7 @@ def start_probe() -> tuple[Probe, SingleThreadedExecutor, threading.Thread]:
         contract.GRIPPER_COMMAND,
         contract.JOINT_STATES,
         contract.EPISODE_STATUS,
+        contract.DIAGNOSTICS,
     ):
         node.create_subscription(topic.msg_type, topic.name, probe.on(topic), topic.qos.profile())
     executor = SingleThreadedExecutor(context=context)
@@ -213,6 +214,21 @@ def test_arm_holds_when_the_policy_dies(stack) -> None:
     # may advance its clock without a command (lockstep_wait_s) and a sim-time timer then skips a tick.
     assert first_hold - last_action <= 4 * period + 1e-6, (first_hold - last_action) / period
     assert all(zero[zero.index(True) :]), "the arm moved again without a policy"
+
+    # On the command node's own clock (its diagnostics): the hold came within two periods of the last
+    # action's receipt, no slack.
+    def hold_latency() -> float | None:
+        for received in reversed(probe.get(contract.DIAGNOSTICS)):
+            if received.clock <= first_hold:  # published before the kill's hold: not its latency
+                break
+            for status in received.msg.status:
+                values = {kv.key: kv.value for kv in status.values}
+                if "stale_hold_latency_last_periods" in values:
+                    return float(values["stale_hold_latency_last_periods"])
+        return None
+
+    assert probe.wait_for(lambda: hold_latency() is not None, 30), "no hold latency on /diagnostics"
+    assert hold_latency() <= float(cfg.safety.stale_after_periods) + 1e-6, hold_latency()
     # and the twin's arm actually stops
     state = probe.get(contract.JOINT_STATES)[-1].msg
     assert np.abs(state.velocity[:7]).max() < 0.02, state.velocity
