@@ -178,7 +178,7 @@ class SuccessCheck:
 def group_overrides(group: int | str) -> dict[str, Any]:
     """Twin settings of an object group: a test triplet 1..5 or ``train`` / ``heldout``."""
     text = str(group)
-    if text.isdigit():
+    if text.isdigit():  # twin.objects=triplet selects the fixed test triplet twin.triplet
         return {"twin.objects": "triplet", "twin.triplet": int(text)}
     return {"twin.objects": text}
 

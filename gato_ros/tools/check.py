@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from gato_ros.config import load_config
 from gato_ros.evaluation.report import format_rate, group_label, table_columns
 from gato_ros.evaluation.stats import success_summary
+from gato_ros.tools.eval import parse_group, worker_seeds
 from gato_ros.tools.workers import die_with_parent
 
 EXPERT = "expert"
@@ -57,11 +58,8 @@ def policy_name(path: Any) -> str:
 
 
 def parse_groups(cfg: DictConfig) -> list[int | str]:
-    groups: list[int | str] = []
-    for value in cfg.evaluation.groups:
-        text = str(value)
-        groups.append(int(text) if text.isdigit() else text)
-    return groups
+    """`evaluation.groups`, validated as `gato-ros eval` does (an unknown group is a one-line error)."""
+    return [parse_group(g, cfg) for g in cfg.evaluation.groups]
 
 
 def check(cfg: DictConfig) -> dict[str, Any]:
@@ -83,9 +81,8 @@ def check(cfg: DictConfig) -> dict[str, Any]:
     jobs = []
     for name, checkpoint in policies:
         for group in groups:
-            seeds = list(range(first, first + episodes))
-            for w in range(workers):  # seeds split across workers, rejoined in seed order
-                share = seeds[w::workers]
+            for w in range(workers):  # seeds split across workers as eval splits them, rejoined in order
+                share = list(worker_seeds(first, episodes, w, workers))
                 if share:
                     jobs.append((name, checkpoint, group, share))
     start = time.perf_counter()

@@ -82,7 +82,6 @@ from gato_ros.ros.launcher import (
 BASELINES = ("expert", "random")
 POLICY_SOURCE = "policy"
 OBJECT_DISTRIBUTIONS = ("train", "heldout")
-TRIPLET_OBJECTS = "triplet"
 LOG_DIR = "logs"
 UNSAFE_FILE_CHARS = re.compile(r"[^\w.\-]")
 
@@ -157,9 +156,10 @@ def worker_seeds(first_seed: int, episodes: int, worker: int, workers: int) -> t
 
 
 def group_overrides(group: int | str) -> list[str]:
-    if isinstance(group, int):
-        return [f"twin.objects={TRIPLET_OBJECTS}", f"twin.triplet={group}"]
-    return [f"twin.objects={group}"]
+    """The twin's settings of a group as hydra overrides (the in-process check uses the same mapping)."""
+    from gato_ros.evaluation.success_check import group_overrides as group_settings
+
+    return [f"{key}={value}" for key, value in group_settings(group).items()]
 
 
 def plan_jobs(cfg: DictConfig) -> list[Job]:
