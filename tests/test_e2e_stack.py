@@ -215,9 +215,9 @@ def test_arm_holds_when_the_policy_dies(stack) -> None:
     assert first_hold - last_action <= 4 * period + 1e-6, (first_hold - last_action) / period
     assert all(zero[zero.index(True) :]), "the arm moved again without a policy"
 
-    # On the command node's own clock (its diagnostics). In-process the hold lands at exactly two periods
-    # (test_command_node, benchmarks/hold_latency.py); through the lock-step twin, whose clock moves in whole
-    # periods, 3.0 was seen once in ~10 runs (root cause open, issue 13), hence one period of slack here.
+    # On the command node's own clock (its diagnostics): exactly within the watchdog's two periods. The
+    # lock-step twin waits for the hold its watchdog owes (ros.twin.lockstep_owed_command_wait_s), so a
+    # starved command node never sees the clock jump past its deadline.
     def hold_latency() -> float | None:
         for received in reversed(probe.get(contract.DIAGNOSTICS)):
             if received.clock <= first_hold:  # published before the kill's hold: not its latency
@@ -229,7 +229,7 @@ def test_arm_holds_when_the_policy_dies(stack) -> None:
         return None
 
     assert probe.wait_for(lambda: hold_latency() is not None, 30), "no hold latency on /diagnostics"
-    assert hold_latency() <= float(cfg.safety.stale_after_periods) + 1.0 + 1e-6, hold_latency()
+    assert hold_latency() <= float(cfg.safety.stale_after_periods) + 1e-6, hold_latency()
     # and the twin's arm actually stops
     state = probe.get(contract.JOINT_STATES)[-1].msg
     assert np.abs(state.velocity[:7]).max() < 0.02, state.velocity

@@ -69,6 +69,7 @@ def stack(ros_module_context):
         [
             "ros.twin.realtime_factor=0",  # lock-step: every command is one tick
             "ros.twin.lockstep_wait_s=0.02",
+            "ros.twin.lockstep_owed_command_wait_s=0.02",  # no command node here to owe a hold
             "ros.twin.wait_for_stack_s=0",
             f"control.episode_seconds={EPISODE_STEPS / 20.0}",
             "twin.objects=triplet",
@@ -278,3 +279,45 @@ def test_twin_follows_the_command_nodes_trajectory_interface(ros_module_context)
     assert moving, "the command node never moved the arm"
     travel = np.abs(np.asarray(joints[-1].position[:7]) - np.asarray(joints[0].position[:7])).max()
     assert travel > 0.005, travel
+
+
+def test_lock_step_waits_for_the_hold_the_command_nodes_watchdog_owes(ros_module_context) -> None:
+    """Once a tick passed without an ACTION, the command node's watchdog owes a command every tick: the
+    lock-step twin waits for it (not just `lockstep_wait_s`), so a command node starved for longer than
+    that still stamps its hold on time (issue 13: a hold stamped at 3 periods on the full stack)."""
+    cfg = load_config(
+        [
+            "ros.twin.realtime_factor=0",
+            "ros.twin.lockstep_wait_s=0.02",
+            "ros.twin.lockstep_owed_command_wait_s=60",
+            "ros.twin.wait_for_stack_s=0",
+            "control.episode_seconds=30",
+        ]
+    )
+    twin = TwinNode(cfg)
+    listener = Listener([])
+    executor = SingleThreadedExecutor()
+    executor.add_node(twin)
+    executor.add_node(listener.node)
+    clocks = listener[contract.CLOCK]
+    try:
+        assert spin_until(executor, lambda: listener.velocity.get_subscription_count() > 0, 10)
+        for _ in range(2):  # the policy and the command node answer two observations
+            before = len(clocks)
+            listener.action.publish(float_array_msg(np.zeros(5)))
+            listener.velocity.publish(float_array_msg(np.zeros(7)))
+            assert spin_until(executor, lambda b=before: len(clocks) > b, 10)
+        # the policy falls silent: the next tick comes on the short timeout (no command is due yet) ...
+        before = len(clocks)
+        assert spin_until(executor, lambda: len(clocks) > before, 10)
+        # ... and from then on the clock waits for the watchdog's command, however late it comes
+        waiting = len(clocks)
+        spin_until(executor, lambda: len(clocks) > waiting, 0.5)  # 25 x lockstep_wait_s
+        assert len(clocks) == waiting, "the clock advanced past a command the command node owed"
+        listener.velocity.publish(float_array_msg(np.zeros(7)))  # the hold, without any ACTION
+        assert spin_until(executor, lambda: len(clocks) > waiting, 10), "the owed command did not tick"
+    finally:
+        executor.shutdown()
+        twin.close()
+        twin.destroy_node()
+        listener.node.destroy_node()

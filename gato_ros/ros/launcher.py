@@ -182,12 +182,14 @@ class NodeProcesses:
     nodes: list[NodeProcess] = field(default_factory=list)
     _print_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
-    def start(self, spec: NodeSpec) -> NodeProcess:
+    def start(self, spec: NodeSpec, prefix: Sequence[str] = ()) -> NodeProcess:
+        """Start one node; `prefix` is a command it runs under (e.g. ``ip netns exec NAME``: the two-host
+        test puts the policy on another network namespace)."""
         env = dict(os.environ if self.env is None else self.env)
         env.setdefault("PYTHONUNBUFFERED", "1")
         env.setdefault("RCUTILS_LOGGING_BUFFERED_STREAM", "0")
         process = subprocess.Popen(
-            spec.command(),
+            [*prefix, *spec.command()],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

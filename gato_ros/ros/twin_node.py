@@ -11,9 +11,11 @@ while someone subscribes to them.
 Timing. Each tick advances one control period. ``ros.twin.realtime_factor`` r > 0 ticks every
 period / r wall seconds (1.0 = real time); r = 0 is lock-step: the next tick follows as soon as the stack
 has answered the last observation (an ACTION, unless the twin is its own action source, and a joint
-command), or after ``lockstep_wait_s`` (a dead node cannot freeze the clock), so evaluation runs as fast
-as the stack, with the same one-tick command delay as in real time. Within a tick the twin applies
-the newest command, steps, then publishes the observation (stamped with the new sim time) *before* the
+command), or after ``lockstep_wait_s`` (a dead node cannot freeze the clock); once a tick went without an
+ACTION, the command node's watchdog owes a command every tick and the twin waits for that one (up to
+``lockstep_owed_command_wait_s``), so its hold is stamped on time however starved it is. Evaluation
+runs as fast as the stack, with the same one-tick command delay as in real time. Within a tick the twin
+applies the newest command, steps, then publishes the observation (stamped with the new sim time) *before* the
 clock, so a node woken by the clock already has that observation.
 
 Like a ros2_control forward-command controller the twin holds the last command, and zeroes the joint
@@ -154,6 +156,11 @@ class TwinNode(GatoNode):
         self.last_command_tick: int | None = None
         self.heard_action = self.twin_acts
         self.command_since_tick = self.action_since_tick = False
+        # lock-step: what the last two ticks' waits heard, (ACTION, command) each, newest last, and when
+        # (wall) the current wait began
+        self.last_waits: list[tuple[bool, bool]] = [(False, False), (False, False)]
+        self.lockstep_owed_wait_s = float(tcfg.lockstep_owed_command_wait_s)
+        self.wait_started = time.monotonic()
 
         # clock and episodes: `tick` counts control periods since the node started; /clock never resets
         self.tick_count = 0
@@ -171,7 +178,7 @@ class TwinNode(GatoNode):
 
         self.start_episode()
         if self.realtime_factor == LOCKSTEP:
-            self.timer = self.create_timer(float(tcfg.lockstep_wait_s), self.tick)
+            self.timer = self.create_timer(float(tcfg.lockstep_wait_s), self._on_lockstep_timer)
         else:
             self.timer = self.create_timer(self.period / self.realtime_factor, self.tick)
         mode = "lock-step" if self.realtime_factor == LOCKSTEP else f"{self.realtime_factor:g}x real time"
@@ -220,14 +227,35 @@ class TwinNode(GatoNode):
         self.command_since_tick = True
         self._lockstep_tick()
 
+    def _command_owed(self) -> bool:
+        """Lock-step: the command node owes a command this tick without any new ACTION. Its watchdog
+        timer ticks 1.5 periods after the last action it acted on and every period after that, so once a
+        whole tick passed without an action, every following tick gets a command (a hold) from a live
+        command node: one that answered the action before (or already holds)."""
+        if self.twin_acts or self.waiting_for_stack:
+            return False
+        (action_before, command_before), (action_last, command_last) = self.last_waits
+        return not action_last and (command_last or (action_before and command_before))
+
     def _lockstep_tick(self) -> None:
         """Lock-step: tick once the stack has answered the last observation (an ACTION from the policy,
-        and a joint command); the timer ticks anyway after `lockstep_wait_s`, so a dead node cannot
-        freeze the clock (the command node then holds, as in real time)."""
-        answered = self.command_since_tick and (self.action_since_tick or self.twin_acts)
+        and a joint command; the command alone when the command node owes one, see `_command_owed`)."""
+        answered = self.command_since_tick and (
+            self.action_since_tick or self.twin_acts or self._command_owed()
+        )
         if self.realtime_factor == LOCKSTEP and answered:
             self.tick()
             self.timer.reset()
+
+    def _on_lockstep_timer(self) -> None:
+        """Lock-step timeout: tick anyway after `lockstep_wait_s`, so a dead node cannot freeze the clock
+        (the command node then holds, as in real time). A command the command node owes is waited for
+        up to `lockstep_owed_command_wait_s`: advancing the clock past a starved command node would
+        stamp its watchdog hold late (a late hold of the twin's making, not the node's)."""
+        waiting_for_owed = self._command_owed() and not self.command_since_tick
+        if waiting_for_owed and time.monotonic() - self.wait_started < self.lockstep_owed_wait_s:
+            return
+        self.tick()
 
     def on_gripper_command(self, msg: Float64MultiArray) -> None:
         if len(msg.data) == 1 and np.isfinite(msg.data[0]):
@@ -301,7 +329,9 @@ class TwinNode(GatoNode):
     # -- the tick ------------------------------------------------------------------------------------
     def tick(self) -> None:
         self._check_pace()
+        self.last_waits = [self.last_waits[-1], (self.action_since_tick, self.command_since_tick)]
         self.command_since_tick = self.action_since_tick = False
+        self.wait_started = time.monotonic()
         if self.waiting_for_stack:
             ready = self.last_command_tick is not None and self.heard_action
             if ready or time.monotonic() > self.wait_deadline:
