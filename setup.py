@@ -47,6 +47,7 @@ setup(
             "camera_node = gato_ros.ros.camera_node:main",
             "policy_node = gato_ros.ros.policy_node:main",
             "command_node = gato_ros.ros.command_node:main",
+            "teleop_node = gato_ros.ros.teleop_node:main",
         ],
     },
 )

@@ -21,6 +21,7 @@ TOOLS: dict[str, str] = {
     "check": "quick success rates of checkpoints in lock-step twin episodes, in-process, no ROS",
     "params": "print a model config's parameter count",
     "calibrate": "write camera calibration into calibration/",
+    "teleop": "drive the arm from a keyboard, SpaceMouse or gamepad through the command node (takeover)",
 }
 
 
@@ -34,6 +35,7 @@ TOOL_SETTINGS: dict[str, tuple[str, ...]] = {
     "check": ("check", "evaluation"),
     "params": ("model",),
     "calibrate": ("calibration",),
+    "teleop": ("teleop",),
 }
 HELP_FLAGS = {"-h", "--help"}
 DEBUG_FLAG = "--debug"

@@ -554,3 +554,70 @@ def test_namespaced_nodes_talk_only_inside_their_namespace(ros_context) -> None:
         executor.shutdown()
         for node in (cell_a, cell_b, tester):
             node.destroy_node()
+
+
+TELEOP_ACTION = [-0.05, 0.03, -0.02, -0.5, -1.0]  # the operator's: the other way, gripper opening
+
+
+def test_operator_takeover_switches_the_source_at_once_and_ramps_in(ros_context) -> None:
+    """Policy and operator both publish all along. Before the takeover the commands follow the policy
+    (the operator's actions are dropped); after it they follow the operator at once, starting from rest;
+    handing back does the same the other way. Every switch is counted on /diagnostics and published on
+    the latched action-source topic; every command stays inside the limits."""
+    from std_msgs.msg import String
+
+    command, cell, executor = start(ros_context, OVERRIDES)
+    node = cell.node
+    teleop_pub = node.create_publisher(
+        Float64MultiArray, contract.TELEOP_ACTION.name, contract.TELEOP_ACTION.qos.profile()
+    )
+    node.create_timer(
+        1.0 / float(cell.cfg.control.rate_hz),
+        lambda: teleop_pub.publish(Float64MultiArray(data=list(TELEOP_ACTION))),
+    )
+    sources: list = []
+    node.create_subscription(
+        String, contract.ACTION_SOURCE.name, sources.append, contract.ACTION_SOURCE.qos.profile()
+    )
+    takeover = node.create_client(SetBool, contract.TAKEOVER_SERVICE.name)
+    expected = {
+        name: command.controller.joint_velocity(posture(), np.asarray(action))
+        for name, action in (("policy", ACTION), ("teleop", TELEOP_ACTION))
+    }
+
+    def along(v: np.ndarray, name: str) -> bool:
+        norm = np.linalg.norm(v) * np.linalg.norm(expected[name])
+        return bool(norm > 0.0 and v @ expected[name] / norm > 0.99)
+
+    def follows(name: str) -> bool:
+        return moving(cell, 3) and along(np.asarray(cell.velocity[-1].data), name)
+
+    cell.action = ACTION
+    spin_until(executor, lambda: follows("policy"))
+    assert command.events["teleop_actions_ignored"] > 0
+    assert cell.gripper[-1].data[0] > 0.0  # the policy closes
+
+    for takeover_on, source in ((True, "teleop"), (False, "policy")):
+        before = len(cell.velocity)
+        response = call(executor, takeover, SetBool.Request(data=takeover_on))
+        assert response.success, response.message
+        assert command.action_source == source
+        spin_until(executor, lambda s=source: follows(s))
+        # the arm stops at the switch, then ramps in: a zero command before the first one of the new source
+        since = [np.asarray(m.data) for m in cell.velocity[before:]]
+        first_new = next(i for i, v in enumerate(since) if along(v, source))
+        assert any(np.abs(v).max() == 0.0 for v in since[:first_new]), since[: first_new + 1]
+        spin_until(executor, lambda s=source: bool(sources) and sources[-1].data == s)
+        if source == "teleop":
+            assert cell.gripper[-1].data[0] < 0.0  # the operator opens
+            assert command.events["policy_actions_ignored"] > 0
+    assert command.events["switches_to_teleop"] == 1 and command.events["switches_to_policy"] == 1
+
+    diagnostics_before = len(cell.diagnostics)
+    spin_until(executor, lambda: len(cell.diagnostics) > diagnostics_before)
+    values = {kv.key: kv.value for kv in cell.diagnostics[-1].status[0].values}
+    assert values["action_source"] == "policy" and values["action_source_switches"] == "2"
+    assert call(executor, takeover, SetBool.Request(data=False)).success  # already the policy: no switch
+    assert command.events["action_source_switches"] == 2
+    assert_commands_in_limits(cell, command.limits)
+    command.destroy_node()

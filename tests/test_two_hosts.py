@@ -221,4 +221,3 @@ def test_a_partition_between_policy_host_and_cell_holds_then_ramps_in(tmp_path) 
         assert np.all(brakes | (np.abs(v - p) <= change_limit + 1e-9)), (p, v)
     for r in records(contract.GRIPPER_COMMAND):
         assert len(r["data"]) == 1 and abs(r["data"][0]) <= cfg.robot.gripper.command_range[1]
-

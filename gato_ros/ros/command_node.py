@@ -37,7 +37,7 @@ from builtin_interfaces.msg import Duration
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from omegaconf import DictConfig
 from sensor_msgs.msg import JointState
-from std_msgs.msg import Bool, Float64MultiArray
+from std_msgs.msg import Bool, Float64MultiArray, String
 from std_srvs.srv import SetBool, Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
@@ -61,6 +61,7 @@ from gato_ros.safety.inputs import check_monotonic_stamp
 from gato_ros.safety.limits import is_real_scalar
 
 COMMAND_INTERFACES = ("velocity", "trajectory")
+POLICY, TELEOP = "policy", "teleop"  # the action sources the command node can obey (one at a time)
 DIAGNOSTIC_NAME = "gato_ros: safety"
 # Act on arrival: the timer stays quiet while actions were acted on within this many periods...
 TIMER_COVER_PERIODS = 1.5
@@ -115,6 +116,11 @@ class CommandNode(GatoNode):
         self.gripper_joint = str(cfg.robot.gripper.joint_name)
         self.gripper_range = list(cfg.robot.gripper.driver_range)
         self.act_on_arrival = config_flag(safety.get("act_on_arrival", False), "safety.act_on_arrival")
+        self.action_source = str(safety.get("action_source", POLICY))
+        if self.action_source not in (POLICY, TELEOP):
+            raise SafetyConfigError(
+                f"safety.action_source must be {POLICY} or {TELEOP}, got {self.action_source!r}"
+            )
         self.log_period_s = positive_seconds(safety.log_period_s, "safety.log_period_s")
         diagnostics_period_s = positive_seconds(safety.diagnostics_period_s, "safety.diagnostics_period_s")
         self._last_log: dict[str, float] = {}
@@ -144,7 +150,10 @@ class CommandNode(GatoNode):
         self.gripper_pub = self.publisher(contract.GRIPPER_COMMAND)
         self.estop_pub = self.publisher(contract.ESTOP_STATE)
         self.diagnostics_pub = self.publisher(contract.DIAGNOSTICS)
+        self.source_pub = self.publisher(contract.ACTION_SOURCE)
         self.subscription(contract.ACTION, self.on_action)
+        self.subscription(contract.TELEOP_ACTION, self.on_teleop_action)
+        self.service(contract.TAKEOVER_SERVICE, self.on_takeover_service)
         self.subscription(contract.JOINT_STATES, self.on_joint_state)
         self.subscription(contract.ESTOP_REQUEST, self.on_estop_request)
         self.service(contract.ESTOP_SERVICE, self.on_estop_service)
@@ -153,6 +162,7 @@ class CommandNode(GatoNode):
         self.timer = self.create_timer(self.limits.control_period, self.on_timer)
         self.diagnostics_timer = self.create_timer(diagnostics_period_s, self.publish_diagnostics)
         self.publish_estop_state()
+        self.publish_action_source()
         state = "enabled" if self.supervisor.enabled else f"disabled (call {contract.ENABLE_SERVICE.name})"
         rate = 1.0 / self.limits.control_period
         trigger = "on each fresh action (timer as watchdog)" if self.act_on_arrival else "on the timer"
@@ -190,6 +200,17 @@ class CommandNode(GatoNode):
     # Every callback catches everything: an exception escaping an rclpy callback ends the spin, and with it
     # the ticks. A failure on an input drops that input (hold); one on an e-stop input latches the e-stop.
     def on_action(self, msg: Float64MultiArray) -> None:
+        self.on_source_action(msg, POLICY)
+
+    def on_teleop_action(self, msg: Float64MultiArray) -> None:
+        self.on_source_action(msg, TELEOP)
+
+    def on_source_action(self, msg: Float64MultiArray, source: str) -> None:
+        """An action from `source`: acted on (through every limit) only while it is the selected source; the
+        other source's actions are counted and dropped, however valid."""
+        if source != self.action_source:
+            self.events[f"{source}_actions_ignored"] += 1
+            return
         try:
             now = self.now_s()
             action = parse_action(msg.data)
@@ -318,6 +339,33 @@ class CommandNode(GatoNode):
         self.publish_estop_state()
         response.success, response.message = ok, message
         return response
+
+    def on_takeover_service(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
+        try:
+            takeover = request.data
+            if not isinstance(takeover, bool):
+                raise TypeError(f"takeover data must be a bool, got {takeover!r}")
+            ok, message = True, self.select_source(TELEOP if takeover else POLICY)
+        except Exception as err:  # the source stays as it was
+            ok, message = False, f"takeover request failed, still obeying {self.action_source}: {err!r}"
+        self.log_outcome(ok, f"takeover({request.data!r}): {message}")
+        response.success, response.message = ok, message
+        return response
+
+    def select_source(self, source: str) -> str:
+        """Obey `source` from now on: the other source's last action is dropped at once (never acted on
+        again) and the arm stops and ramps in on the new source's first action. Logged, counted on
+        /diagnostics and published on ACTION_SOURCE, so recordings can tag every step with its source."""
+        if source == self.action_source:
+            return f"already obeying {source}"
+        previous, self.action_source = self.action_source, source
+        self.latest_action, self.action_fault, self.action_pending = None, None, False
+        self.supervisor.restart_ramp_in()
+        self.events["action_source_switches"] += 1
+        self.events[f"switches_to_{source}"] += 1
+        self.publish_action_source()
+        self.get_logger().info(f"action source: {previous} -> {source}; the arm stops and ramps in")
+        return f"obeying {source} (was {previous}), ramping in"
 
     def on_enable_service(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
         try:
@@ -461,6 +509,13 @@ class CommandNode(GatoNode):
                 return
             self._published_estop = latched
 
+    def publish_action_source(self) -> None:
+        try:
+            self.source_pub.publish(String(data=self.action_source))
+        except Exception as err:  # e.g. the context is shutting down
+            self.events["publish_errors"] += 1
+            self.warn_throttled("publish_source", f"could not publish the action source: {err!r}")
+
     def diagnostic_status(self) -> DiagnosticStatus:
         sup = self.supervisor
         if sup.estop_latched:
@@ -470,6 +525,7 @@ class CommandNode(GatoNode):
         else:
             level, message = DiagnosticStatus.OK, "moving"
         values = dict(sup.status())
+        values["action_source"] = self.action_source
         values.update({key: str(count) for key, count in sorted(self.events.items())})
         if self.stale_hold_latencies_s:
             period = self.limits.control_period

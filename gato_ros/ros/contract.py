@@ -135,6 +135,12 @@ ACTION = Topic(
     "5-D action [vx, vy, vz, wz, gripper]: tool-point velocity (m/s, world), yaw rate (rad/s), "
     "gripper (>0 closes)",
 )
+TELEOP_ACTION = Topic(
+    "teleop/action",
+    Float64MultiArray,
+    Qos.RELIABLE,
+    "the operator's 5-D action (gato-ros teleop), the layout of gato/action; obeyed only after a takeover",
+)
 ACTION_TOKENS = Topic("gato/action_tokens", Int64MultiArray, Qos.RELIABLE, "raw action token ids of the step")
 POLICY_LATENCY = Topic(
     "gato/latency", Float64, Qos.RELIABLE, "seconds from observation receipt to action publication"
@@ -167,6 +173,18 @@ ESTOP_STATE = Topic("safety/estop_state", Bool, Qos.LATCHED, "latched e-stop sta
 ESTOP_SERVICE = Service("safety/trigger_estop", Trigger, "latch an e-stop")
 RELEASE_SERVICE = Service("safety/release_estop", Trigger, "explicitly release a latched e-stop")
 ENABLE_SERVICE = Service("safety/enable", SetBool, "enable (ramp in) or disable (hold) policy control")
+ACTION_SOURCE = Topic(
+    "safety/action_source",
+    String,
+    Qos.LATCHED,
+    "the action source the command node obeys: policy or teleop (every switch; recorders tag steps with it)",
+)
+TAKEOVER_SERVICE = Service(
+    "safety/takeover",
+    SetBool,
+    "true: the operator (teleop/action) takes over from the policy at once; false: hand back to the policy; "
+    "either way the arm stops and ramps in",
+)
 DIAGNOSTICS = Topic("/diagnostics", DiagnosticArray, Qos.RELIABLE, "safety counters: every clamp and hold")
 
 # Twin episode control
@@ -185,6 +203,7 @@ TOPICS: tuple[Topic, ...] = (
     CLOCK,
     OBJECT_POSES,
     ACTION,
+    TELEOP_ACTION,
     ACTION_TOKENS,
     POLICY_LATENCY,
     JOINT_VELOCITY_COMMAND,
@@ -192,10 +211,18 @@ TOPICS: tuple[Topic, ...] = (
     JOINT_TRAJECTORY_COMMAND,
     ESTOP_REQUEST,
     ESTOP_STATE,
+    ACTION_SOURCE,
     DIAGNOSTICS,
     EPISODE_STATUS,
 )
-SERVICES: tuple[Service, ...] = (RESET_POLICY, ESTOP_SERVICE, RELEASE_SERVICE, ENABLE_SERVICE, RESET_EPISODE)
+SERVICES: tuple[Service, ...] = (
+    RESET_POLICY,
+    ESTOP_SERVICE,
+    RELEASE_SERVICE,
+    ENABLE_SERVICE,
+    TAKEOVER_SERVICE,
+    RESET_EPISODE,
+)
 
 
 def stamp_to_seconds(stamp: Time) -> float:

@@ -128,6 +128,11 @@ class SafetySupervisor:
         self.enabled = bool(enabled)
         return True, "enabled, ramping in" if enabled else "disabled, holding"
 
+    def restart_ramp_in(self) -> None:
+        """The next motion starts from rest and ramps in again (a switch of action source: the new source's
+        first command must not inherit the old one's speed)."""
+        self.ramp_start = None
+
     # -- control tick ------------------------------------------------------------------------------
     def is_stale(self, stamp: float, now: float) -> bool:
         """True unless `stamp` is a number younger than `stale_after_periods` and not in the future: the hold
