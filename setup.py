@@ -48,6 +48,7 @@ setup(
             "policy_node = gato_ros.ros.policy_node:main",
             "command_node = gato_ros.ros.command_node:main",
             "teleop_node = gato_ros.ros.teleop_node:main",
+            "record_node = gato_ros.ros.record_node:main",
         ],
     },
 )

@@ -22,6 +22,7 @@ TOOLS: dict[str, str] = {
     "params": "print a model config's parameter count",
     "calibrate": "write camera calibration into calibration/",
     "teleop": "drive the arm from a keyboard, SpaceMouse or gamepad through the command node (takeover)",
+    "record": "record episodes from the live topics (teleop, interventions) for fine-tuning",
 }
 
 
@@ -36,6 +37,7 @@ TOOL_SETTINGS: dict[str, tuple[str, ...]] = {
     "params": ("model",),
     "calibrate": ("calibration",),
     "teleop": ("teleop",),
+    "record": ("record",),
 }
 HELP_FLAGS = {"-h", "--help"}
 DEBUG_FLAG = "--debug"

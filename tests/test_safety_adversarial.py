@@ -26,7 +26,7 @@ from gato_ros.control import ArmKinematics
 from gato_ros.ros import contract
 from gato_ros.ros.command_node import CommandNode, config_flag
 from gato_ros.ros.messages import time_msg
-from gato_ros.ros.policy_node import ObservationAssembler
+from gato_ros.ros.observation import ObservationAssembler
 from gato_ros.ros.twin_node import TwinNode, trajectory_velocity
 from gato_ros.safety import (
     CommandLimiter,

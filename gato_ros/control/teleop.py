@@ -100,14 +100,14 @@ class TeleopMapper:
         return np.clip(axes * scale, self.low, self.high)
 
 
-class KeyboardDevice:
-    """Keys from a terminal (or any file descriptor: tests feed a pipe). In a terminal the descriptor is put
-    in cbreak mode (keys arrive unbuffered, not echoed) and restored by `close`."""
+class TerminalKeys:
+    """Keys typed in a terminal, or on any file descriptor (tests feed a pipe). A terminal is put in cbreak
+    mode (keys arrive at once, not echoed) until `close`; `read` never blocks."""
 
-    def __init__(self, fd: int | None = None, hold_s: float = 0.15) -> None:
+    def __init__(self, fd: int | None = None, needed_for: str = "keyboard input") -> None:
+        if fd is None and not os.isatty(0):
+            raise DeviceUnavailableError(f"{needed_for} needs a terminal (stdin is not one)")
         self.fd = os.dup(0) if fd is None else fd
-        self.hold_s = float(hold_s)
-        self.pressed: dict[str, float] = {}  # axis key -> time of its last press
         self._saved_mode: Any = None
         if os.isatty(self.fd):
             import termios
@@ -115,24 +115,37 @@ class KeyboardDevice:
 
             self._saved_mode = termios.tcgetattr(self.fd)
             tty.setcbreak(self.fd)
-        elif fd is None:
-            raise DeviceUnavailableError(
-                "teleop.device=keyboard needs a terminal (stdin is not one): run `gato-ros teleop` in a "
-                "terminal, or use teleop.device=spacemouse|gamepad|file"
-            )
 
-    def _read_keys(self) -> str:
+    def read(self) -> str:
+        """Every key typed since the last call (lower case)."""
         keys = []
         while select.select([self.fd], [], [], 0.0)[0]:
             chunk = os.read(self.fd, 64)
             if not chunk:
                 break
             keys.append(chunk.decode(errors="ignore"))
-        return "".join(keys)
+        return "".join(keys).lower()
+
+    def close(self) -> None:
+        if self._saved_mode is not None:
+            import termios
+
+            termios.tcsetattr(self.fd, termios.TCSADRAIN, self._saved_mode)
+            self._saved_mode = None
+
+
+class KeyboardDevice:
+    """The operator's keys (`KEY_AXES`, `KEY_EVENTS`) from a terminal, or from `fd` in tests."""
+
+    def __init__(self, fd: int | None = None, hold_s: float = 0.15) -> None:
+        needed = "teleop.device=keyboard (or use teleop.device=spacemouse|gamepad|file)"
+        self.keys = TerminalKeys(fd, needed_for=needed)
+        self.hold_s = float(hold_s)
+        self.pressed: dict[str, float] = {}  # axis key -> time of its last press
 
     def poll(self, now: float) -> OperatorInput:
         events = []
-        for key in self._read_keys().lower():
+        for key in self.keys.read():
             if key in KEY_AXES:
                 self.pressed[key] = now
             elif key in KEY_EVENTS:
@@ -146,11 +159,7 @@ class KeyboardDevice:
         return OperatorInput(np.clip(axes, -1.0, 1.0), deadman=bool(held), events=tuple(events))
 
     def close(self) -> None:
-        if self._saved_mode is not None:
-            import termios
-
-            termios.tcsetattr(self.fd, termios.TCSADRAIN, self._saved_mode)
-            self._saved_mode = None
+        self.keys.close()
 
 
 class SpaceMouseDevice:
@@ -314,5 +323,6 @@ __all__ = [
     "OperatorInput",
     "SpaceMouseDevice",
     "TeleopMapper",
+    "TerminalKeys",
     "open_device",
 ]

@@ -82,6 +82,7 @@ READABLE_VERSIONS = (1, 2)
 EPISODE_PATTERN = re.compile(r"^episode_(\d{6,})\.npz$")
 PARTIAL_SUFFIX = ".partial"
 LOCK_NAME = ".writer.lock"
+STACKING_TASK = "stack the red object on the blue object"  # the language task of every stacking episode
 OBS_PREFIX = "obs/"
 FRAMES_PREFIX = "frames/"
 FRAME_MEMBERS = ("data", "offsets", "shape")
@@ -617,6 +618,11 @@ class EpisodeWriter:
     def _raise_background_error(self) -> None:
         if self._errors:
             raise RuntimeError("a background episode write failed") from self._errors.pop(0)
+
+    @property
+    def backlog(self) -> int:
+        """Episodes ended but not yet on disk (the background writer's queue)."""
+        return self._queue.unfinished_tasks if self._queue is not None else 0
 
     def flush(self) -> None:
         """Wait until every ended episode is on disk."""

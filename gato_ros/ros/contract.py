@@ -187,6 +187,16 @@ TAKEOVER_SERVICE = Service(
 )
 DIAGNOSTICS = Topic("/diagnostics", DiagnosticArray, Qos.RELIABLE, "safety counters: every clamp and hold")
 
+# Recording (gato-ros record)
+RECORD_START = Service("record/start", Trigger, "start recording an episode (a take)")
+RECORD_END = Service(
+    "record/end", SetBool, "end the take: true = success, false = failure (the operator's label); it is kept"
+)
+RECORD_DISCARD = Service(
+    "record/discard", Trigger, "drop the take: nothing of it is written, its number is reused"
+)
+RECORD_STOP = Service("record/stop", Trigger, "stop the recorder (a take in progress is discarded)")
+
 # Twin episode control
 EPISODE_STATUS = Topic(
     "twin/episode",
@@ -221,6 +231,10 @@ SERVICES: tuple[Service, ...] = (
     RELEASE_SERVICE,
     ENABLE_SERVICE,
     TAKEOVER_SERVICE,
+    RECORD_START,
+    RECORD_END,
+    RECORD_DISCARD,
+    RECORD_STOP,
     RESET_EPISODE,
 )
 

@@ -34,42 +34,38 @@ import json
 import sys
 import threading
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from geometry_msgs.msg import PoseArray
 from omegaconf import DictConfig
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
-from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float64, String
 from std_srvs.srv import Trigger
 
-from gato_ros.control.kinematics import OBJECT_REFERENCE_WXYZ, ArmKinematics, canonical_quat
-from gato_ros.gato.images import fit_image, policy_image_size
+from gato_ros.control.kinematics import ArmKinematics
+from gato_ros.gato.images import policy_image_size
 from gato_ros.ros import contract
 from gato_ros.ros.messages import (
-    POSE_SIZE,
     float_array_msg,
-    image_array,
     int_array_msg,
-    joint_positions,
-    pose_array,
 )
-from gato_ros.ros.runtime import GatoNode, run_node
+from gato_ros.ros.observation import (
+    GRIPPER_KEY,
+    JOINTS_KEY,
+    OBJECTS_KEY,
+    PINCH_KEY,
+    PIXELS_SUFFIX,
+    PROPRIO_KEYS,
+    TCP_KEY,
+    Observation,
+    ObservationAssembler,
+    placeholder_object_poses,
+)
+from gato_ros.ros.runtime import run_node
+from gato_ros.ros.sensor_inputs import SensorNode
 
-PIXELS_SUFFIX = "/pixels"
-GRIPPER_KEY = "gripper/joints/angle"
-JOINTS_KEY = "sawyer/joints/angle"
-PINCH_KEY = "sawyer/pinch/pose"
-TCP_KEY = "sawyer/tcp/pose"
-PROPRIO_KEYS = (GRIPPER_KEY, JOINTS_KEY, PINCH_KEY, TCP_KEY)
-OBJECTS_KEY = "objects/pose"  # privileged: red, green, blue poses (x, y, z, qw, qx, qy, qz each)
-OBJECTS_PART = "object poses"  # what the logs call that part
-# Float slack on stamp comparisons (s): stamps are integer nanoseconds, far below any real lead.
-STAMP_TOLERANCE_S = 1e-6
+__all__ = ["ObservationAssembler", "PolicyNode", "placeholder_object_poses", "resolve_device"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -79,166 +75,7 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def placeholder_object_poses(cfg: DictConfig) -> np.ndarray:
-    """A plausible ``objects/pose`` for warming up the decoder: the objects side by side across the
-    twin's drop area (``twin.reset.object_low/high``) at the drop height, upright."""
-    reset = cfg.twin.reset
-    count = len(cfg.twin.object_colors)
-    low, high = np.asarray(reset.object_low, dtype=float), np.asarray(reset.object_high, dtype=float)
-    poses = np.zeros((count, POSE_SIZE))
-    poses[:, 0] = 0.5 * (low[0] + high[0])
-    poses[:, 1] = np.linspace(low[1], high[1], count)
-    poses[:, 2] = float(reset.drop_height)
-    poses[:, 3] = 1.0  # identity quaternion (w first)
-    return poses.reshape(-1).astype(np.float32)
-
-
-@dataclass(frozen=True)
-class Part:
-    """One sensor reading: its value, header stamp (node clock, s) and monotonic receipt time (s)."""
-
-    value: Any
-    stamp_s: float
-    received_s: float
-
-
-@dataclass(frozen=True)
-class Observation:
-    values: dict[str, np.ndarray]
-    oldest_stamp_s: float
-    newest_stamp_s: float
-    received_s: float  # monotonic receipt time of the newest part
-
-
-class ObservationAssembler:
-    """Newest reading per sensor -> the policy's observation dict, or the reason there is none (ROS-free)."""
-
-    def __init__(
-        self,
-        cfg: DictConfig,
-        cameras: Sequence[str],
-        kinematics: ArmKinematics,
-        object_poses: bool = False,
-        image_size: tuple[int, int] | None = None,
-    ) -> None:
-        """`object_poses`: the observation also needs ``objects/pose`` (a state-based checkpoint), one
-        pose per ``twin.object_colors`` entry, from `add_object_poses`. `image_size`: (width, height) the
-        policy was trained at (default ``cfg.cameras``)."""
-        self.cameras = list(cameras)
-        self.object_poses = object_poses
-        self.num_objects = len(cfg.twin.object_colors)
-        self.width, self.height = image_size if image_size is not None else policy_image_size(cfg)
-        self.gripper_range = np.asarray(cfg.robot.gripper.driver_range, dtype=float)
-        self.gripper_units = float(cfg.robot.gripper.command_range[1])
-        self.max_age_s = float(cfg.policy.max_observation_age_s)
-        self.max_skew_s = float(cfg.policy.max_observation_skew_s)
-        # The twin publishes a tick's observation, stamped with the new time, just before that time on
-        # its clock: a part may lead the node's clock by one control period, never by more.
-        self.period_s = 1.0 / float(cfg.control.rate_hz)
-        self.max_lead_s = self.period_s + STAMP_TOLERANCE_S
-        self.kinematics = kinematics
-        self.images: dict[str, Part] = {}
-        self.joints: Part | None = None
-        self.poses: Part | None = None
-        self.last_used: dict[str, float] = {}  # stamp of each part in the last observation acted on
-        self.last_now_s: float | None = None  # the clock at the last assembly, to notice it going back
-        self._lock = threading.Lock()
-
-    def add_image(self, camera: str, pixels: np.ndarray, stamp_s: float, received_s: float) -> None:
-        with self._lock:
-            self.images[camera] = Part(pixels, stamp_s, received_s)
-
-    def add_joints(self, arm: np.ndarray, gripper_rad: float, stamp_s: float, received_s: float) -> None:
-        with self._lock:
-            self.joints = Part((arm, gripper_rad), stamp_s, received_s)
-
-    def add_object_poses(self, poses: np.ndarray, stamp_s: float, received_s: float) -> None:
-        """(num_objects, 7) poses in red, green, blue order; a ValueError (and nothing kept) for a wrong
-        count or non-finite values, so a malformed message never replaces a good one."""
-        array = np.asarray(poses, dtype=np.float64)
-        if array.shape not in {(self.num_objects, POSE_SIZE), (self.num_objects * POSE_SIZE,)}:
-            raise ValueError(f"expected {self.num_objects} poses of {POSE_SIZE} values, got {array.shape}")
-        if not np.all(np.isfinite(array)):
-            raise ValueError("non-finite object pose")
-        array = array.reshape(self.num_objects, POSE_SIZE).copy()
-        # One sign per orientation whatever the pose source sends (a zero quaternion is a ValueError).
-        array[:, 3:] = canonical_quat(array[:, 3:], OBJECT_REFERENCE_WXYZ)
-        with self._lock:
-            self.poses = Part(array.reshape(-1).astype(np.float32), stamp_s, received_s)
-
-    def reset(self) -> None:
-        """Forget what was acted on (a new episode may restart the sensors' stamps)."""
-        with self._lock:
-            self.last_used = {}
-
-    def expired(self, observation: Observation, now_s: float) -> str | None:
-        """Why an action decoded from `observation` must not go out at `now_s` (None if it may): the
-        observation was fresh when assembled, but the decoding may take at most one control period more.
-        A slow step would otherwise act on the world as it was, with the command node none the wiser."""
-        age = now_s - observation.oldest_stamp_s
-        if age > self.max_age_s + self.period_s + STAMP_TOLERANCE_S:
-            return (
-                f"action dropped: its observation is {age:.3f} s old by the time it was decoded "
-                f"(max {self.max_age_s} s + one control period)"
-            )
-        return None
-
-    def assemble(self, now_s: float, all_new: bool = True) -> Observation | str:
-        """The observation to act on at `now_s` (node clock), or why there is none. `all_new`: every part
-        must be newer than in the last observation acted on; else one new part is enough (a dropped
-        camera frame then costs one period, not the whole loop)."""
-        with self._lock:
-            if self.last_now_s is not None and now_s < self.last_now_s:
-                # The clock went back (the twin restarted under sim time): what was acted on before is
-                # from another timeline; parts still stamped ahead of the clock are refused below.
-                self.last_used = {}
-            self.last_now_s = now_s
-            missing = [c for c in self.cameras if c not in self.images]
-            if self.joints is None:
-                missing.append("joint states")
-            if self.object_poses and self.poses is None:
-                missing.append(OBJECTS_PART)
-            if missing:
-                return f"no data yet from {', '.join(missing)}"
-            parts = {**{f"{c}{PIXELS_SUFFIX}": self.images[c] for c in self.cameras}, "joints": self.joints}
-            if self.poses is not None and self.object_poses:
-                parts[OBJECTS_KEY] = self.poses
-            joints = self.joints
-        stamps = [p.stamp_s for p in parts.values()]
-        oldest, newest = min(stamps), max(stamps)
-        if newest - now_s > self.max_lead_s:
-            ahead = max(parts, key=lambda k: parts[k].stamp_s)
-            return (
-                f"observation from the future: {ahead} is stamped {newest - now_s:.3f} s ahead of the clock "
-                f"(max {self.max_lead_s:.3f} s; did the clock go back?)"
-            )
-        if now_s - oldest > self.max_age_s:
-            stale = min(parts, key=lambda k: parts[k].stamp_s)
-            return f"stale observation: {stale} is {now_s - oldest:.3f} s old (max {self.max_age_s} s)"
-        if newest - oldest > self.max_skew_s:
-            skew = newest - oldest
-            return f"unsynchronized observation: parts stamped {skew:.3f} s apart (max {self.max_skew_s} s)"
-        repeated = [k for k, p in parts.items() if p.stamp_s <= self.last_used.get(k, -np.inf)]
-        if repeated and (all_new or len(repeated) == len(parts)):
-            return f"no new observation since the last action ({', '.join(repeated)})"
-        images = {k: p for k, p in parts.items() if k.endswith(PIXELS_SUFFIX)}
-        values = {k: fit_image(p.value, self.width, self.height) for k, p in images.items()}
-        if OBJECTS_KEY in parts:
-            values[OBJECTS_KEY] = parts[OBJECTS_KEY].value
-        arm, gripper_rad = joints.value
-        low, high = self.gripper_range
-        gripper = np.clip((gripper_rad - low) / (high - low), 0.0, 1.0) * self.gripper_units
-        values[GRIPPER_KEY] = np.array([gripper], dtype=np.float32)
-        values[JOINTS_KEY] = np.asarray(arm, dtype=np.float32)
-        values[PINCH_KEY] = self.kinematics.pinch_pose(arm).astype(np.float32)
-        values[TCP_KEY] = self.kinematics.tcp_pose(arm).astype(np.float32)
-        with self._lock:
-            self.last_used = {k: p.stamp_s for k, p in parts.items()}
-        received = max(p.received_s for p in parts.values())
-        return Observation(dict(sorted(values.items())), oldest, newest, received)
-
-
-class PolicyNode(GatoNode):
+class PolicyNode(SensorNode):
     """Runs a Gato checkpoint at the control rate on the newest fresh observation."""
 
     SETTINGS = ("control", "policy", "cameras")
@@ -293,15 +130,7 @@ class PolicyNode(GatoNode):
         self._latencies: list[float] = []
 
         sensors = ReentrantCallbackGroup()
-        for camera in self.cameras:
-            self.subscription(
-                contract.camera_image(camera),
-                lambda msg, c=camera: self.on_image(c, msg),
-                callback_group=sensors,
-            )
-        self.subscription(contract.JOINT_STATES, self.on_joint_states, callback_group=sensors)
-        if self.object_poses:
-            self.subscription(contract.OBJECT_POSES, self.on_object_poses, callback_group=sensors)
+        self.subscribe_sensors(self.cameras, self.object_poses, callback_group=sensors)
         self.subscription(contract.EPISODE_STATUS, self.on_episode_status, callback_group=sensors)
         self.service(contract.RESET_POLICY, self.on_reset, callback_group=sensors)
         self.action_pub = self.publisher(contract.ACTION)
@@ -333,49 +162,7 @@ class PolicyNode(GatoNode):
         self.get_logger().info(f"decoder warmed up in {seconds:.2f} s")
 
     # -- inputs --------------------------------------------------------------------------------------
-    def on_image(self, camera: str, msg: Image) -> None:
-        received = time.monotonic()
-        try:
-            pixels = image_array(msg, "rgb8")
-        except ValueError as err:
-            self.get_logger().error(f"{camera}: {err}", throttle_duration_sec=self.log_period_s)
-            return
-        if pixels.ndim != 3 or pixels.shape[2] != 3:
-            self.get_logger().error(f"{camera}: not a colour image", throttle_duration_sec=self.log_period_s)
-            return
-        self.assembler.add_image(camera, pixels, contract.stamp_to_seconds(msg.header.stamp), received)
-        self.try_step()
-
-    def on_joint_states(self, msg: JointState) -> None:
-        received = time.monotonic()
-        arm = joint_positions(msg, self.joint_names)
-        gripper = joint_positions(msg, [self.gripper_joint])
-        if arm is None or gripper is None or not np.all(np.isfinite(arm)) or not np.isfinite(gripper[0]):
-            self.get_logger().error(
-                "joint state without finite positions for every arm joint and the gripper",
-                throttle_duration_sec=self.log_period_s,
-            )
-            return
-        self.assembler.add_joints(
-            arm, float(gripper[0]), contract.stamp_to_seconds(msg.header.stamp), received
-        )
-        self.try_step()
-
-    def on_object_poses(self, msg: PoseArray) -> None:
-        received = time.monotonic()
-        if msg.header.frame_id != contract.WORLD_FRAME:
-            self.get_logger().error(
-                f"ignoring object poses in frame {msg.header.frame_id!r} (expected {contract.WORLD_FRAME!r})",
-                throttle_duration_sec=self.log_period_s,
-            )
-            return
-        try:
-            self.assembler.add_object_poses(
-                pose_array(msg), contract.stamp_to_seconds(msg.header.stamp), received
-            )
-        except ValueError as err:
-            self.get_logger().error(f"ignoring object poses: {err}", throttle_duration_sec=self.log_period_s)
-            return
+    def on_sensor_input(self) -> None:
         self.try_step()
 
     def on_episode_status(self, msg: String) -> None:

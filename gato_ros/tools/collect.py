@@ -48,7 +48,6 @@ from omegaconf import DictConfig, OmegaConf
 from gato_ros.tools.workers import die_with_parent
 
 LEDGER_NAME = "collection.jsonl"
-TASK_TEXT = "stack the red object on the blue object"
 SOURCE = "twin/scripted_expert"
 DART_SOURCE = "twin/scripted_expert_dart"  # executed: expert + noise; recorded label: the expert's action
 DAGGER_SOURCE = "twin/dagger"  # executed: a trained policy's action (expert's with prob. beta); label: expert
@@ -412,11 +411,12 @@ def collect(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _write_episode(writer: Any, episode: ExpertEpisode, cfg: DictConfig) -> str | None:
+    from gato_ros.gato.data import STACKING_TASK
     from gato_ros.twin import TWIN_VERSION
 
     triplet = int(cfg.twin.triplet) if str(cfg.twin.objects) == "triplet" else None
     writer.begin_episode(
-        task=TASK_TEXT,
+        task=STACKING_TASK,
         seed=episode.seed,
         triplet=triplet,
         objects=str(cfg.twin.objects),
