@@ -4,8 +4,10 @@ no trace and gives its number back, and a new recorder continues the numbering."
 from __future__ import annotations
 
 import time
+from collections import Counter
 
 import numpy as np
+import pytest
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from std_srvs.srv import SetBool, Trigger
@@ -106,6 +108,35 @@ def test_takes_are_kept_labelled_discarded_without_a_trace_and_numbered_on(ros_c
     assert np.all(first.action >= low - 1e-6) and np.all(first.action <= high + 1e-6)
     assert np.all(np.diff(first.timestamp) > 0)  # one step per period, in order
 
+    # the raw logs: every topic of the contract as received, read back by an independent reader (the mcap
+    # library's, decoding ROS 2 CDR with the schemas in the file itself)
+    assert sorted(p.name for p in out.glob("*.mcap")) == ["episode_000000.mcap", "episode_000001.mcap"]
+    assert not list(out.glob("*.active"))  # the discarded take's log is gone with it
+    raw_log = first.metadata["raw_log"]
+    assert raw_log["file"] == "episode_000000.mcap" and raw_log["messages"]["/joint_states"] > 0
+    from mcap.reader import make_reader
+    from mcap_ros2.decoder import DecoderFactory
+
+    with open(out / "episode_000000.mcap", "rb") as stream:
+        reader = make_reader(stream, decoder_factories=[DecoderFactory()])
+        summary = reader.get_summary()
+        assert summary is not None  # a finished file: summary and index
+        topics = {c.topic for c in summary.channels.values()}
+        assert {"/joint_states", "/gato/action", "/joint_velocity_controller/commands", "/clock"} <= topics
+        decoded = Counter()
+        for _schema, channel, _message, ros_msg in reader.iter_decoded_messages(
+            topics=["/joint_states", "/gato/action", "/cameras/basket_front_left/image_raw"]
+        ):
+            decoded[channel.topic] += 1
+            if channel.topic == "/joint_states":
+                assert list(ros_msg.name[:7]) == list(cfg.robot.joint_names)
+            elif channel.topic == "/gato/action":
+                assert len(ros_msg.data) == 5
+            else:
+                assert (ros_msg.height, ros_msg.width, ros_msg.encoding) == (64, 64, "rgb8")
+    assert decoded["/joint_states"] == raw_log["messages"]["/joint_states"]
+    assert decoded["/cameras/basket_front_left/image_raw"] > 0
+
     # a new recorder on the same directory continues the numbering
     again = RecordNode(cfg, context=ros_context)
     try:
@@ -113,3 +144,83 @@ def test_takes_are_kept_labelled_discarded_without_a_trace_and_numbered_on(ros_c
     finally:
         again.close()
         again.destroy_node()
+
+
+@pytest.mark.slow
+def test_a_killed_recorder_loses_only_its_take_in_progress_and_resumes(tmp_path) -> None:
+    """SIGKILL mid-take: every finished take stays readable, the killed take's raw log keeps what was
+    flushed (completed into episode_N.interrupted.mcap on the next start), and the numbering goes on."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from mcap.reader import make_reader
+
+    from gato_ros.ros.launcher import (
+        NodeProcesses,
+        isolated_domain_id,
+        launch_overrides,
+        ros_domain,
+        stack_plan,
+    )
+
+    out = tmp_path / "takes"
+    stack = launch_overrides(True, None, None, ["ros.twin.action_source=expert", "cameras.width=64",
+                                                "cameras.height=64"])  # fmt: skip
+    cfg = load_config(stack)
+    recorder = [
+        sys.executable, "-m", "gato_ros.ros.record_node", *stack, f"record.out_dir={out}",
+        "record.auto_start=true", "record.reset_seconds=0", "record.max_seconds=2.5", "record.keyboard=false",
+    ]  # fmt: skip
+
+    def wait_for(predicate, timeout_s: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not predicate():
+            assert time.monotonic() < deadline, "timed out"
+            time.sleep(0.05)
+
+    with ros_domain(isolated_domain_id()):
+        processes = NodeProcesses(env=dict(os.environ))
+        for spec in stack_plan(cfg, True, stack):
+            processes.start(spec)
+        try:
+            first = subprocess.Popen(
+                recorder, env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+
+            seen: dict[str, float] = {}
+
+            def mid_take() -> bool:
+                """Two takes are on disk and the next one (2.5 s long) has run 1.2-1.8 s: its raw log was
+                flushed once (every 1 s) and it is far from its end."""
+                if not out.exists():
+                    return False
+                finished = episode_indices(out)
+                active = [p.name for p in out.glob("*.mcap.active")]
+                name = f"episode_{len(finished):06d}.mcap.active"
+                if len(finished) < 2 or active != [name]:
+                    return False
+                age = time.monotonic() - seen.setdefault(name, time.monotonic())
+                return 1.2 < age < 1.8
+
+            wait_for(mid_take)
+            first.send_signal(signal.SIGKILL)
+            first.wait(timeout=30)
+            finished = episode_indices(out)
+            active = sorted(out.glob("*.mcap.active"))
+            assert len(active) == 1 and active[0].name == f"episode_{len(finished):06d}.mcap.active"
+            dataset = EpisodeDataset(out)
+            assert all(len(dataset[i]) > 0 for i in range(len(dataset)))  # finished takes: whole, readable
+            again = subprocess.run([*recorder, "record.episodes=1"], env=dict(os.environ), timeout=120,
+                                   capture_output=True, text=True)  # fmt: skip
+            assert again.returncode == 0, again.stdout[-2000:]
+        finally:
+            processes.stop(cfg.ros.launch.sigint_wait_s, cfg.ros.launch.sigterm_wait_s)
+    # the numbering went on where the killed take was
+    assert episode_indices(out) == [*finished, len(finished)]
+    interrupted = out / f"episode_{len(finished):06d}.interrupted.mcap"
+    assert interrupted.exists() and not list(out.glob("*.active"))
+    with open(interrupted, "rb") as stream:
+        messages = sum(1 for _ in make_reader(stream).iter_messages())
+    assert messages > 0

@@ -47,6 +47,7 @@ from gato_ros.control.teleop import TerminalKeys
 from gato_ros.gato.data import STACKING_TASK, EpisodeWriter
 from gato_ros.gato.images import policy_image_size
 from gato_ros.ros import contract
+from gato_ros.ros.mcap_log import McapTopicLog, recover
 from gato_ros.ros.observation import Observation, ObservationAssembler
 from gato_ros.ros.runtime import run_node
 from gato_ros.ros.sensor_inputs import SensorNode
@@ -133,6 +134,14 @@ class RecordNode(SensorNode):
         self.episodes_wanted = int(rec.episodes)
         self.auto_start = bool(rec.auto_start)
         self.keys = keys
+        # the raw log beside each take: every topic of the contract (per-camera topics included)
+        self.mcap = bool(rec.mcap)
+        self.mcap_flush_s = float(rec.mcap_flush_s)
+        per_camera = (contract.camera_image, contract.camera_info, contract.camera_depth,
+                      contract.camera_time_reference)  # fmt: skip
+        self.log_topics = [*contract.TOPICS, *(f(c) for c in self.cameras for f in per_camera)]
+        self.mcap_log: McapTopicLog | None = None
+        self._recover_interrupted_logs()
 
         self.source = POLICY  # what the command node obeys, per ACTION_SOURCE
         self.actions: dict[str, tuple[np.ndarray, float] | None] = {POLICY: None, TELEOP: None}
@@ -184,6 +193,16 @@ class RecordNode(SensorNode):
             return
 
     # -- takes ---------------------------------------------------------------------------------------
+    def _recover_interrupted_logs(self) -> None:
+        """A raw log left unfinished by a killed recorder belongs to a take that was lost with it (its
+        number is given to the next take): kept, completed, as ``episode_N.interrupted.mcap``."""
+        for active in sorted(self.writer.directory.glob("*.mcap.active")):
+            target = active.with_name(active.name.removesuffix(".mcap.active") + ".interrupted.mcap")
+            kept = recover(active, target)
+            self.get_logger().warning(
+                f"{active.name}: left by an interrupted recording; {kept} messages kept in {target.name}"
+            )
+
     def start_take(self) -> str:
         if self.take is not None:
             return f"take {self.take.index} is already being recorded"
@@ -191,6 +210,9 @@ class RecordNode(SensorNode):
             task=self.task, calibration=self.calibration, operator_label=None, twin_start=self.twin_status
         )
         self.take = Take(index, time.monotonic(), self.twin_status)
+        if self.mcap:
+            path = self.writer.directory / f"episode_{index:06d}.mcap"
+            self.mcap_log = McapTopicLog(self, path, self.log_topics, self.mcap_flush_s)
         self.pending = None
         self.reset_until = None
         self.assembler.reset()
@@ -203,6 +225,7 @@ class RecordNode(SensorNode):
             return "no take is being recorded"
         self._flush_pending()
         self.take = None
+        raw_log = self._close_log(keep=True)
         teleop_steps = sum(take.operator)
         if take.steps and teleop_steps == take.steps:
             kind = TELEOP
@@ -224,6 +247,7 @@ class RecordNode(SensorNode):
             stamp_skew_ms=summary(skew),
             sample_cost_ms=summary(sample),
             twin_end=self.twin_status,
+            raw_log=raw_log,
         )
         self.begin_reset()
         if path is None:
@@ -245,9 +269,18 @@ class RecordNode(SensorNode):
             return "no take is being recorded"
         index, self.take, self.pending = self.take.index, None, None
         self.writer.discard_episode()
+        self._close_log(keep=False)
         self.get_logger().info(f"take {index}: discarded (nothing written; the number is reused)")
         self.begin_reset()
         return f"take {index} discarded"
+
+    def _close_log(self, keep: bool) -> dict[str, Any] | None:
+        """Finish (or delete) the take's raw log; its name and per-topic message and loss counts."""
+        log, self.mcap_log = self.mcap_log, None
+        if log is None:
+            return None
+        counts = log.close(keep=keep)
+        return {"file": log.path.name, **counts} if keep else None
 
     def begin_reset(self) -> None:
         """The reset phase: the twin resets itself; the next take (auto_start) waits reset_seconds."""
