@@ -23,6 +23,7 @@ TOOLS: dict[str, str] = {
     "calibrate": "write camera calibration into calibration/",
     "teleop": "drive the arm from a keyboard, SpaceMouse or gamepad through the command node (takeover)",
     "record": "record episodes from the live topics (teleop, interventions) for fine-tuning",
+    "replay": "drive the cell (twin or arm) through the command node with a recorded episode's actions",
 }
 
 
@@ -38,6 +39,7 @@ TOOL_SETTINGS: dict[str, tuple[str, ...]] = {
     "calibrate": ("calibration",),
     "teleop": ("teleop",),
     "record": ("record",),
+    "replay": ("teleop",),
 }
 HELP_FLAGS = {"-h", "--help"}
 DEBUG_FLAG = "--debug"

@@ -71,7 +71,7 @@ def test_a_file_device_replays_its_actions_then_lets_go(tmp_path) -> None:
     actions = [[0.01, 0.0, 0.0, 0.0, 1.0], [0.0, 0.02, 0.0, 0.1, -1.0]]
     path = tmp_path / "actions.json"
     path.write_text(json.dumps(actions))
-    device = FileDevice(str(path))
+    device = FileDevice.from_path(str(path))
     polled = [device.poll(0.0), device.poll(0.05), device.poll(0.1)]
     np.testing.assert_allclose(polled[0].raw_action, actions[0])
     np.testing.assert_allclose(polled[1].raw_action, actions[1])
@@ -79,7 +79,7 @@ def test_a_file_device_replays_its_actions_then_lets_go(tmp_path) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps([[0.0, 1.0]]))
     with pytest.raises(DeviceUnavailableError, match="N x 5"):
-        FileDevice(str(bad))
+        FileDevice.from_path(str(bad))
 
 
 def test_a_missing_device_says_how_to_fix_it(monkeypatch, capsys) -> None:
@@ -146,3 +146,23 @@ def test_a_scripted_operator_takes_over_drives_within_limits_and_hands_back(ros_
     teleop.close()
     for node in (teleop, command, cell.node):
         node.destroy_node()
+
+
+def test_replay_reads_a_recorded_episode_and_refuses_nonsense(tmp_path, capsys) -> None:
+    from gato_ros.gato.data import EpisodeWriter, load_episode
+    from gato_ros.tools.replay import episode_start
+
+    actions = np.tile([0.01, 0.0, -0.01, 0.0, 1.0], (6, 1))
+    with EpisodeWriter(tmp_path, 20.0, source="twin/teleop", background=False) as writer:
+        writer.begin_episode(task="stack", twin_start={"seed": 7, "triplet": 2})
+        for k, action in enumerate(actions):
+            writer.add_step({"sawyer/joints/angle": np.zeros(7, np.float32)}, action, timestamp=0.05 * k)
+        path = writer.end_episode(success=True)
+    episode = load_episode(path)
+    device = FileDevice(episode.action, name=path.name)
+    np.testing.assert_allclose(device.actions, actions, atol=1e-6)
+    assert episode_start(episode.metadata) == "seed=7, triplet=2"
+    assert cli.main(["replay"]) == 2
+    assert cli.main(["replay", str(tmp_path / "missing.npz")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "usage: gato-ros replay" in err[0] and "no such episode file" in err[-1] and len(err) == 2

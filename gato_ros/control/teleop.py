@@ -266,20 +266,24 @@ class GamepadDevice:
 
 
 class FileDevice:
-    """Replays N x 5 recorded actions, one per poll; then the dead-man is released (zero action)."""
+    """Replays N x 5 actions, one per poll; then the dead-man is released (zero action)."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, actions: np.ndarray, name: str = "actions") -> None:
+        actions = np.asarray(actions, dtype=float)
+        if actions.ndim != 2 or actions.shape[1] != len(AXES) or not np.all(np.isfinite(actions)):
+            raise DeviceUnavailableError(f"{name}: expected finite N x 5 actions, got shape {actions.shape}")
+        self.actions = actions
+        self.name = name
+        self.index = 0
+
+    @classmethod
+    def from_path(cls, path: str) -> FileDevice:
+        """From a .npy or .json file of N x 5 actions (`gato-ros replay` reads recorded episodes)."""
         file = Path(path)
         if not file.is_file():
             raise DeviceUnavailableError(f"teleop.file={path!r}: no such action file (.npy or .json, N x 5)")
         actions = np.load(file) if file.suffix == ".npy" else np.asarray(json.loads(file.read_text()))
-        actions = np.asarray(actions, dtype=float)
-        if actions.ndim != 2 or actions.shape[1] != len(AXES) or not np.all(np.isfinite(actions)):
-            raise DeviceUnavailableError(
-                f"teleop.file={path!r}: expected finite N x 5 actions, got shape {actions.shape}"
-            )
-        self.actions = actions
-        self.index = 0
+        return cls(actions, name=f"teleop.file={path!r}")
 
     @property
     def finished(self) -> bool:
@@ -303,7 +307,7 @@ def open_device(cfg: DictConfig) -> InputDevice:
         "keyboard": lambda: KeyboardDevice(hold_s=float(teleop.keyboard.hold_s)),
         "spacemouse": lambda: SpaceMouseDevice(float(teleop.deadband)),
         "gamepad": lambda: GamepadDevice(str(teleop.gamepad.path or ""), float(teleop.deadband)),
-        "file": lambda: FileDevice(str(teleop.file or "")),
+        "file": lambda: FileDevice.from_path(str(teleop.file or "")),
     }
     name = str(teleop.device)
     if name not in openers:

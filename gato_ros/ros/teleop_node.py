@@ -90,7 +90,7 @@ class TeleopNode(GatoNode):
             if self.source == "teleop":  # hand back first; exit once the command node says it did
                 self.request_takeover(False)
                 return
-            self.get_logger().info(f"replayed {len(self.device.actions)} actions from {self.cfg.teleop.file}")
+            self.get_logger().info(f"replayed {len(self.device.actions)} actions ({self.device.name})")
             self.request_exit(0)
 
     def close(self) -> None:
