@@ -226,3 +226,27 @@ def test_augmentation_is_reproducible_by_seed_and_changes_the_frames(data_root: 
     plain = SequenceSampler(mixture_cfg(data_root, 1.0, 0.0, "training.data.augmentation=null"))
     untouched = plain.demonstration(episode, np.random.default_rng(0)).observations["cam/pixels"][2:5]
     np.testing.assert_array_equal(untouched, recorded)
+
+
+def test_operator_corrections_are_drawn_intervention_weight_times_as_often(tmp_path: Path) -> None:
+    """A recorded take's operator steps (steps_by_source.teleop) count intervention_weight times when
+    episodes are drawn; other episodes by their steps, as before."""
+    rng = np.random.default_rng(0)
+    with EpisodeWriter(tmp_path / "recorded", 20.0, "twin/intervention", background=False) as writer:
+        for teleop_steps in (10, 0):
+            writer.begin_episode(task="stack red on blue")
+            for t in range(10):
+                obs = {"cam/pixels": rng.integers(0, 256, (16, 32, 3), dtype=np.uint8)}
+                obs["arm/q"] = np.zeros(2, np.float32)
+                writer.add_step(obs, np.zeros(5, np.float32), timestamp=0.05 * t)
+            writer.end_episode(
+                success=True, steps_by_source={"policy": 10 - teleop_steps, "teleop": teleop_steps}
+            )
+    cfg = load_config([*SMALL, f"training.data.root={tmp_path}"])
+    weighted = DatasetSource("recorded", tmp_path / "recorded", 1.0, intervention_weight=3.0)
+    plain = DatasetSource("recorded", tmp_path / "recorded", 1.0)
+    np.testing.assert_allclose(SequenceSampler(cfg, [weighted]).sources[0].episode_p, [0.75, 0.25])
+    np.testing.assert_allclose(SequenceSampler(cfg, [plain]).sources[0].episode_p, [0.5, 0.5])
+    bad = load_config([*SMALL, "+training.data.mixture.rgb_stacking_sim.intervention_weight=0"])
+    with pytest.raises(ValueError, match="intervention_weight must be > 0"):
+        mixture_sources(bad)

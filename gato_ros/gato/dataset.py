@@ -91,6 +91,7 @@ class DatasetSource:
     weight: float
     successful_only: bool = False
     max_episodes: int | None = None  # the first N usable episodes only (data-size sweeps)
+    intervention_weight: float = 1.0  # operator-labelled steps count this many times in episode sampling
 
 
 def mixture_sources(cfg: Any) -> list[DatasetSource]:
@@ -109,9 +110,23 @@ def mixture_sources(cfg: Any) -> list[DatasetSource]:
                 weight=weight,
                 successful_only=bool(entry.get("successful_only", False)),
                 max_episodes=_max_episodes(cfg.training.data.get("max_episodes")),
+                intervention_weight=_intervention_weight(name, entry.get("intervention_weight", 1.0)),
             )
         )
     return sources
+
+
+def _intervention_weight(name: str, value: Any) -> float:
+    weight = float(value)
+    if not weight > 0:
+        raise ValueError(f"training.data.mixture.{name}.intervention_weight must be > 0, got {value}")
+    return weight
+
+
+def operator_steps(metadata: dict[str, Any]) -> int:
+    """Steps of a recorded episode labelled by the operator (`gato-ros record`'s steps_by_source)."""
+    by_source = metadata.get("steps_by_source") or {}
+    return int(by_source.get("teleop", 0)) if isinstance(by_source, dict) else 0
 
 
 def _max_episodes(value: Any) -> int | None:
@@ -169,6 +184,10 @@ class _IndexedSource:
         if len(self.dataset) == 0:
             raise ValueError(f"dataset {source.name} at {source.path} holds no usable episodes")
         steps = np.array([self.dataset.num_steps(i) for i in range(len(self.dataset))], dtype=np.float64)
+        # Episodes are drawn in proportion to their steps, an operator's corrections counting
+        # `intervention_weight` times (a window then lands anywhere in the drawn episode).
+        corrections = np.array([operator_steps(m) for m in self.dataset.metadata], dtype=np.float64)
+        steps = steps + (source.intervention_weight - 1.0) * np.minimum(corrections, steps)
         self.episode_p = steps / steps.sum()
         # prompt candidates: episodes of the same task, successful ones when there are any
         by_task: dict[str, list[int]] = defaultdict(list)
