@@ -11,9 +11,9 @@ while someone subscribes to them.
 Timing. Each tick advances one control period. ``ros.twin.realtime_factor`` r > 0 ticks every
 period / r wall seconds (1.0 = real time); r = 0 is lock-step: the next tick follows as soon as the stack
 has answered the last observation (an ACTION, unless the twin is its own action source, and a joint
-command), or after ``lockstep_wait_s`` (a dead node cannot freeze the clock); once a tick went without an
-ACTION, the command node's watchdog owes a command every tick and the twin waits for that one (up to
-``lockstep_owed_command_wait_s``), so its hold is stamped on time however starved it is. Evaluation
+command), or after ``lockstep_wait_s`` (a dead node cannot freeze the clock); a command the command node
+owes (for an ACTION it heard, or its watchdog's hold once a tick went without one) is waited for up to
+``lockstep_owed_command_wait_s``, so its hold is stamped on time however starved it is. Evaluation
 runs as fast as the stack, with the same one-tick command delay as in real time. Within a tick the twin
 applies the newest command, steps, then publishes the observation (stamped with the new sim time) *before* the
 clock, so a node woken by the clock already has that observation.
@@ -228,21 +228,23 @@ class TwinNode(GatoNode):
         self._lockstep_tick()
 
     def _command_owed(self) -> bool:
-        """Lock-step: the command node owes a command this tick without any new ACTION. Its watchdog
-        timer ticks 1.5 periods after the last action it acted on and every period after that, so once a
-        whole tick passed without an action, every following tick gets a command (a hold) from a live
-        command node: one that answered the action before (or already holds)."""
+        """Lock-step: the command node owes a command this tick. It acts on each action as it arrives, so
+        an ACTION heard in this wait is owed its command; and its watchdog timer ticks 1.5 periods after
+        the last action it heard and every period after that, so once a whole wait passed without an
+        action, every following wait gets a command (a hold) from a live command node (one that heard an
+        action before, or already holds). Advancing without it would let a starved command node see the
+        clock jump past its deadline."""
         if self.twin_acts or self.waiting_for_stack:
             return False
-        (action_before, command_before), (action_last, command_last) = self.last_waits
-        return not action_last and (command_last or (action_before and command_before))
+        if self.action_since_tick:
+            return True
+        (action_before, _command_before), (action_last, command_last) = self.last_waits
+        return not action_last and (command_last or action_before)
 
     def _lockstep_tick(self) -> None:
         """Lock-step: tick once the stack has answered the last observation (an ACTION from the policy,
         and a joint command; the command alone when the command node owes one, see `_command_owed`)."""
-        answered = self.command_since_tick and (
-            self.action_since_tick or self.twin_acts or self._command_owed()
-        )
+        answered = self.command_since_tick and (self.twin_acts or self._command_owed())
         if self.realtime_factor == LOCKSTEP and answered:
             self.tick()
             self.timer.reset()
