@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 import rclpy
+import torch
 from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.signals import SignalHandlerOptions
@@ -111,6 +112,7 @@ def start_probe() -> tuple[Probe, SingleThreadedExecutor, threading.Thread]:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     base = load_config()
+    torch.manual_seed(0)  # the same random policy every run (how far it moves the arm is part of the test)
     checkpoint = save_checkpoint(tmp_path_factory.mktemp("e2e") / "random_tiny", build_model(base), base)
     overrides = launch_overrides(True, str(checkpoint), "cpu", E2E_OVERRIDES)
     cfg = load_config(overrides)

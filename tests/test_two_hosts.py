@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from gato_ros.config import load_config
 from gato_ros.gato.checkpoint import save_checkpoint
@@ -131,6 +132,7 @@ def test_a_partition_between_policy_host_and_cell_holds_then_ramps_in(tmp_path) 
     if reason:
         pytest.skip(reason)
     base = load_config()
+    torch.manual_seed(0)  # the same random policy every run
     checkpoint = save_checkpoint(tmp_path / "random_tiny", build_model(base), base)
     overrides = launch_overrides(True, str(checkpoint), "cpu", OVERRIDES)
     cfg = load_config(overrides)
