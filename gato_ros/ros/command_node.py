@@ -531,6 +531,7 @@ class CommandNode(GatoNode):
             period = self.limits.control_period
             values["stale_hold_latency_last_periods"] = f"{self.stale_hold_latencies_s[-1] / period:.3f}"
             values["stale_hold_latency_max_periods"] = f"{max(self.stale_hold_latencies_s) / period:.3f}"
+        values["stale_holds"] = str(len(self.stale_hold_latencies_s))
         return DiagnosticStatus(
             level=level,
             name=DIAGNOSTIC_NAME,
