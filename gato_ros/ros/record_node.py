@@ -84,7 +84,6 @@ class Take:
     """What is known about the take being recorded (the steps themselves are in the writer)."""
 
     index: int
-    started_wall: float
     twin_episode: dict[str, Any] | None
     operator: list[bool] = field(default_factory=list)  # per step: the operator's action was the label
     dropped: Counter[str] = field(default_factory=Counter)  # periods without a recorded step, by reason
@@ -209,7 +208,7 @@ class RecordNode(SensorNode):
         index = self.writer.begin_episode(
             task=self.task, calibration=self.calibration, operator_label=None, twin_start=self.twin_status
         )
-        self.take = Take(index, time.monotonic(), self.twin_status)
+        self.take = Take(index, self.twin_status)
         if self.mcap:
             path = self.writer.directory / f"episode_{index:06d}.mcap"
             self.mcap_log = McapTopicLog(self, path, self.log_topics, self.mcap_flush_s)
