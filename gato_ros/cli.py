@@ -24,7 +24,11 @@ TOOLS: dict[str, str] = {
     "teleop": "drive the arm from a keyboard, SpaceMouse or gamepad through the command node (takeover)",
     "record": "record episodes from the live topics (teleop, interventions) for fine-tuning",
     "replay": "drive the cell (twin or arm) through the command node with a recorded episode's actions",
+    "export": "episodes as a LeRobotDataset v3.0 (parquet + mp4 + meta/)",
+    "import": "a LeRobotDataset v3.0 into episodes for the training mixture",
 }
+# Tools whose module is not named after them (`import` is a Python keyword).
+TOOL_MODULES: dict[str, str] = {"import": "import_dataset"}
 
 
 # The config groups each tool mainly reads: `gato-ros <tool> --help` lists their top-level keys.
@@ -40,6 +44,8 @@ TOOL_SETTINGS: dict[str, tuple[str, ...]] = {
     "teleop": ("teleop",),
     "record": ("record",),
     "replay": ("teleop",),
+    "export": ("export",),
+    "import": ("export",),
 }
 HELP_FLAGS = {"-h", "--help"}
 DEBUG_FLAG = "--debug"
@@ -109,9 +115,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gato-ros: unknown tool '{args[0]}'{hint}\n\n{usage()}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        module = importlib.import_module(f"gato_ros.tools.{name}")
+        module = importlib.import_module(f"gato_ros.tools.{TOOL_MODULES.get(name, name)}")
     except ModuleNotFoundError as err:
-        if err.name == f"gato_ros.tools.{name}":
+        if err.name == f"gato_ros.tools.{TOOL_MODULES.get(name, name)}":
             print(f"gato-ros: tool '{name}' is not available in this build", file=sys.stderr)
             return EXIT_USAGE
         raise

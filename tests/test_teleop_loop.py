@@ -1,14 +1,18 @@
 """The users' loop on the twin, end to end, through the real nodes as separate processes: the stack runs the
 shipped default policy; a scripted operator (the teleop node replaying an action file) takes over; the
-recorder records the take with its raw log; the policy is fine-tuned on it for a few steps from
-`policies/default`; the fine-tuned checkpoint drives one evaluated episode. The raw log is read back by an
-independent reader (the mcap library with its ROS 2 decoder, not the project's writer)."""
+recorder records the take with its raw log; the take is exported as a LeRobotDataset and imported back;
+the policy is fine-tuned on both for a few steps from `policies/default`; the fine-tuned checkpoint drives
+one evaluated episode. The raw log and the export are read back by independent readers (the mcap library
+with its ROS 2 decoder, pyarrow), not the project's own code."""
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -23,6 +27,9 @@ from gato_ros.ros.launcher import NodeProcesses, isolated_domain_id, launch_over
 pytestmark = pytest.mark.slow
 
 TAKE_SECONDS = 3.0
+OPERATOR_SECONDS = 300.0
+TAKEOVER_TIMEOUT_S = 180.0
+TAKEN_OVER = "the command node obeys: teleop"  # the teleop node's log line once the switch is published
 
 
 def gato(*args: str, timeout: float = 600.0) -> subprocess.CompletedProcess:
@@ -34,7 +41,8 @@ def gato(*args: str, timeout: float = 600.0) -> subprocess.CompletedProcess:
 def test_teleop_record_finetune_evaluate(tmp_path: Path) -> None:
     data = tmp_path / "data"
     takes = data / "recorded"
-    operator = np.tile([0.0, 0.03, -0.03, 0.2, 1.0], (int(TAKE_SECONDS * 20) + 40, 1))
+    # long enough to outlast the recorder's start and its take on a loaded machine; stopped by a signal
+    operator = np.tile([0.0, 0.03, -0.03, 0.2, 1.0], (int(OPERATOR_SECONDS * 20), 1))
     np.save(tmp_path / "operator.npy", operator)
     stack = launch_overrides(True, "default", "cpu", ["ros.twin.realtime_factor=1.0"])
     cfg = load_config(stack)
@@ -53,12 +61,25 @@ def test_teleop_record_finetune_evaluate(tmp_path: Path) -> None:
             processes.start(spec)
         operator_process = None
         try:
-            # the operator waits for the stack (its takeover waits for the command node), then drives
-            operator_process = subprocess.Popen(teleop, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-            time.sleep(1.0)
+            # the operator waits for the stack (its takeover waits for the command node), then drives; the
+            # take starts once the command node obeys the operator (however slow the machine)
+            operator_process = subprocess.Popen(
+                teleop, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+            )
+            operator_log: list[str] = []
+            reader = threading.Thread(
+                target=lambda: operator_log.extend(operator_process.stdout), daemon=True
+            )
+            reader.start()
+            deadline = time.monotonic() + TAKEOVER_TIMEOUT_S
+            while not any(TAKEN_OVER in line for line in operator_log) and operator_process.poll() is None:
+                assert time.monotonic() < deadline, "the operator never took over:\n" + "".join(operator_log)
+                time.sleep(0.1)
+            assert operator_process.poll() is None, "".join(operator_log)
             recorded = subprocess.run(recorder, capture_output=True, text=True, timeout=300)
             assert recorded.returncode == 0, recorded.stdout[-3000:] + recorded.stderr[-3000:]
-            assert operator_process.wait(timeout=120) == 0
+            operator_process.send_signal(signal.SIGINT)  # hands back to the policy and exits
+            assert operator_process.wait(timeout=120) == 0, "".join(operator_log)
             assert not processes.exited(), [n.spec.name for n in processes.exited()]
         finally:
             if operator_process is not None and operator_process.poll() is None:
@@ -93,13 +114,29 @@ def test_teleop_record_finetune_evaluate(tmp_path: Path) -> None:
     assert heard["/teleop/action"] > 0 and heard["/joint_velocity_controller/commands"] > 0
     assert "teleop" in sources
 
-    # fine-tuning from the shipped default policy on the take (and the take as the "replay" share)
+    # exported as a LeRobotDataset v3.0, checked by an independent reader (pyarrow), and imported back
+    import pyarrow.parquet as pq
+
+    exported = tmp_path / "lerobot"
+    assert gato("export", "--format", "lerobot", "--out", str(exported), str(takes)).returncode == 0
+    info = json.loads((exported / "meta" / "info.json").read_text())
+    assert (
+        info["codebase_version"] == "v3.0"
+        and info["total_episodes"] == 1
+        and info["total_frames"] == len(take)
+    )
+    rows = pq.read_table(exported / "data" / "chunk-000" / "file-000.parquet").to_pylist()
+    np.testing.assert_allclose([r["action"] for r in rows], take.action, atol=1e-6)
+    imported = gato("import", "--format", "lerobot", "--out", str(data / "imported"), str(exported))
+    assert imported.returncode == 0, imported.stdout[-3000:] + imported.stderr[-3000:]
+
+    # fine-tuning from the shipped default policy on the take, the imported copy as the "replay" share
     run = tmp_path / "finetune"
     trained = gato(
         "train", "+experiment=finetune", f"training.data.root={data}",
         "training.data.mixture.recorded.path=recorded",
         "training.data.mixture.recorded.successful_only=false",
-        "training.data.mixture.replay.path=recorded",
+        "training.data.mixture.replay.path=imported",
         "training.data.mixture.replay.successful_only=false",
         "training.steps=2", "training.checkpoint_every=2",
         "training.batch_size=2", "training.success_check.every=0", "training.progress=false",

@@ -173,7 +173,6 @@ def test_a_partition_between_policy_host_and_cell_holds_then_ramps_in(tmp_path) 
             # the policy's actions cross the link and drive the arm
             assert wait_for(lambda: moving_since(0, 3), FLOW_TIMEOUT_S), "the arm is never driven"
             stale_before = counter(Reason.STALE_ACTION.value)
-            holds_before = counter("stale_holds")
             ramp_before = counter(Reason.RAMP_IN.value)
             before = len(commands())
             cut_clock = max(r["clock"] for r in read_records(log))
@@ -200,15 +199,14 @@ def test_a_partition_between_policy_host_and_cell_holds_then_ramps_in(tmp_path) 
     held = [i for i in range(before, len(velocity)) if np.abs(velocity[i]).max() == 0.0]
     assert held, "no hold during the partition"
     assert counter(Reason.STALE_ACTION.value) > stale_before
-    # the partition's hold: within two control periods of the last fresh action, on the command node's own
-    # clock (the first diagnostics that count a stale hold more than before the cut report it as the last)
+    # the partition's hold: the first stale hold on the command node's clock after the cut (each new hold is
+    # published on /diagnostics at once, so a start-up hold while the policy warms up is told apart by time)
     after = [
         r["values"]
         for r in records(contract.DIAGNOSTICS)
-        if int(r["values"].get("stale_holds", 0)) > holds_before
+        if float(r["values"].get("stale_hold_last_at_s", "-inf")) >= cut_clock
     ]
     assert after, "no hold latency on /diagnostics"
-    assert int(after[0]["stale_holds"]) == holds_before + 1, after[0]["stale_holds"]
     latency = float(after[0]["stale_hold_latency_last_periods"])
     # 2.0 in every run seen; one period of slack as in the e2e test (3.0 holds seen there: issue 13)
     assert latency <= float(cfg.safety.stale_after_periods) + 1.0 + 1e-6, latency

@@ -139,6 +139,7 @@ class CommandNode(GatoNode):
         )
         self.action_pending = False  # a valid action arrived that no tick has acted on yet
         self.stale_hold_latencies_s: list[float] = []  # action receipt -> first stale hold, per hold
+        self.stale_hold_last_at_s: float | None = None  # node clock of the newest stale hold's first tick
         # (clock, supervisor state before it, last tick before it) of the newest timer tick
         self._timer_tick_state: tuple[float, dict[str, Any], float | None] | None = None
         self._stale_holding = False
@@ -412,11 +413,14 @@ class CommandNode(GatoNode):
 
     def note_stale_hold(self, command: SafeCommand, now: float) -> None:
         """The watchdog's latency: from the receipt of the last action to the first hold for its age
-        (node clock), kept for /diagnostics (the promise: at most stale_after_periods)."""
+        (node clock), kept for /diagnostics (the promise: at most stale_after_periods). Each new hold is
+        published on /diagnostics at once, so every hold's latency is seen, not only the newest per period."""
         stale = command.hold and Reason.STALE_ACTION in command.reasons
         if stale and not self._stale_holding and self.latest_action is not None:
             latency = now - self.latest_action[1]
             self.stale_hold_latencies_s.append(latency)
+            self.stale_hold_last_at_s = now
+            self.publish_diagnostics()
             period = self.limits.control_period
             if latency > self.limits.stale_after_seconds + 1e-6:
                 self.warn_throttled(
@@ -531,6 +535,7 @@ class CommandNode(GatoNode):
             period = self.limits.control_period
             values["stale_hold_latency_last_periods"] = f"{self.stale_hold_latencies_s[-1] / period:.3f}"
             values["stale_hold_latency_max_periods"] = f"{max(self.stale_hold_latencies_s) / period:.3f}"
+            values["stale_hold_last_at_s"] = f"{self.stale_hold_last_at_s:.6f}"
         values["stale_holds"] = str(len(self.stale_hold_latencies_s))
         return DiagnosticStatus(
             level=level,
