@@ -49,6 +49,7 @@ setup(
             "command_node = gato_ros.ros.command_node:main",
             "teleop_node = gato_ros.ros.teleop_node:main",
             "record_node = gato_ros.ros.record_node:main",
+            "live_view_node = gato_ros.ros.live_view_node:main",
         ],
     },
 )

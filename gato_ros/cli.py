@@ -24,6 +24,7 @@ TOOLS: dict[str, str] = {
     "teleop": "drive the arm from a keyboard, SpaceMouse or gamepad through the command node (takeover)",
     "record": "record episodes from the live topics (teleop, interventions) for fine-tuning",
     "replay": "drive the cell (twin or arm) through the command node with a recorded episode's actions",
+    "view": "a live view of cameras, actions and safety events for Foxglove (WebSocket)",
     "export": "episodes as a LeRobotDataset v3.0 (parquet + mp4 + meta/)",
     "import": "a LeRobotDataset v3.0 into episodes for the training mixture",
 }
@@ -44,6 +45,7 @@ TOOL_SETTINGS: dict[str, tuple[str, ...]] = {
     "teleop": ("teleop",),
     "record": ("record",),
     "replay": ("teleop",),
+    "view": ("live_view",),
     "export": ("export",),
     "import": ("export",),
 }

@@ -63,6 +63,7 @@ def test_colcon_builds_the_workspace_into_a_complete_install_tree(colcon_install
     assert (colcon_install / "share" / "ament_index" / "resource_index" / "packages" / PACKAGE).is_file()
     # the nodes launch_ros runs, and the CLI
     nodes = ("twin_node", "camera_node", "policy_node", "command_node", "teleop_node", "record_node")
+    nodes += ("live_view_node",)
     for executable in (*nodes, "gato-ros"):
         assert (colcon_install / "lib" / PACKAGE / executable).is_file(), executable
     # the config tree once: as package data beside the code that reads it, not again under share/

@@ -96,6 +96,9 @@ def stack_plan(cfg: DictConfig, sim: bool, overrides: Sequence[str] = ()) -> lis
     if not (sim and str(cfg.ros.twin.action_source) in {"expert", "random"}):  # the twin acts itself
         nodes.append(NodeSpec("policy", f"{PACKAGE}.ros.policy_node", "policy_node", common, namespace))
     nodes.append(NodeSpec("command_node", f"{PACKAGE}.ros.command_node", "command_node", common, namespace))
+    if bool(cfg.live_view.enabled):
+        module = f"{PACKAGE}.ros.live_view_node"
+        nodes.append(NodeSpec("live_view", module, "live_view_node", common, namespace))
     return nodes
 
 
