@@ -486,6 +486,58 @@ def test_a_dead_policy_is_held_exactly_two_periods_after_its_last_action(ros_con
     command.destroy_node()
 
 
+def test_a_deferred_last_action_is_still_held_two_periods_after_its_receipt(ros_context) -> None:
+    """Issue 13's 3.0-period holds: an action arriving at the clock reading of the previous tick is deferred
+    to the timer, which acts on it a period after its receipt. The timer counted its quiet time from that
+    tick and skipped the next one, where the action turned stale: the hold came at 3 periods; now at 2."""
+    from rosgraph_msgs.msg import Clock
+
+    command, cell, executor = start(ros_context, [*OVERRIDES, "ros.use_sim_time=true"])
+    clock_pub = cell.node.create_publisher(Clock, contract.CLOCK.name, contract.CLOCK.qos.profile())
+    period = command.limits.control_period
+    sim_time = 30.0
+
+    def tick_clock() -> None:
+        """One discrete clock step, as the lock-step twin makes them; returns once the timer has run."""
+        nonlocal sim_time
+        sim_time += period
+        before = command.events["timer_ticks"] + command.events["timer_ticks_skipped"]
+        clock_pub.publish(Clock(clock=time_msg(sim_time)))
+        spin_until(executor, lambda: abs(command.now_s() - sim_time) < 1e-9)
+        timer_ran = lambda: command.events["timer_ticks"] + command.events["timer_ticks_skipped"] > before  # noqa: E731
+        spin_until(executor, lambda: timer_ran() and command.latest_joints is not None)
+        spin_until(executor, lambda: command.latest_joints.stamp >= sim_time - 1e-9)
+
+    def act() -> None:
+        received = command.events["action_messages"]
+        cell.action_pub.publish(Float64MultiArray(data=list(ACTION)))
+        spin_until(executor, lambda: command.events["action_messages"] > received)
+
+    for _ in range(5):
+        tick_clock()
+    for _ in range(10):  # a live policy: one action a period, each acted on arrival
+        tick_clock()
+        act()
+    assert moving(cell, 3)
+    # a late action lands at the same clock reading as the one before it: deferred to the timer
+    deferred = command.events["arrivals_deferred_to_timer"]
+    act()
+    assert command.events["arrivals_deferred_to_timer"] == deferred + 1 and command.action_pending
+    receipt = command.latest_action[1]
+    holds = len(command.stale_hold_latencies_s)
+    tick_clock()  # the timer acts on the deferred action (moving)
+    assert not command.action_pending and moving(cell, 1)
+    tick_clock()  # the policy is dead: two periods after the receipt the action is stale, and held
+    assert len(command.stale_hold_latencies_s) == holds + 1, "no hold two periods after the last action"
+    assert (
+        abs(command.stale_hold_latencies_s[-1] - 2 * period) < 1e-9
+        and abs(sim_time - receipt - 2 * period) < 1e-9
+    )
+    spin_until(executor, lambda: holding(cell, 1))  # the hold command itself reaches the cell
+    assert_commands_in_limits(cell, command.limits)
+    command.destroy_node()
+
+
 def test_settings_are_read_only_ros_parameters_and_ros_overrides_apply(ros_context) -> None:
     """`ros2 param get /command_node safety.stale_after_periods` shows the effective setting; `--ros-args
     -p safety.stale_after_periods:=1.5` overrides the config like the hydra override does; set is refused."""

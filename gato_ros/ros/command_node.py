@@ -257,7 +257,11 @@ class CommandNode(GatoNode):
         now = self.now_s()
         if self.act_on_arrival and not self.action_pending and self.last_action_tick_s is not None:
             since = now - self.last_action_tick_s
-            if 0.0 <= since < TIMER_COVER_PERIODS * self.limits.control_period:
+            # Never skip the tick where the newest action turns stale: the hold is due now. (An action
+            # deferred to the timer is acted on a period after its receipt; counting the quiet time from
+            # that tick alone skipped the hold's tick and held a period late, at 3 periods: issue 13.)
+            hold_due = self.latest_action is None or self.supervisor.is_stale(self.latest_action[1], now)
+            if not hold_due and 0.0 <= since < TIMER_COVER_PERIODS * self.limits.control_period:
                 self.events["timer_ticks_skipped"] += 1
                 return
         self._timer_tick_state = (now, self.supervisor.snapshot(), self.last_tick_s)
