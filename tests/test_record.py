@@ -146,6 +146,44 @@ def test_takes_are_kept_labelled_discarded_without_a_trace_and_numbered_on(ros_c
         again.destroy_node()
 
 
+def test_on_the_twin_a_take_can_end_with_the_twins_episode_and_its_outcome(ros_context, tmp_path) -> None:
+    """record.end_on_twin_outcome: unattended collection. A status still showing the previous, finished
+    episode does not end the new take; the end of the episode the take saw running does, with its label."""
+    import json
+
+    from std_msgs.msg import String
+
+    cfg = load_config([f"record.out_dir={tmp_path / 'takes'}", "record.end_on_twin_outcome=true",
+                       "record.keyboard=false", "record.mcap=false"])  # fmt: skip
+    recorder = RecordNode(cfg, context=ros_context)
+    twin = Node("twin_status", context=ros_context)
+    status = twin.create_publisher(
+        String, contract.EPISODE_STATUS.name, contract.EPISODE_STATUS.qos.profile()
+    )
+    executor = SingleThreadedExecutor(context=ros_context)
+    executor.add_node(recorder)
+    executor.add_node(twin)
+    ended: list[bool] = []
+    recorder.end_take = lambda success: ended.append(success) or ""  # the label it would be kept with
+
+    def send(**fields) -> None:
+        received = dict(recorder.twin_status or {})
+        status.publish(String(data=json.dumps(fields)))
+        spin_until(executor, lambda: (recorder.twin_status or {}) != received or fields == received)
+
+    try:
+        assert "recording" in recorder.start_take()
+        send(episode=3, done=True, success=True)  # the previous episode, finished before the reset
+        assert not ended and recorder.take is not None
+        send(episode=4, done=False, success=False)
+        send(episode=4, done=True, success=True)
+        assert ended == [True]
+    finally:
+        recorder.close()
+        recorder.destroy_node()
+        twin.destroy_node()
+
+
 @pytest.mark.slow
 def test_a_killed_recorder_loses_only_its_take_in_progress_and_resumes(tmp_path) -> None:
     """SIGKILL mid-take: every finished take stays readable, the killed take's raw log keeps what was

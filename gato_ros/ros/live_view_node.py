@@ -57,7 +57,9 @@ class LiveViewNode(GatoNode):
         )
         self.port = int(self.server.port)
         cameras = [str(c) for c in (view.cameras or cfg.cameras.policy_cameras)]
-        self.image_channels = {c: RawImageChannel(f"/{c}/image", context=self.foxglove_context) for c in cameras}
+        self.image_channels = {
+            c: RawImageChannel(f"/{c}/image", context=self.foxglove_context) for c in cameras
+        }
         self.last_image_s = dict.fromkeys(cameras, -float("inf"))
         self.json_channels = {
             name: foxglove.Channel(name, context=self.foxglove_context)

@@ -92,6 +92,7 @@ class Take:
     sample_s: list[float] = field(default_factory=list)  # wall cost of sampling + handing a step over
     repeated_labels: int = 0  # steps labelled with an action received before their observation
     last_stamps: dict[str, float] = field(default_factory=dict)
+    live_twin_episode: int | None = None  # the twin episode seen running during the take
 
     @property
     def steps(self) -> int:
@@ -132,6 +133,7 @@ class RecordNode(SensorNode):
         self.max_steps = round(float(rec.max_seconds) * self.rate_hz)
         self.episodes_wanted = int(rec.episodes)
         self.auto_start = bool(rec.auto_start)
+        self.end_on_twin_outcome = bool(rec.end_on_twin_outcome)
         self.keys = keys
         # the raw log beside each take: every topic of the contract (per-camera topics included)
         self.mcap = bool(rec.mcap)
@@ -190,6 +192,15 @@ class RecordNode(SensorNode):
             self.twin_status = json.loads(msg.data)
         except ValueError:
             return
+        take, status = self.take, self.twin_status
+        if take is None or not self.end_on_twin_outcome or not isinstance(status, dict):
+            return
+        # unattended collection on the twin: the take ends with the episode it recorded, labelled by the
+        # twin's success check (a status still showing the previous, finished episode is not this one's)
+        if not status.get("done"):
+            take.live_twin_episode = status.get("episode")
+        elif take.live_twin_episode is not None and status.get("episode") == take.live_twin_episode:
+            self.end_take(success=bool(status.get("success")))
 
     # -- takes ---------------------------------------------------------------------------------------
     def _recover_interrupted_logs(self) -> None:
