@@ -232,6 +232,7 @@ def test_arm_holds_when_the_policy_dies(stack) -> None:
 
     assert probe.wait_for(lambda: hold_latency() is not None, 30), "no hold latency on /diagnostics"
     assert hold_latency() <= float(cfg.safety.stale_after_periods) + 1e-6, hold_latency()
+    print(f"policy killed: hold {hold_latency()} periods after its last action (node clock)")
     # and the twin's arm actually stops
     state = probe.get(contract.JOINT_STATES)[-1].msg
     assert np.abs(state.velocity[:7]).max() < 0.02, state.velocity

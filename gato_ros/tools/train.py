@@ -60,7 +60,12 @@ def main(argv: list[str]) -> int:
     if not DistContext.from_env().is_main:
         return 0
     last = result.losses[-1] if result.losses else float("nan")
-    print(f"trained {cfg.model.name} to step {result.step}: last loss {last:.4f}")
+    name = cfg.model.name
+    if result.checkpoint is not None:  # the model trained (fine-tuning adopts init_from's)
+        from gato_ros.gato.checkpoint import read_checkpoint_config
+
+        name = read_checkpoint_config(result.checkpoint)["config"]["model"].get("name", name)
+    print(f"trained {name} to step {result.step}: last loss {last:.4f}")
     print(f"  throughput {result.tokens_per_s:,.0f} tokens/s (padded batch tokens, all ranks)")
     if result.checkpoint is not None:
         print(f"  checkpoint {result.checkpoint}")
