@@ -201,34 +201,44 @@ def _stats(values: np.ndarray) -> dict[str, list]:
     }
 
 
-def _image_moments(frames: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
-    """Per-channel sum, sum of squares, min and max over an episode's frames, in [0, 1]."""
-    total, squares = np.zeros(3), np.zeros(3)
-    low, high = np.full(3, np.inf), np.full(3, -np.inf)
-    pixels = 0
-    for t in range(len(frames)):
-        image = np.asarray(frames[t], dtype=np.float64).reshape(-1, 3) / 255.0
-        total += image.sum(axis=0)
-        squares += (image**2).sum(axis=0)
-        low, high = np.minimum(low, image.min(axis=0)), np.maximum(high, image.max(axis=0))
-        pixels += image.shape[0]
-    return total, squares, low, high, pixels
+@dataclass
+class _ChannelMoments:
+    """Per-channel pixel statistics (values in 0..1) accumulated over frames: an episode's, then merged
+    into the dataset's (LeRobot's image stats have shape (3, 1, 1))."""
 
+    total: np.ndarray = field(default_factory=lambda: np.zeros(3))
+    squares: np.ndarray = field(default_factory=lambda: np.zeros(3))
+    low: np.ndarray = field(default_factory=lambda: np.full(3, np.inf))
+    high: np.ndarray = field(default_factory=lambda: np.full(3, -np.inf))
+    pixels: int = 0
+    frames: int = 0
 
-def _image_stats(total, squares, low, high, pixels: int, count: int) -> dict[str, list]:
-    mean = total / max(pixels, 1)
-    std = np.sqrt(np.maximum(squares / max(pixels, 1) - mean**2, 0.0))
+    @classmethod
+    def of(cls, frames: Any) -> _ChannelMoments:
+        moments = cls()
+        for t in range(len(frames)):
+            image = np.asarray(frames[t], dtype=np.float64).reshape(-1, 3) / 255.0
+            moments.total += image.sum(axis=0)
+            moments.squares += (image**2).sum(axis=0)
+            moments.low = np.minimum(moments.low, image.min(axis=0))
+            moments.high = np.maximum(moments.high, image.max(axis=0))
+            moments.pixels += image.shape[0]
+            moments.frames += 1
+        return moments
 
-    def channels(v: np.ndarray) -> list:
-        return v.reshape(3, 1, 1).tolist()
+    def merge(self, other: _ChannelMoments) -> None:
+        self.total += other.total
+        self.squares += other.squares
+        self.low, self.high = np.minimum(self.low, other.low), np.maximum(self.high, other.high)
+        self.pixels += other.pixels
+        self.frames += other.frames
 
-    return {
-        "min": channels(low),
-        "max": channels(high),
-        "mean": channels(mean),
-        "std": channels(std),
-        "count": [count],
-    }
+    def stats(self) -> dict[str, list]:
+        mean = self.total / max(self.pixels, 1)
+        std = np.sqrt(np.maximum(self.squares / max(self.pixels, 1) - mean**2, 0.0))
+        stats = {"min": self.low, "max": self.high, "mean": mean, "std": std}
+        channels = {key: value.reshape(3, 1, 1).tolist() for key, value in stats.items()}
+        return {**channels, "count": [self.frames]}
 
 
 @dataclass
@@ -291,7 +301,7 @@ def export_lerobot(episodes: Iterable[Episode], root: str | Path, settings: LeRo
     features: dict[str, dict[str, Any]] = {}
     key_map: dict[str, dict[str, Any]] = {}
     videos: dict[str, _VideoWriter] = {}
-    image_moments: dict[str, list] = {}
+    image_moments: dict[str, _ChannelMoments] = {}
     data_rows: dict[str, list[Any]] = {}
     data_slot, data_bytes = _FileSlot(settings.chunks_size), 0
     episode_rows: list[dict[str, Any]] = []
@@ -404,16 +414,9 @@ def export_lerobot(episodes: Iterable[Episode], root: str | Path, settings: LeRo
                 f"videos/{name}/from_timestamp": begin,
                 f"videos/{name}/to_timestamp": end,
             }
-            moments = _image_moments(frames)
-            row[f"stats/{name}"] = _image_stats(*moments, count=length)
-            previous = image_moments.get(name)
-            image_moments[name] = [
-                moments[0] + (previous[0] if previous else 0),
-                moments[1] + (previous[1] if previous else 0),
-                np.minimum(moments[2], previous[2]) if previous else moments[2],
-                np.maximum(moments[3], previous[3]) if previous else moments[3],
-                moments[4] + (previous[4] if previous else 0),
-            ]
+            moments = _ChannelMoments.of(frames)
+            row[f"stats/{name}"] = moments.stats()
+            image_moments.setdefault(name, _ChannelMoments()).merge(moments)
         row["meta/episodes/chunk_index"], row["meta/episodes/file_index"] = 0, 0
         for name, values in columns.items():
             if name not in INDEX_FEATURES:
@@ -474,7 +477,7 @@ def export_lerobot(episodes: Iterable[Episode], root: str | Path, settings: LeRo
         if name not in INDEX_FEATURES
     }
     for name, moments in image_moments.items():
-        stats[name] = _image_stats(*moments, count=summary.frames)
+        stats[name] = moments.stats()
     (root / STATS_PATH).write_text(json.dumps(stats, indent=2))
     info = {
         "codebase_version": CODEBASE_VERSION,
