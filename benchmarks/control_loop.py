@@ -208,6 +208,7 @@ def main() -> int:
         "actions_per_sim_s": n_actions / sim if sim else 0.0,
         "commands_per_sim_s": n_commands / sim if sim else 0.0,
         "actions_per_wall_s": n_actions / wall,
+        "overrides": list(args.overrides),
         **{f"{name}_ms": p50_p99_ms(values) for name, values in latency.items()},
     }
     print(f"observation -> command : {percentiles_ms(latency['obs_to_command'])}")
@@ -230,7 +231,10 @@ def main() -> int:
             "latencies that span a tick (action -> command) measure the twin's tick time, not the stack"
         )
     if args.json:
-        args.json.write_text(json.dumps(figures, indent=2))
+        from docs_page import run_record
+
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(run_record("control_loop", figures), indent=2))
     return code
 
 

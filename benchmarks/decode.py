@@ -13,8 +13,10 @@ re-encode the rest): p99 shows them.
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -246,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--full-steps", type=int, default=15, help="timed steps without cache (0: skip)")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
     parser.add_argument("--profile", type=int, default=0, help="print a profiler table of N cached steps")
+    parser.add_argument("--json", type=Path, help="also write the figures here (benchmarks/docs_page.py)")
     parser.add_argument(
         "overrides", nargs="*", help="hydra overrides, e.g. policy.decoder.trim_keep_fraction=1"
     )
@@ -253,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, device {args.device}")
+    results = []
     with torch.inference_mode():
         for name in args.models:
             cfg = load_any_config([f"model={name}", *args.overrides])
@@ -261,11 +265,17 @@ def main(argv: list[str] | None = None) -> int:
                 cfg, torch.device(args.device), DTYPES[args.dtype], args.steps, args.full_steps
             )
             print(format_result(result), f"\n  ({time.perf_counter() - t0:.1f} s)")
+            results.append({**result, "threads": torch.get_num_threads()})
             if args.profile:
                 print(
                     profile_steps(cfg, torch.device(args.device), DTYPES[args.dtype], args.profile),
                     flush=True,
                 )
+    if args.json:
+        from docs_page import run_record
+
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(run_record("decode", results), indent=2))
     return 0
 
 
