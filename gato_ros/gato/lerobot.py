@@ -135,7 +135,6 @@ class _VideoWriter:
         self.stream: Any = None
         self.frames_in_file = 0
         self.bytes_in_file = 0  # encoded so far (an encoder with lookahead holds some back: then approximate)
-        self.path: Path | None = None
 
     def _open(self, height: int, width: int) -> None:
         from fractions import Fraction
@@ -143,9 +142,9 @@ class _VideoWriter:
         import av
 
         s = self.settings
-        self.path = self.root / self.slot.path(VIDEO_PATH, video_key=self.video_key)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.container = av.open(str(self.path), mode="w")
+        path = self.root / self.slot.path(VIDEO_PATH, video_key=self.video_key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.container = av.open(str(path), mode="w")
         rate = Fraction(s.fps).limit_denominator(1000)
         self.stream = self.container.add_stream(s.video_codec, rate=rate)
         self.stream.width, self.stream.height, self.stream.pix_fmt = width, height, s.pix_fmt
