@@ -7,7 +7,14 @@ import pytest
 
 from gato_ros.config import load_config
 from gato_ros.twin import ScriptedExpert, StackingTwin, Stage
-from gato_ros.twin.expert import stack_anchor_offset
+from gato_ros.twin.expert import (
+    BLUE,
+    box_vertices,
+    hull_facets,
+    stack_anchor_offset,
+    support_gap,
+    top_support,
+)
 
 
 @pytest.mark.parametrize(("triplet", "seed"), [("1", 0), ("4", 3)])
@@ -33,6 +40,114 @@ def test_expert_stacks_in_a_seeded_episode(triplet: str, seed: int) -> None:
         assert not step.info["physics_unstable"]
         assert step.info["time"] < float(cfg.control.episode_seconds)
         assert Stage.CLOSE in stages and Stage.LOWER in stages
+
+
+def test_expert_stacks_on_a_blue_whose_top_face_is_tilted() -> None:
+    """Training objects, seed 1: blue (v38) rests on a slanted side, its top face tilted 11 degrees, only its
+    upper edge inside the face band. Red placed over that edge slid off in every attempt; placed over the
+    tilted face, at the height of blue's surface under it, it stays."""
+    cfg = load_config(["twin.objects=train", "twin.render=false", "twin.episode.mode=early_stop"])
+    expert = ScriptedExpert(cfg)
+    with StackingTwin(cfg) as twin:
+        twin.reset(seed=1)
+        expert.reset()
+        scene = expert._scene(twin)
+        facets = scene.world_facets(BLUE)
+        tilt = np.degrees(np.arccos(facets[:, 2].max()))
+        assert 5.0 < tilt < 20.0, tilt
+        step = None
+        for _ in range(twin.max_steps):
+            step = twin.step(expert.act(twin))
+            if step.done:
+                break
+        assert step is not None and step.success
+        assert expert.attempts == 1
+
+
+def test_expert_tips_over_a_blue_with_no_level_face_then_stacks() -> None:
+    """Triplet 2, seed 15: b3 (a trapezoidal prism) lies on a slanted side, its most upward face tilted 41
+    degrees, past the friction angle: red cannot stay on it. The expert pushes blue near its top toward
+    where that face leans, blue rolls onto a level face, and red is stacked on it."""
+    cfg = load_config(["twin.triplet=2", "twin.render=false", "twin.episode.mode=early_stop"])
+    expert = ScriptedExpert(cfg)
+    with StackingTwin(cfg) as twin:
+        twin.reset(seed=15)
+        expert.reset()
+        scene = expert._scene(twin)
+        top = scene.world_facets(BLUE)[np.argmax(scene.world_facets(BLUE)[:, 2])]
+        assert np.degrees(np.arccos(top[2])) > float(cfg.twin.expert.tip_min_tilt_deg)
+        path = expert._tip_plan(scene)
+        assert path is not None
+        start, end = path
+        push = (end - start)[:2]
+        assert np.dot(push, top[:2]) > 0.9 * np.linalg.norm(push) * np.linalg.norm(top[:2])  # where it leans
+        step = None
+        for _ in range(twin.max_steps):
+            step = twin.step(expert.act(twin))
+            if step.done:
+                break
+        assert step is not None and step.success
+        assert expert.tips >= 1
+        tilt = np.degrees(np.arccos(expert._scene(twin).world_facets(BLUE)[:, 2].max()))
+        assert tilt < float(cfg.twin.expert.tip_min_tilt_deg)
+
+
+def test_expert_never_tips_from_poses_alone() -> None:
+    """From an observation dict the objects are assumed boxes: their faces say nothing about blue's, so the
+    expert never plans a push from them."""
+    cfg = load_config(["twin.triplet=2", "twin.render=false"])
+    expert = ScriptedExpert(cfg)
+    with StackingTwin(cfg) as twin:
+        observation = twin.reset(seed=15)
+        expert.reset()
+        assert expert._tip_plan(expert._scene(observation)) is None
+        expert.act(observation)
+        assert expert.stage is not Stage.TIP_APPROACH
+
+
+def tilted_box(half_size: np.ndarray, tilt: float, centre: np.ndarray) -> np.ndarray:
+    rotation = np.array(
+        [[1.0, 0.0, 0.0], [0.0, np.cos(tilt), -np.sin(tilt)], [0.0, np.sin(tilt), np.cos(tilt)]]
+    )
+    return box_vertices(half_size) @ rotation.T + centre
+
+
+def test_the_top_support_of_a_tilted_blue_is_its_whole_top_face() -> None:
+    """A 6 x 4 cm top tilted 15 degrees: the 4 mm band holds only its upper edge, the support the face."""
+    blue = tilted_box(np.array([0.03, 0.02, 0.02]), np.radians(15.0), np.array([0.6, 0.0, 0.03]))
+    facets = hull_facets(blue)
+    support = top_support(blue, facets, band=0.004)
+    top_face = blue[[1, 3, 5, 7]]  # the +z corners of the box before tilting
+    assert len(support) == 4
+    assert np.allclose(np.sort(support, axis=0), np.sort(top_face[:, :2], axis=0))
+    flat = tilted_box(np.array([0.03, 0.02, 0.02]), 0.0, np.array([0.6, 0.0, 0.03]))
+    assert len(top_support(flat, hull_facets(flat), band=0.004)) == 4
+    # Red's centre of mass goes over the face's middle, not over its upper edge.
+    red = box_vertices(np.array([0.015, 0.015, 0.02])) + np.array([0.5, 0.1, 0.2])
+    offset = stack_anchor_offset(red, red[:, :2].mean(axis=0), blue, 0.004, blue_facets=facets)
+    face_middle = top_face[:, :2].mean(axis=0)
+    assert np.linalg.norm(red[:, :2].mean(axis=0) + offset - face_middle) < 0.003
+
+
+def test_the_support_gap_is_to_blues_surface_under_red() -> None:
+    """Red (flat bottom) over a tilted blue: the gap is to the highest point of blue's surface under red's
+    footprint, exact for planes; none where the outlines do not overlap."""
+    tilt = np.radians(15.0)
+    blue = tilted_box(np.array([0.03, 0.03, 0.02]), tilt, np.array([0.6, 0.0, 0.03]))
+    blue_facets = hull_facets(blue)
+    red_half = np.array([0.01, 0.01, 0.02])
+    red = box_vertices(red_half) + np.array([0.6, 0.0, 0.15])
+    red_facets = hull_facets(red)
+    # Blue's top plane through its centre's top point; under red's footprint its highest point is at y=+0.01.
+    normal = np.array([0.0, -np.sin(tilt), np.cos(tilt)])
+    top_point = np.array([0.6, 0.0, 0.03]) + 0.02 * normal
+    surface_z = top_point[2] - (0.01 - top_point[1]) * normal[1] / normal[2]
+    gap = support_gap(red, red_facets, blue_facets)
+    assert gap is not None
+    assert abs(gap - (0.15 - 0.02 - surface_z)) < 1e-6
+    shifted = support_gap(red, red_facets, blue_facets, shift=np.array([0.0, -0.01]))
+    assert shifted is not None and shifted > gap  # moved downhill: more air
+    assert support_gap(red, red_facets, blue_facets, shift=np.array([0.3, 0.0])) is None
 
 
 def test_expert_acts_from_privileged_observations() -> None:

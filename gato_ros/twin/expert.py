@@ -1,9 +1,13 @@
 """`ScriptedExpert`: a privileged, state-based stacking policy that generates the training data.
 
 Stages: approach above red -> descend -> close -> lift (grasp check) -> carry above blue -> lower until
-red's bottom is just above blue's top -> release -> retreat. A failed grasp, a dropped object or a stalled
-stage sends it back to approach (up to `max_attempts`). The gripper yaw is aligned with the red object's
-narrowest horizontal width, computed from its mesh vertices in their current orientation.
+red's bottom is just above blue's surface under it -> release -> retreat. A failed grasp, a dropped object
+or a stalled stage sends it back to approach (up to `max_attempts`). The gripper yaw is aligned with the red
+object's narrowest horizontal width, computed from its mesh vertices in their current orientation.
+
+Blue's top is its most upward hull face, level or tilted: red's centre of mass goes deep inside it. When no
+face of blue is level enough for red to stay on (tilted past the friction angle), each attempt starts by
+tipping blue over: the closed fingers push it near its top toward where that face leans (tip stages).
 """
 
 from __future__ import annotations
@@ -34,6 +38,9 @@ class Stage(Enum):
     RELEASE = "release"
     RETREAT = "retreat"
     RECOVER = "recover"
+    TIP_APPROACH = "tip_approach"  # blue's top too steep to stand on: push blue over first
+    TIP_DESCEND = "tip_descend"
+    TIP_PUSH = "tip_push"
     DONE = "done"
 
 
@@ -48,14 +55,28 @@ class Scene:
     vertices: tuple[np.ndarray, np.ndarray, np.ndarray]  # per object (N, 3) in the body frame
     centres_of_mass: np.ndarray  # (3, 3) world frame
     edges: tuple[np.ndarray, np.ndarray, np.ndarray]  # per object: convex hull edges (vertex index pairs)
+    facets: tuple[np.ndarray, np.ndarray, np.ndarray]  # per object: hull planes (F, 4) in the body frame
+    exact: bool = True  # the objects' own meshes (False: boxes assumed from poses alone)
 
     _posed: dict[int, np.ndarray] = field(default_factory=dict)  # world vertices, computed once per step
+    _planes: dict[int, np.ndarray] = field(default_factory=dict)
 
     def world_vertices(self, obj: int) -> np.ndarray:
         if obj not in self._posed:
             pose = self.object_poses[obj]
             self._posed[obj] = posed_vertices(self.vertices[obj], pose[:3], pose[3:])
         return self._posed[obj]
+
+    def world_facets(self, obj: int) -> np.ndarray:
+        """(F, 4) hull planes n . p + d <= 0 (unit outward n) of an object in its current world pose."""
+        if obj not in self._planes:
+            pose = self.object_poses[obj]
+            rotation = np.empty(9)
+            mujoco.mju_quat2Mat(rotation, np.asarray(pose[3:], dtype=np.float64))
+            normals = self.facets[obj][:, :3] @ rotation.reshape(3, 3).T
+            offsets = self.facets[obj][:, 3] - normals @ np.asarray(pose[:3], dtype=np.float64)
+            self._planes[obj] = np.column_stack([normals, offsets])
+        return self._planes[obj]
 
 
 def box_vertices(half_size: np.ndarray) -> np.ndarray:
@@ -76,6 +97,67 @@ def hull_edges(vertices: np.ndarray) -> np.ndarray:
     simplices = ConvexHull(vertices).simplices
     pairs = np.concatenate([simplices[:, [0, 1]], simplices[:, [1, 2]], simplices[:, [2, 0]]])
     return np.unique(np.sort(pairs, axis=1), axis=0)
+
+
+def hull_facets(vertices: np.ndarray) -> np.ndarray:
+    """(F, 4) planes of the convex hull of `vertices`: n . p + d <= 0 inside, n a unit outward normal."""
+    from scipy.spatial import ConvexHull
+
+    return np.asarray(ConvexHull(vertices).equations, dtype=float)
+
+
+def top_support(vertices: np.ndarray, facets: np.ndarray, band: float, tolerance: float = 1e-3) -> np.ndarray:
+    """(K, 2) xy points of what red can stand on: the vertices within `band` of the object's top, and those of
+    its most upward-facing hull face.
+
+    A flat top is both. A tilted top (blue resting on a slanted side, its top face inclined by 5-20 degrees
+    in a third of the training-object starts) has only its upper edge inside the band: placing red's centre
+    of mass over that edge balanced it there and it slid off; over the inclined face it settles on it.
+    """
+    band_mask, _ = _face_masks(vertices, band)
+    top = facets[int(np.argmax(facets[:, 2]))]
+    on_face = np.abs(vertices @ top[:3] + top[3]) < tolerance
+    return vertices[band_mask | on_face, :2]
+
+
+def surface_heights(facets: np.ndarray, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(upper, lower) heights of a convex hull's surface over xy points (upper < lower off its outline)."""
+    up, down = facets[facets[:, 2] > 1e-6], facets[facets[:, 2] < -1e-6]
+    upper = np.min((-up[:, 3][None] - xy @ up[:, :2].T) / up[:, 2][None], axis=1)
+    lower = np.max((-down[:, 3][None] - xy @ down[:, :2].T) / down[:, 2][None], axis=1)
+    sides = facets[np.abs(facets[:, 2]) <= 1e-6]  # vertical faces bound the outline without a height
+    if len(sides):
+        outside = np.any(xy @ sides[:, :2].T + sides[:, 3][None] > 1e-9, axis=1)
+        upper = np.where(outside, -np.inf, upper)
+    return upper, lower
+
+
+def support_gap(
+    upper_vertices: np.ndarray,
+    upper_facets: np.ndarray,
+    lower_facets: np.ndarray,
+    shift: np.ndarray | None = None,
+    samples: int = 15,
+) -> float | None:
+    """Vertical air between the underside of one convex object (moved horizontally by `shift`) and the top
+    of another below it, where their outlines overlap (None: they do not); negative when they interpenetrate.
+
+    The first contact of red lowered onto a tilted blue is wherever blue's surface is highest under red, not
+    at blue's highest point: lowering by the latter's height released red a centimetre up.
+    """
+    if shift is not None:
+        upper_vertices = upper_vertices + np.array([shift[0], shift[1], 0.0])
+        upper_facets = upper_facets.copy()
+        upper_facets[:, 3] -= upper_facets[:, :2] @ np.asarray(shift, dtype=float)[:2]
+    low, high = upper_vertices[:, :2].min(axis=0), upper_vertices[:, :2].max(axis=0)
+    ticks = np.linspace(0.0, 1.0, samples)
+    grid = low + (high - low) * np.stack(np.meshgrid(ticks, ticks), axis=-1).reshape(-1, 2)
+    top_of_upper, bottom_of_upper = surface_heights(upper_facets, grid)
+    top_of_lower, bottom_of_lower = surface_heights(lower_facets, grid)
+    inside = (top_of_upper >= bottom_of_upper - 1e-9) & (top_of_lower >= bottom_of_lower - 1e-9)
+    if not inside.any():
+        return None
+    return float(np.min(bottom_of_upper[inside] - top_of_lower[inside]))
 
 
 def hull_slice(vertices: np.ndarray, edges: np.ndarray, z: float) -> np.ndarray:
@@ -108,6 +190,7 @@ def stack_anchor_offset(
     search: float = 0.03,
     step: float = 0.002,
     reachable: Callable[[np.ndarray], np.ndarray] | None = None,
+    blue_facets: np.ndarray | None = None,
 ) -> np.ndarray:
     """Horizontal move that puts red where it rests most securely on blue (world-frame vertices).
 
@@ -119,10 +202,14 @@ def stack_anchor_offset(
     a bigger overlap of the two faces. A narrow top face (b3) left red's centre of mass 7 mm from its
     edge with the midpoint rule alone; seeded gentle stacks placed this way hold on every test triplet
     (tests/test_twin_fidelity.py). `reachable(moves)` -> bool mask: only those moves are considered
-    (the tool must be able to get there), unless none is.
+    (the tool must be able to get there), unless none is. With `blue_facets` (blue's hull planes), blue's
+    top is its `top_support` (a tilted top face counts), else the vertices within `band` of its top.
     """
     red_bottom = red_vertices[_face_masks(red_vertices, band)[1], :2].mean(axis=0)
-    blue_top = blue_vertices[_face_masks(blue_vertices, band)[0], :2]
+    if blue_facets is None:
+        blue_top = blue_vertices[_face_masks(blue_vertices, band)[0], :2]
+    else:
+        blue_top = top_support(blue_vertices, blue_facets, band)
     centre_of_mass = np.asarray(red_centre_of_mass_xy, dtype=float)[:2]
     midpoint_move = blue_top.mean(axis=0) - 0.5 * (red_bottom + centre_of_mass)
     ticks = np.arange(-search, search + 1e-9, step)
@@ -156,9 +243,9 @@ class ScriptedExpert:
         self.workspace_low = np.asarray(ctrl.workspace_low, dtype=float)
         self.workspace_high = np.asarray(ctrl.workspace_high, dtype=float)
         self.yaw_limit = float(ctrl.yaw_limit)
-        self._vertex_cache: dict[Any, tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]] = {}
+        self._vertex_cache: dict[Any, tuple[tuple[np.ndarray, ...], ...]] = {}
         box = box_vertices(np.asarray(self.cfg.fallback_half_size, dtype=float))
-        self._box = (box, hull_edges(box))
+        self._box = (box, hull_edges(box), hull_facets(box))
         self.reset()
 
     # -- episode state ------------------------------------------------------------------------------------
@@ -172,6 +259,8 @@ class ScriptedExpert:
         self.retreat_z = 0.0
         self.unstacked_steps = 0
         self.last_gripper = 0.0
+        self.tips = 0
+        self.tip_path: tuple[np.ndarray, np.ndarray] | None = None  # push start and end (x, y, z)
 
     @property
     def failed(self) -> bool:
@@ -191,7 +280,7 @@ class ScriptedExpert:
             pinch = np.asarray(source["sawyer/pinch/pose"], dtype=float)
             rotation = np.empty(9)
             mujoco.mju_quat2Mat(rotation, pinch[3:])
-            box, edges = self._box
+            box, edges, facets = self._box
             poses = np.asarray(source["objects/pose"], dtype=float).reshape(3, 7)
             return Scene(
                 object_poses=poses,
@@ -201,12 +290,15 @@ class ScriptedExpert:
                 vertices=(box, box, box),
                 centres_of_mass=poses[:, :3].copy(),
                 edges=(edges, edges, edges),
+                facets=(facets, facets, facets),
+                exact=False,
             )
         model = source.model
         key = (id(model), source.object_ids)
         if key not in self._vertex_cache:
             vertices = tuple(body_vertices(model, b) for b in source.index.object_bodies)
-            self._vertex_cache = {key: (vertices, tuple(hull_edges(v) for v in vertices))}
+            edges, facets = tuple(hull_edges(v) for v in vertices), tuple(hull_facets(v) for v in vertices)
+            self._vertex_cache = {key: (vertices, edges, facets)}
         pinch = source.pinch_pose()
         rotation = np.empty(9)
         mujoco.mju_quat2Mat(rotation, pinch[3:])
@@ -217,6 +309,7 @@ class ScriptedExpert:
             gripper=source.gripper_position(),
             vertices=self._vertex_cache[key][0],
             edges=self._vertex_cache[key][1],
+            facets=self._vertex_cache[key][2],
             centres_of_mass=source.data.xipos[list(source.index.object_bodies)].copy(),
         )
 
@@ -302,15 +395,50 @@ class ScriptedExpert:
             return None
         return np.concatenate([above, hull_slice(vertices, scene.edges[obj], z)])
 
+    def _tip_plan(self, scene: Scene) -> tuple[np.ndarray, np.ndarray] | None:
+        """Push path that tips blue over when no face of it is level enough for red to stay on (None: blue's
+        top will do, or the tip budget is spent).
+
+        Blue lying on a slanted side (triplet 2's b3 in 15 of 40 starts: its top face at 40 degrees, past the
+        friction angle of 27) can only hold red on another face. Pushed near its top toward where that face
+        leans, it rolls onto a neighbouring side and shows a level face. The push runs through blue's centre
+        of mass, from beside blue's uphill side to past its far side, `tip_depth` below its top.
+        """
+        cfg = self.cfg
+        if not scene.exact:  # a box assumed from a pose says nothing about which face is level
+            return None
+        facets = scene.world_facets(BLUE)
+        top = facets[int(np.argmax(facets[:, 2]))]
+        if np.degrees(np.arccos(np.clip(top[2], -1.0, 1.0))) <= float(cfg.tip_min_tilt_deg):
+            return None
+        if self.tips >= int(cfg.max_tips) or np.linalg.norm(top[:2]) < 1e-6:
+            return None
+        direction = top[:2] / np.linalg.norm(top[:2])
+        vertices = scene.world_vertices(BLUE)
+        along = vertices[:, :2] @ direction
+        across_axis = np.array([-direction[1], direction[0]])
+        lateral = float(across_axis @ scene.centres_of_mass[BLUE, :2]) * across_axis
+        z = float(vertices[:, 2].max()) - float(cfg.tip_depth)
+        start = lateral + (float(along.min()) - float(cfg.tip_standoff)) * direction
+        end = lateral + (float(along.max()) + float(cfg.tip_follow_through)) * direction
+        return np.array([*start, z]), np.array([*end, z])
+
     # -- control -----------------------------------------------------------------------------------------
     def _move(
-        self, scene: Scene, target: np.ndarray, yaw: float | None, gripper: float, slow: bool = False
+        self,
+        scene: Scene,
+        target: np.ndarray,
+        yaw: float | None,
+        gripper: float,
+        slow: bool = False,
+        speed: float | None = None,
     ) -> tuple[np.ndarray, bool]:
         """Proportional tool velocity toward `target` (clamped to the workspace) -> (action, reached)."""
         target = np.clip(target, self.workspace_low, self.workspace_high)
         error = target - scene.pinch_position
         gain = float(self.cfg.position_gain)
-        speed = float(self.cfg.slow_speed) if slow else float(self.action_high[0])
+        if speed is None:
+            speed = float(self.cfg.slow_speed) if slow else float(self.action_high[0])
         velocity = np.clip(gain * error, -speed, speed)
         current_yaw = tool_yaw(scene.pinch_rotation)
         yaw_error = 0.0 if yaw is None else wrap_angle(yaw - current_yaw)
@@ -345,6 +473,13 @@ class ScriptedExpert:
             yaw, grasp_xy = self._grasp_plan(scene, grasp_z, current_yaw)
             if self.grasp_yaw is None or (self.stage is Stage.APPROACH and self.stage_steps == 1):
                 self.grasp_yaw = yaw
+        if self.stage is Stage.APPROACH and self.stage_steps == 1:
+            self.tip_path = self._tip_plan(scene)
+            if self.tip_path is not None:
+                self.tips += 1
+                self._enter(Stage.TIP_APPROACH)
+        if self.stage in (Stage.TIP_APPROACH, Stage.TIP_DESCEND, Stage.TIP_PUSH):
+            return self._tip(scene, timeout)
         if self.stage is Stage.APPROACH:
             target = np.array([*grasp_xy, float(red[:, 2].max()) + float(cfg.approach_height)])
             action, reached = self._move(scene, target, self.grasp_yaw, open_)
@@ -400,8 +535,14 @@ class ScriptedExpert:
             xy = pinch_xy + moves
             return np.all((xy >= self.workspace_low[:2]) & (xy <= self.workspace_high[:2]), axis=1)
 
+        blue_facets = scene.world_facets(BLUE) if scene.exact else None
         offset = stack_anchor_offset(
-            red, scene.centres_of_mass[RED, :2], blue, float(cfg.face_band), reachable=reachable
+            red,
+            scene.centres_of_mass[RED, :2],
+            blue,
+            float(cfg.face_band),
+            reachable=reachable,
+            blue_facets=blue_facets,
         )
         if self.stage is Stage.CARRY:
             target = np.array([*(scene.pinch_position[:2] + offset), carry_z])
@@ -414,13 +555,21 @@ class ScriptedExpert:
                 self._retry()
             return action
         if self.stage is Stage.LOWER:
-            drop = float(blue[:, 2].max()) + float(cfg.place_clearance) - float(red[:, 2].min())
+            # Heights are measured to blue's surface under red (a tilted top is lower there than at its
+            # highest point), at the anchor for the target and where red is now for the release.
+            top_gap = float(red[:, 2].min()) - float(blue[:, 2].max())
+            anchored_gap = current_gap = None
+            if blue_facets is not None:
+                red_facets = scene.world_facets(RED)
+                anchored_gap = support_gap(red, red_facets, blue_facets, shift=offset)
+                current_gap = support_gap(red, red_facets, blue_facets)
+            gap = top_gap if current_gap is None else current_gap
+            drop = float(cfg.place_clearance) - (top_gap if anchored_gap is None else anchored_gap)
             target = scene.pinch_position + np.array([*offset, drop])
-            near = float(red[:, 2].min()) - float(blue[:, 2].max()) < float(cfg.slow_zone)
+            near = gap < float(cfg.slow_zone)
             action, _ = self._move(scene, target, None, close, slow=near)
             # Released only this close above the planned height (a drop tips red on a narrow top), over the
             # anchor, or wherever red already rests on blue (friction holds it there: waiting only times out).
-            gap = float(red[:, 2].min()) - float(blue[:, 2].max())
             aligned = np.linalg.norm(offset) < float(cfg.position_tolerance)
             placed = drop > -float(cfg.place_tolerance) and (aligned or gap < float(cfg.place_tolerance))
             if self._dropped(scene):
@@ -466,6 +615,28 @@ class ScriptedExpert:
         else:
             self.unstacked_steps = 0
         return np.array([0.0, 0.0, 0.0, 0.0, open_])
+
+    def _tip(self, scene: Scene, timeout: bool) -> np.ndarray:
+        """The tip stages: above the push start, down beside blue, then slowly across it (fingers closed)."""
+        assert self.tip_path is not None
+        start, end = self.tip_path
+        close = 1.0
+        if self.stage is Stage.TIP_APPROACH:
+            clear = max(float(scene.world_vertices(obj)[:, 2].max()) for obj in (RED, GREEN, BLUE))
+            above = np.array([*start[:2], clear + float(self.cfg.tip_clearance)])
+            action, reached = self._move(scene, above, None, close)
+            if reached or timeout:
+                self._enter(Stage.TIP_DESCEND)
+            return action
+        if self.stage is Stage.TIP_DESCEND:
+            action, reached = self._move(scene, start, None, close)
+            if reached or timeout:
+                self._enter(Stage.TIP_PUSH)
+            return action
+        action, reached = self._move(scene, end, None, close, speed=float(self.cfg.tip_speed))
+        if reached or timeout:
+            self._enter(Stage.RECOVER)
+        return action
 
     def _sync_stage(self, scene: Scene, red: np.ndarray, blue: np.ndarray) -> None:
         """Feedback: move to the stage the state shows when it contradicts the stage the expert is in.
