@@ -317,7 +317,8 @@ def test_sim_time_drives_the_ticks_and_the_watchdog(ros_context) -> None:
         for _ in range(periods):
             sim_time += command.limits.control_period
             clock_pub.publish(Clock(clock=time_msg(sim_time)))
-            spin_for(executor, 0.02)
+            spin_until(executor, lambda now=sim_time: abs(command.now_s() - now) < 1e-9)  # the node has it
+            spin_for(executor, 0.02)  # its joint state and timer tick
 
     advance(40)
     assert abs(command.now_s() - sim_time) < 1e-6

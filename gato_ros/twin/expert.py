@@ -26,6 +26,7 @@ from gato_ros.twin.scene import body_vertices, posed_vertices
 
 RED, GREEN, BLUE = 0, 1, 2
 WIDTH_SEARCH_ANGLES = 36  # candidate closing directions over [0, pi) for the narrowest-width grasp
+LANDED_TILT_DEG = 3.0  # blue's lowest face this close to level: it lies on a face, not on an edge
 
 
 class Stage(Enum):
@@ -634,7 +635,12 @@ class ScriptedExpert:
                 self._enter(Stage.TIP_PUSH)
             return action
         action, reached = self._move(scene, end, None, close, speed=float(self.cfg.tip_speed))
-        if reached or timeout:
+        # Done once blue lies on a face again with a level enough top (mid-roll it rests on an edge, held up
+        # by the fingers: stopping there lets it roll back), or at the path's end.
+        facets = scene.world_facets(BLUE)
+        level = np.cos(np.radians(float(self.cfg.tip_min_tilt_deg)))
+        landed = facets[:, 2].max() > level and facets[:, 2].min() < -np.cos(np.radians(LANDED_TILT_DEG))
+        if landed or reached or timeout:
             self._enter(Stage.RECOVER)
         return action
 
