@@ -42,6 +42,23 @@ def test_expert_stacks_in_a_seeded_episode(triplet: str, seed: int) -> None:
         assert Stage.CLOSE in stages and Stage.LOWER in stages
 
 
+def finish_episode(twin: StackingTwin, expert: ScriptedExpert):
+    """Step the expert until the episode ends; returns the last TwinStep."""
+    step = None
+    for _ in range(twin.max_steps):
+        step = twin.step(expert.act(twin))
+        if step.done:
+            break
+    assert step is not None
+    return step
+
+
+def blue_top_tilt_deg(expert: ScriptedExpert, twin: StackingTwin) -> float:
+    """How far blue's most upward face is from level, in degrees."""
+    facets = expert._scene(twin).world_facets(BLUE)
+    return float(np.degrees(np.arccos(facets[:, 2].max())))
+
+
 def test_expert_stacks_on_a_blue_whose_top_face_is_tilted() -> None:
     """Training objects, seed 1: blue (v38) rests on a slanted side, its top face tilted 11 degrees, only its
     upper edge inside the face band. Red placed over that edge slid off in every attempt; placed over the
@@ -51,16 +68,9 @@ def test_expert_stacks_on_a_blue_whose_top_face_is_tilted() -> None:
     with StackingTwin(cfg) as twin:
         twin.reset(seed=1)
         expert.reset()
-        scene = expert._scene(twin)
-        facets = scene.world_facets(BLUE)
-        tilt = np.degrees(np.arccos(facets[:, 2].max()))
+        tilt = blue_top_tilt_deg(expert, twin)
         assert 5.0 < tilt < 20.0, tilt
-        step = None
-        for _ in range(twin.max_steps):
-            step = twin.step(expert.act(twin))
-            if step.done:
-                break
-        assert step is not None and step.success
+        assert finish_episode(twin, expert).success
         assert expert.attempts == 1
 
 
@@ -73,23 +83,17 @@ def test_expert_tips_over_a_blue_with_no_level_face_then_stacks() -> None:
     with StackingTwin(cfg) as twin:
         twin.reset(seed=15)
         expert.reset()
+        assert blue_top_tilt_deg(expert, twin) > float(cfg.twin.expert.tip_min_tilt_deg)
         scene = expert._scene(twin)
         top = scene.world_facets(BLUE)[np.argmax(scene.world_facets(BLUE)[:, 2])]
-        assert np.degrees(np.arccos(top[2])) > float(cfg.twin.expert.tip_min_tilt_deg)
         path = expert._tip_plan(scene)
         assert path is not None
         start, end = path
         push = (end - start)[:2]
         assert np.dot(push, top[:2]) > 0.9 * np.linalg.norm(push) * np.linalg.norm(top[:2])  # where it leans
-        step = None
-        for _ in range(twin.max_steps):
-            step = twin.step(expert.act(twin))
-            if step.done:
-                break
-        assert step is not None and step.success
+        assert finish_episode(twin, expert).success
         assert expert.tips >= 1
-        tilt = np.degrees(np.arccos(expert._scene(twin).world_facets(BLUE)[:, 2].max()))
-        assert tilt < float(cfg.twin.expert.tip_min_tilt_deg)
+        assert blue_top_tilt_deg(expert, twin) < float(cfg.twin.expert.tip_min_tilt_deg)
 
 
 def test_expert_never_tips_from_poses_alone() -> None:
