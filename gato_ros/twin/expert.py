@@ -469,18 +469,18 @@ class ScriptedExpert:
             float(red[:, 2].min()) + float(cfg.min_grasp_height_above_bottom),
         )
 
-        if self.stage in (Stage.APPROACH, Stage.DESCEND):
-            # The grasp direction is chosen once per attempt; its centre follows red if it is nudged.
-            yaw, grasp_xy = self._grasp_plan(scene, grasp_z, current_yaw)
-            if self.grasp_yaw is None or (self.stage is Stage.APPROACH and self.stage_steps == 1):
-                self.grasp_yaw = yaw
-        if self.stage is Stage.APPROACH and self.stage_steps == 1:
+        if self.stage is Stage.APPROACH and self.stage_steps == 1:  # a new attempt: tip blue over first?
             self.tip_path = self._tip_plan(scene)
             if self.tip_path is not None:
                 self.tips += 1
                 self._enter(Stage.TIP_APPROACH)
         if self.stage in (Stage.TIP_APPROACH, Stage.TIP_DESCEND, Stage.TIP_PUSH):
             return self._tip(scene, timeout)
+        if self.stage in (Stage.APPROACH, Stage.DESCEND):
+            # The grasp direction is chosen once per attempt; its centre follows red if it is nudged.
+            yaw, grasp_xy = self._grasp_plan(scene, grasp_z, current_yaw)
+            if self.grasp_yaw is None or (self.stage is Stage.APPROACH and self.stage_steps == 1):
+                self.grasp_yaw = yaw
         if self.stage is Stage.APPROACH:
             target = np.array([*grasp_xy, float(red[:, 2].max()) + float(cfg.approach_height)])
             action, reached = self._move(scene, target, self.grasp_yaw, open_)
