@@ -15,6 +15,10 @@ model size (latency does not depend on the weights), listens from this process a
 
     .venv/bin/python benchmarks/control_loop.py                        # tiny model, CPU, 20 s
     .venv/bin/python benchmarks/control_loop.py --seconds 60 --model small
+    .venv/bin/python benchmarks/control_loop.py --load 2          # beside two CPU-bound processes
+
+It also prints each node's CPU use over the measured window (cores: CPU seconds per wall second), so a
+rate that falls short can be traced to the process that starves the others.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import threading
@@ -97,6 +102,22 @@ def listen(timeline: Timeline) -> tuple[Context, SingleThreadedExecutor, threadi
     return context, executor, stop
 
 
+def start_load(count: int, seconds: float) -> list[subprocess.Popen]:
+    """`count` CPU-bound competitors (busy loops) that end by themselves after `seconds`, even if this
+    process dies first; the run stops them earlier."""
+    code = f"import time\nend = time.monotonic() + {seconds}\nwhile time.monotonic() < end:\n    pass\n"
+    return [subprocess.Popen([sys.executable, "-c", code]) for _ in range(count)]
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of a process, all its threads (None once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def loop_latencies(t: Timeline, start: float, end: float) -> dict[str, np.ndarray]:
     """Per action in [start, end): observation -> action, action -> next command, and their sum (s)."""
     obs_wall = np.array([w for w, _ in t.observations])
@@ -148,6 +169,9 @@ def main() -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--realtime-factor", type=float, default=1.0)
     parser.add_argument("--startup-timeout", type=float, default=180.0)
+    parser.add_argument(
+        "--load", type=int, default=0, help="CPU-bound processes competing with the stack (busy loops)"
+    )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("overrides", nargs="*", help="extra hydra overrides for every node")
     args = parser.parse_args()
@@ -169,6 +193,8 @@ def main() -> int:
     print(f"stack: {', '.join(n.spec.name for n in processes.nodes)}; model {args.model} on {args.device}; "
           f"node output in {log_path}")  # fmt: skip
     code = 0
+    load: list[subprocess.Popen] = []
+    cpu: dict[str, float] = {}
     try:
         deadline = time.monotonic() + args.startup_timeout
         while not timeline.snapshot().actions and time.monotonic() < deadline and not processes.exited():
@@ -176,15 +202,28 @@ def main() -> int:
         if not timeline.snapshot().actions or processes.exited():
             print(f"the stack did not come up; see {log_path}", file=sys.stderr)
             return 1
+        load = start_load(args.load, args.warmup + args.seconds + 10.0)
         start = time.monotonic() + args.warmup
         end = start + args.seconds
+        while time.monotonic() < start:
+            time.sleep(0.05)
+        pids = {n.spec.name: n.process.pid for n in processes.nodes}
+        pids.update({f"load{i}": p.pid for i, p in enumerate(load)})
+        cpu_start = {name: cpu_seconds(pid) for name, pid in pids.items()}
         while time.monotonic() < end and not processes.exited():
             time.sleep(0.2)
+        for name, pid in pids.items():
+            now, before = cpu_seconds(pid), cpu_start[name]
+            if now is not None and before is not None:
+                cpu[name] = (now - before) / args.seconds
         if processes.exited():
             print(f"a node died during the run; see {log_path}", file=sys.stderr)
             code = 1
         t = timeline.snapshot()
     finally:
+        for competitor in load:
+            competitor.kill()
+            competitor.wait()
         processes.stop(cfg.ros.launch.sigint_wait_s, cfg.ros.launch.sigterm_wait_s)
         log.close()
         stop.set()
@@ -209,6 +248,8 @@ def main() -> int:
         "commands_per_sim_s": n_commands / sim if sim else 0.0,
         "actions_per_wall_s": n_actions / wall,
         "overrides": list(args.overrides),
+        "load_processes": args.load,
+        "cpu_cores": cpu,
         **{f"{name}_ms": p50_p99_ms(values) for name, values in latency.items()},
     }
     print(f"observation -> command : {percentiles_ms(latency['obs_to_command'])}")
@@ -223,6 +264,7 @@ def main() -> int:
         f"twin real-time factor  : {figures['realtime_factor']:.2f}x (configured {args.realtime_factor:g}x) "
         f"-> {figures['actions_per_wall_s']:.1f} actions per wall second"
     )
+    print("CPU use (cores)        : " + ", ".join(f"{name} {cores:.2f}" for name, cores in cpu.items()))
     if figures["actions_per_sim_s"] < 0.9 * rate:
         print(f"WARNING: actions at {figures['actions_per_sim_s']:.1f} Hz of sim time, below {rate:g} Hz")
     if figures["realtime_factor"] < 0.9 * args.realtime_factor:

@@ -220,3 +220,42 @@ def test_launcher_writes_a_playable_video_and_reports_the_pace(tmp_path: Path) -
     assert frames.ndim == 4 and len(frames) >= 5 and frames.shape[-1] == 3
     assert frames.shape[1] >= 2 * 128 and frames.shape[2] >= 4 * 128  # two views side by side, enlarged
     assert frames.std() > 0
+
+
+PRIORITY_PROBE = """
+import os, sys
+from gato_ros.ros.runtime import raise_cpu_priority
+os.setpriority(os.PRIO_PROCESS, 0, 5)                      # lowering one's priority is always allowed
+assert raise_cpu_priority(None, "probe") is None and raise_cpu_priority(7, "probe") is None
+assert os.getpriority(os.PRIO_PROCESS, 0) == 5             # null or a lower priority: left alone
+message = raise_cpu_priority(2, "probe")
+print(os.getpriority(os.PRIO_PROCESS, 0), message)
+"""
+
+
+def test_nodes_raise_their_cpu_priority_or_say_why_not() -> None:
+    """ros.scheduling: a node on the control path runs at its configured nice value when the process may
+    raise its priority (root, CAP_SYS_NICE, RLIMIT_NICE), else keeps its own and logs one line why."""
+    done = subprocess.run(
+        [sys.executable, "-c", PRIORITY_PROBE], capture_output=True, text=True, timeout=60, check=True
+    )
+    nice, message = done.stdout.strip().split(" ", 1)
+    if nice == "2":
+        assert message == "probe: running at nice 2 (ros.scheduling)"
+    else:
+        assert nice == "5" and "could not raise CPU priority to nice 2" in message
+    cfg = load_config([])
+    assert cfg.ros.scheduling.command_node < cfg.ros.scheduling.policy < 0  # the safety path first
+
+
+def test_a_node_that_may_not_raise_its_priority_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gato_ros.ros import runtime
+
+    def refuse(*_args: object) -> None:
+        raise PermissionError("not permitted")
+
+    monkeypatch.setattr(runtime.os, "getpriority", lambda *_args: 0)
+    monkeypatch.setattr(runtime.os, "setpriority", refuse)
+    message = runtime.raise_cpu_priority(-10, "command_node")
+    assert message is not None and "could not raise CPU priority to nice -10" in message
+    assert "running at nice 0" in message

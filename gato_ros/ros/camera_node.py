@@ -253,7 +253,7 @@ class CameraNode(GatoNode):
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_node(CameraNode, argv)
+    return run_node(CameraNode, argv, priority="camera")
 
 
 if __name__ == "__main__":

@@ -563,7 +563,7 @@ class CommandNode(GatoNode):
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_node(CommandNode, argv)
+    return run_node(CommandNode, argv, priority="command_node")
 
 
 if __name__ == "__main__":

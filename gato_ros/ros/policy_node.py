@@ -89,6 +89,9 @@ class PolicyNode(SensorNode):
         if not cfg.policy.checkpoint:
             raise ValueError("policy.checkpoint is not set: pass policy.checkpoint=<checkpoint directory>")
         self.device = resolve_device(str(cfg.policy.device))
+        threads = cfg.policy.get("num_threads")
+        if threads is not None and self.device.type == "cpu":
+            torch.set_num_threads(int(threads))  # before the first op: intra-op pool size
         checkpoint = load_policy(str(cfg.policy.checkpoint), self.device)
         trained = checkpoint.cfg
         self.tokenizer = ObservationTokenizer(trained)
@@ -275,7 +278,7 @@ class PolicyNode(SensorNode):
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_node(PolicyNode, argv, num_threads=2)
+    return run_node(PolicyNode, argv, num_threads=2, priority="policy")
 
 
 if __name__ == "__main__":

@@ -446,7 +446,7 @@ class TwinNode(GatoNode):
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_node(TwinNode, argv)
+    return run_node(TwinNode, argv, priority="twin")
 
 
 if __name__ == "__main__":
