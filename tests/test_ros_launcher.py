@@ -17,7 +17,7 @@ import pytest
 from gato_ros.config import load_config
 from gato_ros.ros.launcher import NodeSpec, isolated_domain_id, launch_overrides, stack_plan
 from gato_ros.ros.runtime import hydra_overrides
-from gato_ros.tools.launch import EpisodeLog, parse_args, wilson_interval
+from gato_ros.tools.launch import EpisodeLog, PaceLog, parse_args, wilson_interval
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH_FILE = ROOT / "launch" / "stacking.launch.py"
@@ -136,6 +136,22 @@ def test_wilson_interval_and_episode_log() -> None:
     assert log.add({"episode": 0, "done": True, "success": True, "seed": 0}) is None  # reported once
     log.add({"episode": 1, "done": True, "success": False, "seed": 1})
     assert log.count() == 2 and log.summary().startswith("stacked 1/2 episodes = 50%")
+
+
+def test_the_pace_summary_gives_rate_and_policy_latency() -> None:
+    """The end of a twin run: actions per sim second and the policy's observation -> action percentiles."""
+    pace = PaceLog()
+    pace.clock(0.0)
+    for tick in range(1, 41):  # 2 sim s at 20 Hz, one action per tick
+        pace.clock(tick * 0.05)
+        pace.action()
+        pace.latency(0.010 if tick % 10 else 0.040)
+    lines = pace.summary(configured_factor=0.0, rate_hz=20.0)
+    assert lines[0].startswith("pace: 20.0 actions per sim second (control rate 20 Hz)"), lines
+    assert "(lock-step)" in lines[0]
+    assert lines[1].startswith("policy latency (observation -> action, in the policy node): p50 10.0 ms")
+    assert "over 40 actions; control period 50 ms" in lines[1]
+    assert PaceLog().summary(1.0, 20.0) == ["pace: no clock heard"]
 
 
 def run_launcher(*args: str) -> subprocess.Popen:

@@ -38,6 +38,8 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
+import numpy as np
+
 from gato_ros.config import load_config
 from gato_ros.evaluation.stats import WILSON_Z, wilson_interval  # noqa: F401  (re-exported)
 from gato_ros.ros.launcher import (
@@ -98,6 +100,7 @@ class PaceLog:
     actions: int = 0
     first_action_sim: float | None = None  # the clock at the first action: the rate counts from there
     stale_holds: int | None = None  # the command node's hold_stale_action counter
+    latencies: list[float] = field(default_factory=list)  # the policy node's POLICY_LATENCY, s
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def clock(self, sim_s: float) -> None:
@@ -115,6 +118,10 @@ class PaceLog:
                 self.first_action_sim, self.actions = self.last[1], 0
             self.actions += 1
 
+    def latency(self, seconds: float) -> None:
+        with self._lock:
+            self.latencies.append(float(seconds))
+
     def summary(self, configured_factor: float, rate_hz: float) -> list[str]:
         with self._lock:
             if self.first is None or self.last is None or self.last[0] <= self.first[0]:
@@ -125,12 +132,19 @@ class PaceLog:
             acting = self.last[1] - (self.first_action_sim or self.last[1])
             rate = (self.actions - 1) / acting if acting > 0 else 0.0
             holds = self.stale_holds
+            latencies = np.asarray(self.latencies) * 1e3
         lines = [
             f"pace: {rate:.1f} actions per sim second (control rate {rate_hz:g} Hz), twin at {factor:.2f}x "
             f"real time"
             + (f" (configured {configured_factor:g}x)" if configured_factor > 0 else " (lock-step)")
             + (f"; command node held {holds} ticks for stale actions" if holds is not None else "")
         ]
+        if len(latencies):
+            p50, p99 = np.percentile(latencies, [50, 99])
+            lines.append(
+                f"policy latency (observation -> action, in the policy node): p50 {p50:.1f} ms, "
+                f"p99 {p99:.1f} ms over {len(latencies)} actions; control period {1e3 / rate_hz:g} ms"
+            )
         if configured_factor > 0 and factor < 0.9 * configured_factor:
             lines.append(
                 f"this machine could not keep up: the twin ran at {factor:.2f}x instead of "
@@ -269,6 +283,7 @@ class EpisodeMonitor:
             for topic, callback in (
                 (namespaced_clock(namespace), lambda m: pace.clock(contract.stamp_to_seconds(m.clock))),
                 (contract.ACTION, lambda _m: pace.action()),
+                (contract.POLICY_LATENCY, lambda m: pace.latency(m.data)),
                 (contract.DIAGNOSTICS, self.on_diagnostics),
             ):
                 self.node.create_subscription(topic.msg_type, topic.name, callback, topic.qos.profile())
