@@ -199,3 +199,24 @@ def test_trimming_ahead_changes_no_action_and_takes_the_trim_off_the_step(setup,
                 assert ahead.cached == len(ahead.history()) and ahead.pending_action is None
     assert trims_ahead == 2
     assert not make_decoder(model, tokenizer).prepare_next()  # nothing to trim before the first step
+
+
+def test_a_one_step_context_is_a_markov_policy() -> None:
+    """`model.context_length` of exactly one step (the state policy's recipe, against copycat behaviour
+    cloning): each action depends on its own observation only, cached or not, whatever came before."""
+    cfg = load_config(["model.init_std=0.3", "model.context_length=156"])
+    torch.manual_seed(0)
+    model, tokenizer = build_model(cfg).eval(), ObservationTokenizer(cfg)
+    cached, uncached = (
+        make_decoder(model, tokenizer),
+        make_decoder(model, tokenizer, "policy.decoder.kv_cache=false"),
+    )
+    rng = np.random.default_rng(1)
+    observations = [random_observation(rng) for _ in range(4)]
+    for obs in observations:
+        fast, slow = cached.step(obs), uncached.step(obs)
+        fresh = make_decoder(model, tokenizer).step(obs)  # no history at all
+        np.testing.assert_array_equal(fast.token_ids, slow.token_ids)
+        np.testing.assert_array_equal(fast.token_ids, fresh.token_ids)
+        np.testing.assert_allclose(fast.logits, fresh.logits, rtol=1e-4, atol=1e-4)
+        assert fast.context_tokens <= 156 and len(cached.steps) == len(uncached.steps) == 1
