@@ -7,12 +7,14 @@
 #   bash scripts/corrective_data.sh [WORK_DIR]        (default outputs/corrective; ~2.5 h on 2 CPU cores)
 #
 # Knobs (environment): EPISODES (400 per dataset), STEPS (2000), MODEL (medium), NOISE (0.3), BETA (0.5),
-# CHECK_EPISODES (20 per group), PY (.venv/bin/python).
+# CHECK_EPISODES (20 per group), PY (.venv/bin/python), TRAIN_EXTRA (more overrides for every training,
+# e.g. the one-step context "model.context_length=49 training.sequence_length=49 training.batch_size=128").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=${1:-outputs/corrective}
 EPISODES=${EPISODES:-400}
 STEPS=${STEPS:-2000}
+read -r -a TRAIN_EXTRA <<< "${TRAIN_EXTRA:-}"
 MODEL=${MODEL:-medium}
 NOISE=${NOISE:-0.3}
 BETA=${BETA:-0.5}
@@ -39,7 +41,7 @@ train() {  # name [mixture overrides...]
     return
   fi
   gato train "${state[@]}" model="$MODEL" training.steps="$STEPS" training.out_dir="$RUNS/$name" \
-    training.resume=auto training.progress=false training.data.mixture.rgb_stacking_sim_state.path=bc "$@"
+    training.resume=auto training.progress=false training.data.mixture.rgb_stacking_sim_state.path=bc ${TRAIN_EXTRA[@]+"${TRAIN_EXTRA[@]}"} "$@"
 }
 
 source_of() {  # name path successful_only

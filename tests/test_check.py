@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from gato_ros.config import load_config
 from gato_ros.gato.checkpoint import save_checkpoint
 from gato_ros.gato.model import build_model
@@ -44,3 +46,52 @@ def test_check_runs_checkpoints_and_the_expert_on_the_same_seeds(tmp_path: Path,
 def test_check_without_anything_to_check_says_so(tmp_path: Path, capsys) -> None:
     assert check_tool.main([f"check.out_dir={tmp_path}"]) == 2
     assert "nothing to check" in capsys.readouterr().out
+
+
+def test_expert_dims_hand_those_action_dimensions_to_the_scripted_expert(tmp_path: Path) -> None:
+    """`check.expert_dims`: the shadow expert (following every state) supplies the named dimensions, the
+    checkpoint the others; the row says which."""
+    import numpy as np
+
+    from gato_ros.evaluation.success_check import CheckpointRunner
+    from gato_ros.twin import ScriptedExpert
+
+    cfg = load_config(["+experiment=state_policy", "model=tiny", "model.init_std=0.3"])
+    checkpoint = save_checkpoint(tmp_path / "ckpt", build_model(cfg), cfg, step=1)
+    plain = CheckpointRunner(cfg, checkpoint, "train")
+    mixed = CheckpointRunner(cfg, checkpoint, "train", expert_dims=[0, 1, 2, 3])
+    reference = ScriptedExpert(mixed.cfg)
+    try:
+        twin = mixed._twin("benchmark")
+        observation = twin.reset(seed=3)
+        reference.reset()
+        for runner in (plain, mixed):
+            runner.decoder.reset()
+            if runner.expert is not None:
+                runner.expert.reset()
+        for _ in range(5):
+            expert_action = reference.act(twin)
+            policy_action, action = plain._act(twin, observation), mixed._act(twin, observation)
+            np.testing.assert_allclose(action[:4], expert_action[:4])
+            assert action[4] == policy_action[4]  # the checkpoint's own gripper command
+            observation = twin.step(action).observation
+    finally:
+        plain.close()
+        mixed.close()
+    with pytest.raises(ValueError, match=r"expert_dims must lie in 0\.\.4"):
+        CheckpointRunner(cfg, checkpoint, "train", expert_dims=[5])
+    out = tmp_path / "check"
+    argv = [
+        "+experiment=state_policy",
+        "model=tiny",
+        f"check.checkpoints=[{checkpoint}]",
+        f"check.out_dir={out}",
+        "check.expert_dims=[0,1,2,3]",
+        "evaluation.groups=[train]",
+        "evaluation.episodes_per_group=1",
+        "evaluation.workers=1",
+        "control.episode_seconds=0.25",
+    ]
+    assert check_tool.main(argv) == 0
+    result = json.loads((out / "check.json").read_text())
+    assert set(result["summary"]) == {"ckpt + expert [0, 1, 2, 3]"} and result["expert_dims"] == [0, 1, 2, 3]

@@ -18,6 +18,7 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -187,7 +188,15 @@ class CheckpointRunner:
     """A checkpoint (or the scripted expert, ``checkpoint=None``) driving lock-step twin episodes of one
     object group, in this process, no ROS: the machinery of the success check and `gato-ros check`."""
 
-    def __init__(self, cfg: DictConfig, checkpoint: Path | str | None, group: int | str) -> None:
+    def __init__(
+        self,
+        cfg: DictConfig,
+        checkpoint: Path | str | None,
+        group: int | str,
+        expert_dims: Sequence[int] = (),
+    ) -> None:
+        """`expert_dims`: action dimensions a shadow scripted expert supplies instead of the checkpoint
+        (`check.expert_dims`, a diagnosis: which dimensions keep the policy from stacking)."""
         self.cfg = cfg.copy()
         for key, value in group_overrides(group).items():
             OmegaConf.update(self.cfg, key, value)
@@ -197,11 +206,15 @@ class CheckpointRunner:
         self.expert: Any = None
         self.image_size = (int(cfg.cameras.width), int(cfg.cameras.height))
         self.needs_images = False
-        if checkpoint is None:
+        self.expert_dims = sorted({int(d) for d in expert_dims})
+        action_dim = len(cfg.control.action_low)
+        if any(not 0 <= d < action_dim for d in self.expert_dims):
+            raise ValueError(f"expert_dims must lie in 0..{action_dim - 1}, got {list(expert_dims)}")
+        if checkpoint is None or self.expert_dims:
             from gato_ros.twin import ScriptedExpert
 
             self.expert = ScriptedExpert(self.cfg)
-        else:
+        if checkpoint is not None:
             self.load(checkpoint)
 
     def load(self, checkpoint: Path | str) -> None:
@@ -241,7 +254,7 @@ class CheckpointRunner:
         for seed in seeds:
             if self.expert is not None:
                 self.expert.reset()
-            else:
+            if self.decoder is not None:
                 self.decoder.reset()
             try:
                 outcomes.append(bool(run_episode(twin, self._act, seed).success))
@@ -252,11 +265,14 @@ class CheckpointRunner:
         return outcomes, errors
 
     def _act(self, twin: Any, observation: dict[str, np.ndarray]) -> np.ndarray:
-        if self.expert is not None:
+        if self.decoder is None:
             return self.expert.act(twin)
         from gato_ros.gato.images import fit_observation
 
-        return self.decoder.act(fit_observation(observation, *self.image_size))
+        action = np.array(self.decoder.act(fit_observation(observation, *self.image_size)), dtype=np.float64)
+        if self.expert_dims:  # the expert follows every state (feedback), so it can take over any dimension
+            action[self.expert_dims] = np.asarray(self.expert.act(twin), dtype=np.float64)[self.expert_dims]
+        return action
 
     def close(self) -> None:
         if self.twin is not None:

@@ -9,6 +9,9 @@ the twin, which clips it to the action bounds). Use `gato-ros eval` for numbers 
     gato-ros check +experiment=state_policy check.checkpoints=[runs/bc/checkpoints/best,runs/dart/...] \\
         evaluation.baselines=[expert] evaluation.groups=[1,2,3,4,5,train] evaluation.episodes_per_group=20
 
+``check.expert_dims=[0,1,2,3]`` lets a shadow scripted expert supply those action dimensions (x, y, z, yaw,
+gripper) while the checkpoint supplies the rest: which parts of the behaviour keep a policy from stacking.
+
 Prints a Markdown table (Wilson 95 % intervals) and writes ``check.json`` and ``check.md`` to
 ``check.out_dir``.
 """
@@ -35,7 +38,9 @@ EXPERT = "expert"
 AVERAGE_COLUMN = "Average"
 
 
-def _run_job(plain_cfg: dict[str, Any], checkpoint: str | None, group: Any, seeds: list[int]) -> dict:
+def _run_job(
+    plain_cfg: dict[str, Any], checkpoint: str | None, group: Any, seeds: list[int], expert_dims: list[int]
+) -> dict:
     os.environ.setdefault("MUJOCO_GL", "egl")
     import torch
 
@@ -43,7 +48,7 @@ def _run_job(plain_cfg: dict[str, Any], checkpoint: str | None, group: Any, seed
 
     torch.set_num_threads(1)  # one process per core
     cfg = OmegaConf.create(plain_cfg)
-    runner = CheckpointRunner(cfg, checkpoint, group)
+    runner = CheckpointRunner(cfg, checkpoint, group, expert_dims if checkpoint is not None else ())
     try:
         outcomes, errors = runner.episodes(seeds, str(cfg.twin.episode.mode))
     finally:
@@ -64,7 +69,11 @@ def parse_groups(cfg: DictConfig) -> list[int | str]:
 
 def check(cfg: DictConfig) -> dict[str, Any]:
     """Run every (policy, group) job; returns {policy: {column: summary}} plus the raw outcomes."""
-    policies: list[tuple[str, str | None]] = [(policy_name(p), str(p)) for p in cfg.check.checkpoints or []]
+    expert_dims = [int(d) for d in cfg.check.get("expert_dims") or []]
+    suffix = f" + expert {expert_dims}" if expert_dims else ""
+    policies: list[tuple[str, str | None]] = [
+        (policy_name(p) + suffix, str(p)) for p in cfg.check.checkpoints or []
+    ]
     if EXPERT in [str(b) for b in cfg.evaluation.baselines]:
         policies.append((EXPERT, None))
     if not policies:
@@ -89,7 +98,8 @@ def check(cfg: DictConfig) -> dict[str, Any]:
     context = multiprocessing.get_context("spawn")  # no torch/MuJoCo state forked into the workers
     with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=die_with_parent) as pool:
         futures = [
-            (name, pool.submit(_run_job, plain, ckpt, group, seeds)) for name, ckpt, group, seeds in jobs
+            (name, pool.submit(_run_job, plain, ckpt, group, seeds, expert_dims))
+            for name, ckpt, group, seeds in jobs
         ]
         results = [(name, future.result()) for name, future in futures]
     outcomes: dict[str, dict[str, dict[int, bool]]] = {}
@@ -116,6 +126,7 @@ def check(cfg: DictConfig) -> dict[str, Any]:
             n: {c: {str(s): ok for s, ok in v.items()} for c, v in g.items()} for n, g in outcomes.items()
         },
         "decoder_errors": errors,
+        "expert_dims": expert_dims,
         "wall_seconds": round(time.perf_counter() - start, 1),
     }
 
