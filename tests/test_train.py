@@ -358,9 +358,12 @@ def test_init_from_fine_tunes_a_shipped_policy_with_a_fresh_optimizer(tmp_path, 
         *small_run_overrides(tmp_path, steps=2, sequence_length=100, lr=0.0, warmup_steps=0),
     ]
     assert train_tool.main(overrides) == 0
-    assert "adopting its model settings" in capsys.readouterr().out
+    assert "adopting its model" in capsys.readouterr().out
     tuned = load_policy(latest_checkpoint(tmp_path / "run"))
     assert tuned.step == 2 and tuned.cfg.model.name == shipped.cfg.model.name
+    # training windows fit the adopted context (a one-step policy fine-tunes on one-step windows)
+    context = shipped.cfg.model.context_length
+    assert tuned.cfg.model.context_length == context and tuned.cfg.training.sequence_length <= context
     for name, tensor in shipped.model.state_dict().items():  # lr 0: the shipped weights, untouched
         torch.testing.assert_close(tuned.model.state_dict()[name], tensor)
     # a resumed fine-tuning run continues from its own checkpoint, not the starting policy

@@ -391,6 +391,9 @@ def adopt_init_architecture(cfg: DictConfig) -> DictConfig:
         if int(cfg.cameras[key]) != int(trained.cameras[key]):
             changed.append(f"cameras.{key}")
         OmegaConf.update(cfg, f"cameras.{key}", int(trained.cameras[key]))
+    if int(cfg.training.sequence_length) > int(cfg.model.context_length):  # e.g. a one-step (Markov) policy
+        changed.append("training.sequence_length")
+        OmegaConf.update(cfg, "training.sequence_length", int(cfg.model.context_length))
     if changed and DistContext.from_env().is_main:
         print(f"training.init_from={source}: adopting its {', '.join(changed)} settings")
     return cfg
