@@ -178,12 +178,19 @@ def test_stack_runs_an_episode_on_the_twin(stack) -> None:
         assert len(r.msg.data) == 1 and abs(r.msg.data[0]) <= cfg.robot.gripper.command_range[1]
     assert any(np.abs(r.msg.data).max() > 1e-3 for r in velocity), "the policy never moved the arm"
 
-    # the twin moved: joint positions changed within the episode
-    states = [np.asarray(r.msg.position[:7]) for r in probe.get(contract.JOINT_STATES)]
-    assert np.all(np.asarray(states) >= np.asarray(cfg.robot.joint_min))
-    assert np.all(np.asarray(states) <= np.asarray(cfg.robot.joint_max))
-    travel = np.abs(np.asarray(states) - states[0]).max()
-    assert travel > 0.01, travel
+    # the twin moved: joint positions changed within the episode (judged by progress, not by a fixed number
+    # of ticks: on a loaded machine some ticks are stale-action holds, so it may take more of them)
+    def joint_states() -> np.ndarray:
+        return np.asarray([r.msg.position[:7] for r in probe.get(contract.JOINT_STATES)])
+
+    def travel() -> float:
+        states = joint_states()
+        return float(np.abs(states - states[0]).max()) if len(states) else 0.0
+
+    assert probe.wait_for(lambda: travel() > 0.01, FLOW_TIMEOUT_S), travel()
+    states = joint_states()
+    assert np.all(states >= np.asarray(cfg.robot.joint_min))
+    assert np.all(states <= np.asarray(cfg.robot.joint_max))
 
 
 def test_arm_holds_when_the_policy_dies(stack) -> None:
