@@ -48,7 +48,7 @@ def _run_job(
 
     torch.set_num_threads(1)  # one process per core
     cfg = OmegaConf.create(plain_cfg)
-    runner = CheckpointRunner(cfg, checkpoint, group, expert_dims if checkpoint is not None else ())
+    runner = CheckpointRunner(cfg, checkpoint, group, expert_dims)  # the expert row ignores expert_dims
     try:
         outcomes, errors = runner.episodes(seeds, str(cfg.twin.episode.mode))
     finally:
