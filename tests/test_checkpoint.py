@@ -13,6 +13,7 @@ from gato_ros.gato.checkpoint import (
     CONFIG_FILE,
     load_policy,
     load_training_state,
+    model_dtype,
     read_checkpoint_config,
     save_checkpoint,
 )
@@ -47,6 +48,35 @@ def test_tied_head_survives_the_round_trip(tmp_path) -> None:
     batch = random_batch(model)
     with torch.no_grad():
         assert torch.equal(loaded(**batch), model(**batch))
+
+
+def test_a_policy_loads_in_the_dtype_it_runs_in_and_still_decodes(tmp_path) -> None:
+    """`policy.dtype=bfloat16`: every weight in bf16 (the tie kept), and the decoder acts within bounds."""
+    import numpy as np
+
+    from gato_ros.gato.decoder import ActionDecoder
+    from gato_ros.gato.tokenizer import ObservationTokenizer
+
+    cfg = load_config(["+experiment=state_policy", "model=tiny"])
+    path = save_checkpoint(tmp_path / "tiny", build_model(cfg), cfg)
+    loaded = load_policy(path, "cpu", model_dtype("bfloat16"))
+    assert {t.dtype for t in loaded.model.state_dict().values()} == {torch.bfloat16}
+    assert loaded.model.head.weight is loaded.model.token_embedding.weight
+    decoder = ActionDecoder(loaded.model, ObservationTokenizer(loaded.cfg), cfg)
+    rng = np.random.default_rng(0)
+    observation = {
+        "gripper/joints/angle": np.zeros(1, np.float32),
+        "objects/pose": rng.uniform(-0.3, 0.3, 21).astype(np.float32),
+        "sawyer/joints/angle": rng.uniform(-1, 1, 7).astype(np.float32),
+        "sawyer/pinch/pose": rng.uniform(-0.5, 0.5, 7).astype(np.float32),
+        "sawyer/tcp/pose": rng.uniform(-0.5, 0.5, 7).astype(np.float32),
+    }
+    action = decoder.step(observation).action
+    assert np.all(action >= np.array(cfg.control.action_low)) and np.all(
+        action <= np.array(cfg.control.action_high)
+    )
+    with pytest.raises(ValueError, match=r"policy\.dtype"):
+        model_dtype("int8")
 
 
 def test_optimizer_state_round_trips_and_overwrite_is_clean(tmp_path) -> None:

@@ -133,6 +133,26 @@ def test_sampling_stays_in_value_range_and_is_seeded(setup) -> None:
     assert np.all(first.last_result.action >= low) and np.all(first.last_result.action <= high)
 
 
+@pytest.mark.parametrize("kv_cache", [True, False])
+def test_value_mean_decodes_the_bin_nearest_each_distributions_mean(setup, kv_cache: bool) -> None:
+    """`value_mean`: per dimension, the mean of the model's distribution over the bins (from the logits it
+    produced in that context), as the nearest bin; the same with and without the cache."""
+    model, tokenizer = setup
+    cache = f"policy.decoder.kv_cache={str(kv_cache).lower()}"
+    decoder = make_decoder(model, tokenizer, "policy.decoder.value_mean=true", cache)
+    rng = np.random.default_rng(5)
+    centres = (2.0 * np.arange(1024) + 1.0) / 1024 - 1.0  # the action bins (not companded), in [-1, 1]
+    differs_from_argmax = False
+    for _ in range(3):
+        result = decoder.step(random_observation(rng))
+        probs = torch.softmax(torch.from_numpy(result.logits).double(), dim=-1).numpy()
+        means = probs @ centres
+        expected = np.abs(centres[None, :] - means[:, None]).argmin(axis=1) + 32000
+        np.testing.assert_array_equal(result.token_ids, expected)
+        differs_from_argmax |= bool(np.any(result.token_ids != result.logits.argmax(axis=1) + 32000))
+    assert differs_from_argmax  # a spread distribution's mean is not its mode
+
+
 def test_reset_forgets_the_episode(setup) -> None:
     model, tokenizer = setup
     decoder = make_decoder(model, tokenizer)

@@ -18,7 +18,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -194,9 +194,11 @@ class CheckpointRunner:
         checkpoint: Path | str | None,
         group: int | str,
         expert_dims: Sequence[int] = (),
+        policy: Callable[[dict[str, np.ndarray]], np.ndarray] | None = None,
     ) -> None:
         """`expert_dims`: action dimensions a shadow scripted expert supplies instead of the checkpoint
-        (`check.expert_dims`, a diagnosis: which dimensions keep the policy from stacking)."""
+        (`check.expert_dims`, a diagnosis: which dimensions keep the policy from stacking). `policy`: an
+        observation -> action callable driving instead of a checkpoint (a state-only baseline)."""
         self.cfg = cfg.copy()
         for key, value in group_overrides(group).items():
             OmegaConf.update(self.cfg, key, value)
@@ -206,11 +208,12 @@ class CheckpointRunner:
         self.expert: Any = None
         self.image_size = (int(cfg.cameras.width), int(cfg.cameras.height))
         self.needs_images = False
+        self.policy = policy
         self.expert_dims = sorted({int(d) for d in expert_dims})
         action_dim = len(cfg.control.action_low)
         if any(not 0 <= d < action_dim for d in self.expert_dims):
             raise ValueError(f"expert_dims must lie in 0..{action_dim - 1}, got {list(expert_dims)}")
-        if checkpoint is None or self.expert_dims:
+        if (checkpoint is None and policy is None) or self.expert_dims:
             from gato_ros.twin import ScriptedExpert
 
             self.expert = ScriptedExpert(self.cfg)
@@ -221,13 +224,14 @@ class CheckpointRunner:
         """Switch to another checkpoint (of the same observation layout) on the same twin."""
         import torch
 
-        from gato_ros.gato.checkpoint import load_policy, resolve_checkpoint
+        from gato_ros.gato.checkpoint import load_policy, model_dtype, resolve_checkpoint
         from gato_ros.gato.decoder import ActionDecoder
         from gato_ros.gato.images import policy_image_size
         from gato_ros.gato.tokenizer import ObservationTokenizer
 
         device = "cuda" if torch.cuda.is_available() and str(self.cfg.training.device) != "cpu" else "cpu"
-        policy = load_policy(resolve_checkpoint(checkpoint), device)
+        dtype = model_dtype(str(self.cfg.policy.get("dtype", "float32")))
+        policy = load_policy(resolve_checkpoint(checkpoint), device, dtype)
         tokenizer = ObservationTokenizer(policy.cfg)
         self.decoder = ActionDecoder(policy.model, tokenizer, self.cfg)
         self.image_size = policy_image_size(policy.cfg)
@@ -265,11 +269,15 @@ class CheckpointRunner:
         return outcomes, errors
 
     def _act(self, twin: Any, observation: dict[str, np.ndarray]) -> np.ndarray:
-        if self.decoder is None:
+        if self.policy is not None:
+            action = np.array(self.policy(observation), dtype=np.float64)
+        elif self.decoder is None:
             return self.expert.act(twin)
-        from gato_ros.gato.images import fit_observation
+        else:
+            from gato_ros.gato.images import fit_observation
 
-        action = np.array(self.decoder.act(fit_observation(observation, *self.image_size)), dtype=np.float64)
+            fitted = fit_observation(observation, *self.image_size)
+            action = np.array(self.decoder.act(fitted), dtype=np.float64)
         if self.expert_dims:  # the expert follows every state (feedback), so it can take over any dimension
             action[self.expert_dims] = np.asarray(self.expert.act(twin), dtype=np.float64)[self.expert_dims]
         return action

@@ -193,9 +193,21 @@ def read_checkpoint_config(path: str | Path) -> dict[str, Any]:
     return meta
 
 
-def load_policy(path: str | Path, device: str | torch.device = "cpu") -> PolicyCheckpoint:
-    """Rebuild the model from the checkpoint's JSON config and load its weights (eval mode). `path` may
-    also name a shipped policy (`resolve_checkpoint`)."""
+MODEL_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def model_dtype(name: str) -> torch.dtype:
+    """``policy.dtype`` -> the torch dtype a policy runs in (one of MODEL_DTYPES)."""
+    if name not in MODEL_DTYPES:
+        raise ValueError(f"policy.dtype must be one of {sorted(MODEL_DTYPES)}, not {name!r}")
+    return MODEL_DTYPES[name]
+
+
+def load_policy(
+    path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> PolicyCheckpoint:
+    """Rebuild the model from the checkpoint's JSON config and load its weights (eval mode), then cast it
+    to `dtype` (`policy.dtype`). `path` may also name a shipped policy (`resolve_checkpoint`)."""
     path = resolve_checkpoint(path)
     meta = read_checkpoint_config(path)
     model_cfg = GatoModelConfig(**meta["model"])
@@ -210,7 +222,7 @@ def load_policy(path: str | Path, device: str | torch.device = "cpu") -> PolicyC
     bad = [name for name, tensor in model.state_dict().items() if not torch.isfinite(tensor).all()]
     if bad:  # a policy with NaN weights decodes garbage that only the safety limits would stop
         raise ValueError(f"{path}: {len(bad)} tensor(s) hold NaN or infinite values, e.g. {bad[0]}; refused")
-    model.eval()
+    model.to(dtype).eval()
     return PolicyCheckpoint(
         model=model, cfg=_config_from_plain(meta["config"]), step=int(meta["step"]), path=path
     )

@@ -28,7 +28,7 @@ import torch
 
 from gato_ros.gato.model import GatoModel
 from gato_ros.gato.serialization import TokenSequence
-from gato_ros.gato.tokenizer import ObservationTokenizer
+from gato_ros.gato.tokenizer import ObservationTokenizer, detokenize_continuous
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -81,6 +81,7 @@ class ActionDecoder:
         self.tokenizer = tokenizer
         self.temperature = float(dcfg.temperature)
         self.greedy = bool(dcfg.greedy)
+        self.value_mean = bool(dcfg.get("value_mean", False))
         self.use_kv_cache = bool(dcfg.kv_cache)
         self.trim_keep_fraction = float(dcfg.trim_keep_fraction)
         if not self.greedy and self.temperature <= 0:
@@ -111,6 +112,10 @@ class ActionDecoder:
         self._one_patch_pos = torch.zeros((1, 1, 4), dtype=torch.long, device=self.device)
         self._action_obs_pos = torch.full((1, 1), self.action_obs_index, dtype=torch.long, device=self.device)
         self._ids = torch.zeros(self.action_dim, dtype=torch.long, device=self.device)
+        # Each value bin's number ([-1, 1] before the bounds are applied), for `value_mean` decoding.
+        bins = np.arange(*self.value_range)
+        values = detokenize_continuous(bins, tokenizer.action_companding, tokenizer.layout)
+        self._bin_values = torch.as_tensor(values, dtype=torch.float32, device=self.device)
         # Whether every logit of the step was finite, accumulated on the device (no sync per dimension).
         self._finite = torch.ones((), dtype=torch.bool, device=self.device)
         self._position = torch.zeros(1, dtype=torch.long, device=self.device)
@@ -253,7 +258,10 @@ class ActionDecoder:
         if self.record_logits:
             self._logits.append(logits)
         self._finite &= torch.isfinite(logits).all()
-        if self.greedy:
+        if self.value_mean:  # the distribution's mean, as the nearest bin (the token the context gets)
+            mean = torch.softmax(logits, dim=-1) @ self._bin_values
+            index = torch.argmin((self._bin_values - mean).abs())
+        elif self.greedy:
             index = torch.argmax(logits)
         else:
             probs = torch.softmax(logits / self.temperature, dim=-1)

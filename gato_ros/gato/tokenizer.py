@@ -387,9 +387,9 @@ class ObservationTokenizer:
 
     def tokenize_step(self, obs: Mapping[str, Any]) -> StepTokens:
         """One step's observation + separator, in the paper's order. Text keys must hold ``str``."""
-        return self._tokenize(self._privileged_in_frame(obs), batched=False)
+        return self._tokenize(self.privileged_in_frame(obs), batched=False)
 
-    def _privileged_in_frame(self, obs: Mapping[str, Any]) -> Mapping[str, Any]:
+    def privileged_in_frame(self, obs: Mapping[str, Any]) -> Mapping[str, Any]:
         """With ``privileged_frame: pinch``, object positions become offsets from the gripper's pinch point
         (world axes; orientations unchanged): near zero, where mu-law bins are finest, and the direction to
         move is one token's sign instead of a comparison of two tokens."""
@@ -409,7 +409,7 @@ class ObservationTokenizer:
         """
         if any(p.kind == "text" for p in self.plans):
             raise ValueError("tokenize_steps does not handle text observation keys; use tokenize_step")
-        return self._tokenize(self._privileged_in_frame(observations), batched=True)
+        return self._tokenize(self.privileged_in_frame(observations), batched=True)
 
     def _check_keys(self, obs: Mapping[str, Any]) -> None:
         missing = [p.key for p in self.plans if p.key not in obs]

@@ -82,7 +82,7 @@ class PolicyNode(SensorNode):
 
     def __init__(self, cfg: DictConfig, **kwargs: Any) -> None:
         super().__init__("policy", cfg, **kwargs)
-        from gato_ros.gato.checkpoint import load_policy
+        from gato_ros.gato.checkpoint import load_policy, model_dtype
         from gato_ros.gato.decoder import ActionDecoder
         from gato_ros.gato.tokenizer import ObservationTokenizer
 
@@ -92,7 +92,8 @@ class PolicyNode(SensorNode):
         threads = cfg.policy.get("num_threads")
         if threads is not None and self.device.type == "cpu":
             torch.set_num_threads(int(threads))  # before the first op: intra-op pool size
-        checkpoint = load_policy(str(cfg.policy.checkpoint), self.device)
+        self.dtype = model_dtype(str(cfg.policy.get("dtype", "float32")))
+        checkpoint = load_policy(str(cfg.policy.checkpoint), self.device, self.dtype)
         trained = checkpoint.cfg
         self.tokenizer = ObservationTokenizer(trained)
         self.decoder = ActionDecoder(checkpoint.model, self.tokenizer, cfg)
@@ -144,7 +145,8 @@ class PolicyNode(SensorNode):
             1.0 / float(cfg.control.rate_hz), self.on_timer, callback_group=MutuallyExclusiveCallbackGroup()
         )
         self.get_logger().info(
-            f"policy {checkpoint.path} (step {checkpoint.step}) on {self.device}, cameras {self.cameras}"
+            f"policy {checkpoint.path} (step {checkpoint.step}) on {self.device} in "
+            f"{str(self.dtype).removeprefix('torch.')}, cameras {self.cameras}"
             f"{', object poses' if self.object_poses else ''}, {cfg.control.rate_hz} Hz"
         )
 
