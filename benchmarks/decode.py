@@ -5,6 +5,7 @@ action dimension (no cache). Synthetic observations in the benchmark's shapes; t
 
     .venv/bin/python benchmarks/decode.py                          # tiny and small on the CPU
     .venv/bin/python benchmarks/decode.py --models small --device cuda --dtype bfloat16 --steps 200
+    .venv/bin/python benchmarks/decode.py --models large --dtype bfloat16   # CPUs with AMX: policy.dtype
 
 Steps run past the 1024-token window, so the figures include context trims (drop the oldest steps,
 re-encode the rest): p99 shows them.
@@ -22,11 +23,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from gato_ros.gato.checkpoint import MODEL_DTYPES as DTYPES  # the dtypes policy.dtype takes
 from gato_ros.gato.decoder import ActionDecoder
 from gato_ros.gato.model import GatoModel, GatoModelConfig
 from gato_ros.gato.tokenizer import ObservationTokenizer
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def observation_shapes(cfg: Any) -> dict[str, tuple[int, ...]]:

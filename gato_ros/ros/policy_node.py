@@ -280,7 +280,11 @@ class PolicyNode(SensorNode):
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_node(PolicyNode, argv, num_threads=2, priority="policy")
+    # One executor thread: a MultiThreadedExecutor spins on its futures while a step runs (py-spy: more
+    # samples in rclpy's executor than in the model) and takes the GIL from the step. With one thread the
+    # decode runs alone and sensor messages wait in their queues until it ends (the step uses the newest).
+    # benchmarks/control_loop.py --model large: 4.5 -> 9.1 actions/s (docs/BENCHMARKS.md).
+    return run_node(PolicyNode, argv, priority="policy")
 
 
 if __name__ == "__main__":
