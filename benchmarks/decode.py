@@ -23,10 +23,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from gato_ros.gato.checkpoint import MODEL_DTYPES as DTYPES  # the dtypes policy.dtype takes
 from gato_ros.gato.decoder import ActionDecoder
 from gato_ros.gato.model import GatoModel, GatoModelConfig
 from gato_ros.gato.tokenizer import ObservationTokenizer
+
+# The dtypes `policy.dtype` takes (gato_ros.gato.checkpoint.MODEL_DTYPES), spelt out: gpu_check.py imports
+# this module on a GPU box that promises only torch + numpy (no safetensors, which checkpoint.py needs).
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def observation_shapes(cfg: Any) -> dict[str, tuple[int, ...]]:

@@ -77,3 +77,15 @@ def test_gpu_check_trainer_smoke_run_without_hydra(tmp_path) -> None:
     assert smoke["steps"] == 6 and len(smoke["losses"]) == 6
     assert smoke["checkpoint_reloaded_on"] == "cpu"
     assert abs(smoke["reloaded_model_loss"] - smoke["losses"][-1]) < 0.5  # the trained weights came back
+
+
+def test_the_decode_benchmark_offers_the_dtypes_a_policy_runs_in() -> None:
+    """benchmarks/decode.py spells out policy.dtype's choices (it must import without safetensors)."""
+    from gato_ros.gato.checkpoint import MODEL_DTYPES
+
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import decode
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    assert decode.DTYPES == MODEL_DTYPES
