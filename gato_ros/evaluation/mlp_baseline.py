@@ -14,12 +14,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from omegaconf import DictConfig
 
 from gato_ros.gato.data import Episode, EpisodeDataset, dataset_directory
 from gato_ros.gato.tokenizer import ObservationTokenizer
+
+if TYPE_CHECKING:
+    import torch
 
 STD_FLOOR = 1e-6  # constant features (e.g. a fixed quaternion component) standardise to 0, not NaN
 
@@ -74,7 +78,9 @@ class MlpPolicy:
     """A trained MLP with its standardisation; ``act(observation)`` returns the action (unclipped: the
     twin clips to its bounds, as it does a decoded action)."""
 
-    def __init__(self, features: ObservationFeatures, net, stats: tuple[np.ndarray, ...]) -> None:
+    def __init__(
+        self, features: ObservationFeatures, net: torch.nn.Module, stats: tuple[np.ndarray, ...]
+    ) -> None:
         self.features, self.net = features, net
         self.in_mean, self.in_std, self.out_mean, self.out_std = stats
 
@@ -88,7 +94,7 @@ class MlpPolicy:
 
 
 def train_mlp(
-    cfg: DictConfig, settings: MlpSettings, log_every: int = 1000, arrays: tuple | None = None
+    cfg: DictConfig, settings: MlpSettings, log_every: int = 1000
 ) -> tuple[MlpPolicy, list[tuple[int, float]]]:
     """Fit an MLP (GELU, AdamW, cosine schedule, MSE on standardised actions) to the mixture's episodes.
     Returns the policy and (step, loss) pairs every `log_every` steps."""
@@ -96,7 +102,7 @@ def train_mlp(
 
     torch.manual_seed(settings.seed)
     features = ObservationFeatures(cfg)
-    inputs, actions = arrays if arrays is not None else dataset_arrays(cfg, features)
+    inputs, actions = dataset_arrays(cfg, features)
     in_mean, in_std = inputs.mean(0), inputs.std(0) + STD_FLOOR
     out_mean, out_std = actions.mean(0), actions.std(0) + STD_FLOOR
     x = torch.from_numpy(((inputs - in_mean) / in_std).astype(np.float32))

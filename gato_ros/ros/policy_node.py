@@ -283,7 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     # One executor thread: a MultiThreadedExecutor spins on its futures while a step runs (py-spy: more
     # samples in rclpy's executor than in the model) and takes the GIL from the step. With one thread the
     # decode runs alone and sensor messages wait in their queues until it ends (the step uses the newest).
-    # benchmarks/control_loop.py --model large: 4.5 -> 9.1 actions/s (docs/BENCHMARKS.md).
+    # benchmarks/control_loop.py --model large policy.num_threads=2 (fp32, idle 2-core machine, one run
+    # each): 4.5 actions/s with a 2-thread executor, 9.1 with one.
     return run_node(PolicyNode, argv, priority="policy")
 
 
