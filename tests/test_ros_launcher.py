@@ -224,8 +224,10 @@ def test_launcher_writes_a_playable_video_and_reports_the_pace(tmp_path: Path) -
     import imageio.v3 as iio
 
     video = tmp_path / "demo.mp4"
+    # 4 s (80 ticks): the twin renders only once it has discovered the launcher's image subscription
+    # (lazy images); on a loaded machine that took ~1.8 s, leaving a 2 s episode 3 frames.
     launcher = run_launcher(
-        "sim:=true", "ros.twin.action_source=expert", "control.episode_seconds=2", "--episodes", "1",
+        "sim:=true", "ros.twin.action_source=expert", "control.episode_seconds=4", "--episodes", "1",
         "--video", str(video),
     )  # fmt: skip
     out, _ = launcher.communicate(timeout=240)
