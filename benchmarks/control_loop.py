@@ -6,8 +6,10 @@ model size (latency does not depend on the weights), listens from this process a
 
 - observation -> command latency, p50/p99: from this process receiving a twin observation (the joint
   state of tick t) to it receiving the first joint velocity command after the policy's action for that
-  observation. The command node runs on its own timer, so this includes waiting for its next tick, as on
-  the real cell;
+  observation. The twin renders the tick's camera frames after it sends the joint state, so with an image
+  policy this span includes the twin's rendering (the real cell's cameras run on their own);
+- the same from the observation being complete (joint state and every camera's frame of the tick
+  received), the span the stack itself can act on;
 - its parts: the policy's own POLICY_LATENCY (observation receipt -> action publication, inside the
   policy node) and action -> next command;
 - achieved rates: policy actions and joint commands per sim second against ``control.rate_hz``, and the
@@ -39,23 +41,29 @@ import rclpy
 from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.signals import SignalHandlerOptions
+from rclpy.subscription import MessageInfo
 
 from gato_ros.config import load_config
 from gato_ros.gato.checkpoint import save_checkpoint
 from gato_ros.gato.model import build_model
 from gato_ros.ros import contract
 from gato_ros.ros.launcher import NodeProcesses, isolated_domain_id, launch_overrides, stack_plan
+from gato_ros.ros.runtime import use_realtime_scheduling
+
+LISTENER_REALTIME_PRIORITY = 60  # above ros.realtime_priority's nodes
 
 
 @dataclass
 class Timeline:
-    """Wall receipt times (monotonic, s) of what the stack publishes, as seen from one listener."""
+    """Wall receipt times (system clock, s: the middleware's receipt stamps) of what the stack publishes,
+    as seen from one listener."""
 
     observations: list[tuple[float, float]] = field(default_factory=list)  # (wall, stamp)
     actions: list[float] = field(default_factory=list)
     commands: list[float] = field(default_factory=list)
     policy_latency: list[tuple[float, float]] = field(default_factory=list)  # (wall, seconds)
     clock: list[tuple[float, float]] = field(default_factory=list)  # (wall, sim)
+    frames: list[tuple[float, float]] = field(default_factory=list)  # (wall, stamp), every camera's images
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def snapshot(self) -> Timeline:
@@ -66,17 +74,21 @@ class Timeline:
                 list(self.commands),
                 list(self.policy_latency),
                 list(self.clock),
+                list(self.frames),
             )
 
 
-def listen(timeline: Timeline) -> tuple[Context, SingleThreadedExecutor, threading.Event]:
+def listen(timeline: Timeline, cameras: list[str]) -> tuple[Context, SingleThreadedExecutor, threading.Event]:
     context = Context()
     rclpy.init(args=[], context=context, signal_handler_options=SignalHandlerOptions.NO)
     node = rclpy.create_node("control_loop_benchmark", context=context)
 
     def record(topic: contract.Topic, on_msg) -> None:
-        def callback(msg) -> None:
-            now = time.monotonic()
+        def callback(msg, info: MessageInfo) -> None:
+            # The middleware's receipt time, not this callback's: the executor serves ready subscriptions
+            # in a fixed order, so a callback's own time is late by whatever was served before it.
+            received = info["received_timestamp"]
+            now = received * 1e-9 if received > 0 else time.time()
             with timeline.lock:
                 on_msg(now, msg)
 
@@ -90,6 +102,11 @@ def listen(timeline: Timeline) -> tuple[Context, SingleThreadedExecutor, threadi
     record(contract.JOINT_VELOCITY_COMMAND, lambda now, m: timeline.commands.append(now))
     record(contract.POLICY_LATENCY, lambda now, m: timeline.policy_latency.append((now, m.data)))
     record(contract.CLOCK, lambda now, m: timeline.clock.append((now, contract.stamp_to_seconds(m.clock))))
+    for camera in cameras:  # the images themselves: the twin may be preempted before anything after them
+        record(
+            contract.camera_image(camera),
+            lambda now, m: timeline.frames.append((now, contract.stamp_to_seconds(m.header.stamp))),
+        )
     executor = SingleThreadedExecutor(context=context)
     executor.add_node(node)
     stop = threading.Event()
@@ -118,21 +135,36 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def loop_latencies(t: Timeline, start: float, end: float) -> dict[str, np.ndarray]:
-    """Per action in [start, end): observation -> action, action -> next command, and their sum (s)."""
+def observation_complete_times(t: Timeline, cameras: int) -> np.ndarray:
+    """Wall time each tick's observation was complete here: its joint state and every camera's frame
+    received; ticks some part of which never arrived are left out."""
+    parts: dict[float, list[float]] = {}
+    for wall, stamp in (*t.observations, *t.frames):
+        parts.setdefault(stamp, []).append(wall)
+    return np.sort([max(walls) for walls in parts.values() if len(walls) == 1 + cameras])
+
+
+def loop_latencies(t: Timeline, start: float, end: float, cameras: int) -> dict[str, np.ndarray]:
+    """Per action in [start, end): (joint-state) observation -> action, action -> next command, and their
+    sum; and complete observation (joint state and all camera frames in) -> command (s)."""
     obs_wall = np.array([w for w, _ in t.observations])
+    complete = observation_complete_times(t, cameras)
     commands = np.array(t.commands)
-    parts: dict[str, list[float]] = {"obs_to_command": [], "obs_to_action": [], "action_to_command": []}
+    parts: dict[str, list[float]] = {
+        "obs_to_command": [], "obs_to_action": [], "action_to_command": [], "complete_obs_to_command": []
+    }  # fmt: skip
     for action in t.actions:
         if not start <= action < end:
             continue
         i = np.searchsorted(obs_wall, action) - 1  # the newest observation before the action
         j = np.searchsorted(commands, action)  # the first command after it
-        if i < 0 or j >= len(commands):
+        k = np.searchsorted(complete, action) - 1  # the newest complete observation before it
+        if i < 0 or j >= len(commands) or k < 0:
             continue
         parts["obs_to_command"].append(commands[j] - obs_wall[i])
         parts["obs_to_action"].append(action - obs_wall[i])
         parts["action_to_command"].append(commands[j] - action)
+        parts["complete_obs_to_command"].append(commands[j] - complete[k])
     parts_array = {k: np.array(v) for k, v in parts.items()}
     parts_array["policy_in_node"] = np.array([s for w, s in t.policy_latency if start <= w < end])
     return parts_array
@@ -183,8 +215,15 @@ def main() -> int:
     overrides = launch_overrides(True, str(checkpoint), args.device, extra)
     cfg = load_config(overrides)
     os.environ["ROS_DOMAIN_ID"] = str(isolated_domain_id())
+    # The listener is the instrument: above the stack's real-time priorities (it only timestamps), so
+    # its receive threads are never the ones kept waiting for a core. Before rclpy.init: they inherit it.
+    message = use_realtime_scheduling(LISTENER_REALTIME_PRIORITY, "listener", "benchmark")
+    if message:
+        print(message)
     timeline = Timeline()
-    context, executor, stop = listen(timeline)
+    # the cameras the policy reads (listening to others would make the twin render them: lazy images)
+    cameras = [str(k).removesuffix("/pixels") for k in cfg.tokenizer.observation.image_keys]
+    context, executor, stop = listen(timeline, cameras)
     log_path = workdir / "nodes.log"
     log = log_path.open("w")
     processes = NodeProcesses(env=dict(os.environ), output=log)
@@ -203,14 +242,14 @@ def main() -> int:
             print(f"the stack did not come up; see {log_path}", file=sys.stderr)
             return 1
         load = start_load(args.load, args.warmup + args.seconds + 10.0)
-        start = time.monotonic() + args.warmup
+        start = time.time() + args.warmup
         end = start + args.seconds
-        while time.monotonic() < start:
+        while time.time() < start:
             time.sleep(0.05)
         pids = {n.spec.name: n.process.pid for n in processes.nodes}
         pids.update({f"load{i}": p.pid for i, p in enumerate(load)})
         cpu_start = {name: cpu_seconds(pid) for name, pid in pids.items()}
-        while time.monotonic() < end and not processes.exited():
+        while time.time() < end and not processes.exited():
             time.sleep(0.2)
         for name, pid in pids.items():
             now, before = cpu_seconds(pid), cpu_start[name]
@@ -230,7 +269,7 @@ def main() -> int:
         executor.shutdown()
         rclpy.shutdown(context=context)
 
-    latency = loop_latencies(t, start, end)
+    latency = loop_latencies(t, start, end, len(cameras))
     sim = sim_seconds(t, start, end)
     wall = end - start
     n_actions = sum(start <= w < end for w in t.actions)
@@ -253,6 +292,7 @@ def main() -> int:
         **{f"{name}_ms": p50_p99_ms(values) for name, values in latency.items()},
     }
     print(f"observation -> command : {percentiles_ms(latency['obs_to_command'])}")
+    print(f"  once complete        : {percentiles_ms(latency['complete_obs_to_command'])}")
     print(f"  observation -> action: {percentiles_ms(latency['obs_to_action'])}")
     print(f"    policy (in node)   : {percentiles_ms(latency['policy_in_node'])}")
     print(f"  action -> command    : {percentiles_ms(latency['action_to_command'])}")

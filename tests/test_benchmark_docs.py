@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
@@ -36,3 +38,53 @@ def test_a_decode_run_becomes_a_row_of_the_benchmarks_page(tmp_path) -> None:
     speedup, of_period = float(cells[7]), float(cells[8])
     assert abs(of_period - step_p99 / result["period_ms"]) < 0.01  # both rounded on the page
     assert speedup > 0 and "decode.py --models tiny" in text
+
+
+def _benchmark_module(name: str):
+    import importlib.util
+
+    sys.path.insert(0, str(BENCHMARKS))  # control_loop imports docs_page as the scripts do
+    try:
+        spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up while it loads
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    return module
+
+
+def test_the_control_loop_measures_from_the_complete_observation_too() -> None:
+    """An observation is complete when its joint state and every camera's frame are in: the latency from
+    there leaves out the twin's rendering between the joint state and the frames; a tick with a missing
+    frame is not an observation the policy could act on."""
+    loop = _benchmark_module("control_loop")
+    t = loop.Timeline()
+    t.observations = [(0.000, 1.00), (0.050, 1.05), (0.100, 1.10)]  # (wall, stamp)
+    t.frames = [(0.020, 1.00), (0.030, 1.00), (0.070, 1.05), (0.120, 1.10), (0.125, 1.10)]
+    assert loop.observation_complete_times(t, cameras=2).tolist() == [0.030, 0.125]  # 1.05 lacks a frame
+    t.actions = [0.040, 0.140]
+    t.commands = [0.045, 0.150]
+    latency = loop.loop_latencies(t, 0.0, 1.0, cameras=2)
+    assert np.allclose(latency["obs_to_command"], [0.045, 0.050])  # from the joint state of 1.00 / 1.10
+    assert np.allclose(latency["complete_obs_to_command"], [0.015, 0.025])
+    assert np.allclose(latency["action_to_command"], [0.005, 0.010])
+
+
+def test_a_control_loop_run_becomes_a_row_with_both_observation_spans() -> None:
+    page = _benchmark_module("docs_page")
+    figures = {
+        "model": "tiny", "device": "cpu", "overrides": [], "load_processes": 2, "configured_rate_hz": 20.0,
+        "obs_to_command_ms": {"p50": 40.0, "p99": 60.0},
+        "complete_obs_to_command_ms": {"p50": 10.0, "p99": 25.0},
+        "action_to_command_ms": {"p50": 1.0, "p99": 5.0}, "policy_in_node_ms": {"p50": 8.0, "p99": 17.0},
+        "actions_per_sim_s": 20.0, "commands_per_sim_s": 20.1, "realtime_factor": 0.99,
+        "cpu_cores": {"twin": 1.0},
+    }  # fmt: skip
+    (row,) = page.control_loop_rows({"results": figures})
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1] == "2 busy loops" and cells[2] == "40.0 / 60.0" and cells[3] == "1.20"
+    assert cells[4] == "10.0 / 25.0" and cells[5] == "0.50"
+    del figures["complete_obs_to_command_ms"]  # a run from before the span was measured
+    (row,) = page.control_loop_rows({"results": figures})
+    assert [c.strip() for c in row.strip("|").split("|")][4:6] == ["–", "–"]

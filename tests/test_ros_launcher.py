@@ -266,6 +266,57 @@ def test_nodes_raise_their_cpu_priority_or_say_why_not() -> None:
     assert cfg.ros.scheduling.command_node < cfg.ros.scheduling.policy < 0  # the safety path first
 
 
+REALTIME_PROBE = """
+import os, subprocess, sys
+from gato_ros.ros.runtime import use_realtime_scheduling
+assert use_realtime_scheduling(None, "probe") is None
+assert os.sched_getscheduler(0) == os.SCHED_OTHER
+message = use_realtime_scheduling(3, "probe")
+child = subprocess.run([sys.executable, "-c", "import os; print(os.sched_getscheduler(0))"],
+                       capture_output=True, text=True, check=True).stdout.strip()
+fifo = os.sched_getscheduler(0) & ~os.SCHED_RESET_ON_FORK == os.SCHED_FIFO
+print(fifo, os.sched_getparam(0).sched_priority, child, message)
+"""
+
+
+def test_nodes_use_realtime_scheduling_or_say_why_not() -> None:
+    """ros.realtime_priority: a node on the control path runs under SCHED_FIFO at its configured priority
+    when permitted (its children do not inherit it), else keeps normal scheduling and logs one line why."""
+    done = subprocess.run(
+        [sys.executable, "-c", REALTIME_PROBE], capture_output=True, text=True, timeout=60, check=True
+    )
+    fifo, level, child, message = done.stdout.strip().split(" ", 3)
+    assert child == str(os.SCHED_OTHER)  # SCHED_RESET_ON_FORK: nothing the node starts is real-time
+    if fifo == "True":
+        assert level == "3" and message == "probe: real-time scheduling SCHED_FIFO 3 (ros.realtime_priority)"
+    else:
+        assert level == "0" and "could not use real-time scheduling (SCHED_FIFO 3" in message
+    cfg = load_config([])
+    realtime = cfg.ros.realtime_priority
+    assert realtime.command_node > realtime.policy >= 1  # the command node preempts the policy
+    assert realtime.twin is None  # the twin stands in for the robot: it never takes a core from the stack
+
+
+def test_realtime_priority_outside_1_to_99_is_refused() -> None:
+    from gato_ros.ros import runtime
+
+    with pytest.raises(ValueError, match=r"1\.\.99"):
+        runtime.use_realtime_scheduling(0, "policy")
+    with pytest.raises(ValueError, match=r"1\.\.99"):
+        runtime.use_realtime_scheduling(100, "policy")
+
+
+def test_a_node_that_may_not_use_realtime_scheduling_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gato_ros.ros import runtime
+
+    def refuse(*_args: object) -> None:
+        raise PermissionError("not permitted")
+
+    monkeypatch.setattr(runtime.os, "sched_setscheduler", refuse)
+    message = runtime.use_realtime_scheduling(50, "command_node")
+    assert message is not None and "could not use real-time scheduling (SCHED_FIFO 50" in message
+
+
 def test_a_node_that_may_not_raise_its_priority_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
     from gato_ros.ros import runtime
 

@@ -26,7 +26,7 @@ from gato_ros.control import ArmKinematics
 from gato_ros.ros import contract
 from gato_ros.ros.command_node import CommandNode, config_flag
 from gato_ros.ros.messages import time_msg
-from gato_ros.ros.observation import ObservationAssembler
+from gato_ros.ros.observation import WAITING_FOR_CLOCK, ObservationAssembler
 from gato_ros.ros.twin_node import TwinNode, trajectory_velocity
 from gato_ros.safety import (
     CommandLimiter,
@@ -395,6 +395,19 @@ def test_policy_accepts_the_twins_one_period_lead() -> None:
     assert not isinstance(assembler.assemble(now_s=10.0), str)
     assembler.add_joints(posture(), 0.0, stamp_s=10.0 + 3 * PERIOD, received_s=0.0)
     assert isinstance(assembler.assemble(now_s=10.0 + PERIOD), str)
+
+
+def test_policy_under_sim_time_waits_for_the_clock_to_reach_the_twins_observation() -> None:
+    """The twin publishes tick t's observation just before its clock reads t: acted on at once, the action
+    would reach the command node while its clock still reads t - 1 (a period old on arrival, stale one
+    period later). With `wait_for_clock` the observation waits, unconsumed, for the clock."""
+    assembler = ObservationAssembler(CFG, [], kinematics())
+    assembler.add_joints(posture(), 0.0, stamp_s=10.0 + PERIOD, received_s=0.0)  # before the clock msg
+    reason = assembler.assemble(now_s=10.0, wait_for_clock=True)
+    assert isinstance(reason, str) and reason.startswith(WAITING_FOR_CLOCK)
+    assert not isinstance(assembler.assemble(now_s=10.0 + PERIOD, wait_for_clock=True), str)  # not used up
+    again = assembler.assemble(now_s=10.0 + PERIOD, wait_for_clock=True)
+    assert isinstance(again, str) and "no new observation" in again  # acted on once
 
 
 def test_policy_drops_an_action_whose_observation_aged_out_while_decoding() -> None:

@@ -25,6 +25,7 @@ TCP_KEY = "sawyer/tcp/pose"
 PROPRIO_KEYS = (GRIPPER_KEY, JOINTS_KEY, PINCH_KEY, TCP_KEY)
 OBJECTS_KEY = "objects/pose"  # privileged: red, green, blue poses (x, y, z, qw, qx, qy, qz each)
 OBJECTS_PART = "object poses"  # what the logs call that part
+WAITING_FOR_CLOCK = "observation ahead of the clock, acted on once the clock reaches it"
 # Float slack on stamp comparisons (s): stamps are integer nanoseconds, far below any real lead.
 STAMP_TOLERANCE_S = 1e-6
 
@@ -133,10 +134,11 @@ class ObservationAssembler:
             )
         return None
 
-    def assemble(self, now_s: float, all_new: bool = True) -> Observation | str:
+    def assemble(self, now_s: float, all_new: bool = True, wait_for_clock: bool = False) -> Observation | str:
         """The observation to act on at `now_s` (node clock), or why there is none. `all_new`: every part
         must be newer than in the last observation acted on; else one new part is enough (a dropped
-        camera frame then costs one period, not the whole loop)."""
+        camera frame then costs one period, not the whole loop). `wait_for_clock`: a part stamped ahead of
+        `now_s` is not used until the clock reaches it (the twin's discrete clock: see `PolicyNode`)."""
         with self._lock:
             if self.last_now_s is not None and now_s < self.last_now_s:
                 # The clock went back (the twin restarted under sim time): what was acted on before is
@@ -162,6 +164,8 @@ class ObservationAssembler:
                 f"observation from the future: {ahead} is stamped {newest - now_s:.3f} s ahead of the clock "
                 f"(max {self.max_lead_s:.3f} s; did the clock go back?)"
             )
+        if wait_for_clock and newest - now_s > STAMP_TOLERANCE_S:
+            return f"{WAITING_FOR_CLOCK}: stamped {newest - now_s:.3f} s ahead"
         if now_s - oldest > self.max_age_s:
             stale = min(parts, key=lambda k: parts[k].stamp_s)
             return f"stale observation: {stale} is {now_s - oldest:.3f} s old (max {self.max_age_s} s)"

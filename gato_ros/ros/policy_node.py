@@ -17,15 +17,16 @@ the control rate). Otherwise the node publishes nothing (the command node's watc
 holds the arm) and says why, rate-limited.
 
 Decision. Once per control period (a timer at ``control.rate_hz``; if the tick's observation is not
-complete at the tick, as soon as it is) the node tokenizes the observation and runs the KV-cached
+complete at the tick, as soon as it is; under sim time never before the clock reaches the observation's
+stamp, see `wait_for_clock`) the node tokenizes the observation and runs the KV-cached
 `ActionDecoder` of the checkpoint (``policy.checkpoint``, a `save_checkpoint` directory; the tokenizer
 is built from the checkpoint's own config so training and deployment agree). It publishes ACTION,
 ACTION_TOKENS and POLICY_LATENCY (monotonic seconds from the receipt of the observation's newest part to
 the action's publication); an action whose observation aged past ``max_observation_age_s`` plus one
 control period while it was decoded is dropped (logged), so a slow step holds the arm rather than act on
 a world that has moved on. Episode boundaries (a new episode number on EPISODE_STATUS, or the
-RESET_POLICY service) clear the decoder's cache. Subscriptions run in their own callback group on a
-second executor thread, so new sensor data keeps arriving while the model runs.
+RESET_POLICY service) clear the decoder's cache. The node spins one executor thread (see `main`): sensor
+messages that arrive during a step wait in their queues, and the next step uses the newest.
 """
 
 from __future__ import annotations
@@ -127,6 +128,12 @@ class PolicyNode(SensorNode):
         self._step_due = False  # the timer ticked and no action went out for that period yet
         self._overdue = False  # ... and the one before went without action too
         self._last_reason = "no observation yet"
+        # Under the twin's clock (sim time) a tick's observation arrives just before the clock reaches its
+        # stamp. Acted on then, the action reaches the command node while its clock still reads the tick
+        # before, so the watchdog sees it a period old, and once the node slips back to acting at the
+        # tick, one period goes without action: the action turns stale (make demo under load: 26 holds
+        # in 1,200 ticks). So under sim time the step waits for the clock to reach the observation.
+        self.wait_for_clock = bool(cfg.ros.use_sim_time)
         self.rate_hz = float(cfg.control.rate_hz)
         self.report_period_s = float(cfg.policy.report_period_s)
         self.rate_tolerance = float(cfg.policy.rate_tolerance)
@@ -210,7 +217,9 @@ class PolicyNode(SensorNode):
         next period due while this thread is still acting (its own attempt then finds the lock taken)."""
         while self._step_due and self._step_lock.acquire(blocking=False):
             try:
-                observation = self.assembler.assemble(self.now_s(), all_new=not self._overdue)
+                observation = self.assembler.assemble(
+                    self.now_s(), all_new=not self._overdue, wait_for_clock=self.wait_for_clock
+                )
                 if isinstance(observation, str):
                     self._last_reason = observation
                     return

@@ -236,6 +236,36 @@ def raise_cpu_priority(nice: int | None, who: str) -> str | None:
     return f"{who}: running at nice {nice} (ros.scheduling)"
 
 
+def use_realtime_scheduling(
+    priority: int | None, who: str, setting: str = "ros.realtime_priority"
+) -> str | None:
+    """Run this process under SCHED_FIFO at `priority` (1..99), as ros2_control runs its update thread at
+    50: the kernel then serves it before every normally scheduled process, so competing load on the cores
+    (a training job, a compiler) cannot delay the control path at all, where a nice value only weighs the
+    share. The one line to log, or None if nothing changed.
+
+    Called, like `raise_cpu_priority`, before rclpy.init and torch's first op so their threads inherit it;
+    processes this one forks do not (SCHED_RESET_ON_FORK). The kernel's real-time throttling
+    (/proc/sys/kernel/sched_rt_runtime_us, 95 % of each second by default) keeps a runaway node from
+    freezing a core. Needs CAP_SYS_NICE or an `rtprio` limit in /etc/security/limits.conf; without either
+    the node keeps normal scheduling (its nice value still applies) and says so.
+    """
+    if priority is None:
+        return None
+    level = int(priority)
+    if not 1 <= level <= 99:
+        raise ValueError(f"{setting}.{who} must be null or in 1..99, got {priority}")
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, os.sched_param(level))
+    except PermissionError:
+        return (
+            f"{who}: could not use real-time scheduling (SCHED_FIFO {level}; needs CAP_SYS_NICE or an "
+            "'rtprio' limit in /etc/security/limits.conf); running with normal scheduling: other load on "
+            "the cores can delay the control path"
+        )
+    return f"{who}: real-time scheduling SCHED_FIFO {level} ({setting})"
+
+
 def make_executor(context: Context, num_threads: int) -> Executor:
     if num_threads > 1:
         return MultiThreadedExecutor(num_threads=num_threads, context=context)
@@ -257,15 +287,20 @@ def run_node(
 
     `num_threads > 1` spins a MultiThreadedExecutor (use callback groups for callbacks that may run
     concurrently). Signals are handled here, not by rclpy, so that `close` always runs in order.
-    `priority` names this process's entry of ``ros.scheduling`` (its nice value).
+    `priority` names this process's entries of ``ros.scheduling`` (its nice value) and
+    ``ros.realtime_priority`` (SCHED_FIFO, or null).
     """
     argv = list(sys.argv if argv is None else argv)
     if cfg is None:
         cfg = config_from_argv(argv)
     if priority is not None:
-        message = raise_cpu_priority(cfg.ros.get("scheduling", {}).get(priority), priority)
-        if message:
-            print(message, flush=True)
+        messages = (
+            raise_cpu_priority(cfg.ros.get("scheduling", {}).get(priority), priority),
+            use_realtime_scheduling(cfg.ros.get("realtime_priority", {}).get(priority), priority),
+        )
+        for message in messages:
+            if message:
+                print(message, flush=True)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
