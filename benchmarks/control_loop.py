@@ -8,8 +8,8 @@ model size (latency does not depend on the weights), listens from this process a
   state of tick t) to it receiving the first joint velocity command after the policy's action for that
   observation. The twin renders the tick's camera frames after it sends the joint state, so with an image
   policy this span includes the twin's rendering (the real cell's cameras run on their own);
-- the same from the observation being complete (joint state and every camera's frame of the tick
-  received), the span the stack itself can act on;
+- the same from the observation being complete at the policy (its newest part, e.g. the last camera
+  frame, received: where POLICY_LATENCY starts), the span the stack itself can act on;
 - its parts: the policy's own POLICY_LATENCY (observation receipt -> action publication, inside the
   policy node) and action -> next command;
 - achieved rates: policy actions and joint commands per sim second against ``control.rate_hz``, and the
@@ -63,7 +63,6 @@ class Timeline:
     commands: list[float] = field(default_factory=list)
     policy_latency: list[tuple[float, float]] = field(default_factory=list)  # (wall, seconds)
     clock: list[tuple[float, float]] = field(default_factory=list)  # (wall, sim)
-    frames: list[tuple[float, float]] = field(default_factory=list)  # (wall, stamp), every camera's images
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def snapshot(self) -> Timeline:
@@ -74,11 +73,10 @@ class Timeline:
                 list(self.commands),
                 list(self.policy_latency),
                 list(self.clock),
-                list(self.frames),
             )
 
 
-def listen(timeline: Timeline, cameras: list[str]) -> tuple[Context, SingleThreadedExecutor, threading.Event]:
+def listen(timeline: Timeline) -> tuple[Context, SingleThreadedExecutor, threading.Event]:
     context = Context()
     rclpy.init(args=[], context=context, signal_handler_options=SignalHandlerOptions.NO)
     node = rclpy.create_node("control_loop_benchmark", context=context)
@@ -102,11 +100,6 @@ def listen(timeline: Timeline, cameras: list[str]) -> tuple[Context, SingleThrea
     record(contract.JOINT_VELOCITY_COMMAND, lambda now, m: timeline.commands.append(now))
     record(contract.POLICY_LATENCY, lambda now, m: timeline.policy_latency.append((now, m.data)))
     record(contract.CLOCK, lambda now, m: timeline.clock.append((now, contract.stamp_to_seconds(m.clock))))
-    for camera in cameras:  # the images themselves: the twin may be preempted before anything after them
-        record(
-            contract.camera_image(camera),
-            lambda now, m: timeline.frames.append((now, contract.stamp_to_seconds(m.header.stamp))),
-        )
     executor = SingleThreadedExecutor(context=context)
     executor.add_node(node)
     stop = threading.Event()
@@ -135,36 +128,48 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def observation_complete_times(t: Timeline, cameras: int) -> np.ndarray:
-    """Wall time each tick's observation was complete here: its joint state and every camera's frame
-    received; ticks some part of which never arrived are left out."""
-    parts: dict[float, list[float]] = {}
-    for wall, stamp in (*t.observations, *t.frames):
-        parts.setdefault(stamp, []).append(wall)
-    return np.sort([max(walls) for walls in parts.values() if len(walls) == 1 + cameras])
+# An action's POLICY_LATENCY follows it from the same node within this (wall s); the joint state it answers
+# came in here at most this much after the policy had its observation (transport).
+LATENCY_PAIRING_S = 0.005
+ASSOCIATION_SLACK_S = 0.002
 
 
-def loop_latencies(t: Timeline, start: float, end: float, cameras: int) -> dict[str, np.ndarray]:
+def step_starts(t: Timeline, actions: np.ndarray) -> np.ndarray:
+    """Per action, when the policy's step for it began here: the action's receipt minus the policy's own
+    latency for it (POLICY_LATENCY, published right after the action); NaN where none pairs with it."""
+    latency_wall = np.array([w for w, _ in t.policy_latency])
+    latency = np.array([s for _, s in t.policy_latency])
+    starts = np.full(len(actions), np.nan)
+    for n, action in enumerate(actions):
+        m = np.searchsorted(latency_wall, action)
+        if m < len(latency_wall) and latency_wall[m] - action <= LATENCY_PAIRING_S:
+            starts[n] = action - latency[m]
+    return starts
+
+
+def loop_latencies(t: Timeline, start: float, end: float) -> dict[str, np.ndarray]:
     """Per action in [start, end): (joint-state) observation -> action, action -> next command, and their
-    sum; and complete observation (joint state and all camera frames in) -> command (s)."""
+    sum; and complete observation -> command: from the policy holding the whole observation (its newest
+    part, e.g. the last camera frame, received: the start of POLICY_LATENCY) to the command here. The joint
+    state an action answers is the newest one in when the policy had its observation, not when the action
+    came: a step longer than the gap to the next tick would otherwise be charged to that younger one."""
     obs_wall = np.array([w for w, _ in t.observations])
-    complete = observation_complete_times(t, cameras)
     commands = np.array(t.commands)
+    actions = np.array([a for a in t.actions if start <= a < end])
     parts: dict[str, list[float]] = {
         "obs_to_command": [], "obs_to_action": [], "action_to_command": [], "complete_obs_to_command": []
     }  # fmt: skip
-    for action in t.actions:
-        if not start <= action < end:
+    for action, began in zip(actions, step_starts(t, actions), strict=True):
+        if np.isnan(began):
             continue
-        i = np.searchsorted(obs_wall, action) - 1  # the newest observation before the action
-        j = np.searchsorted(commands, action)  # the first command after it
-        k = np.searchsorted(complete, action) - 1  # the newest complete observation before it
-        if i < 0 or j >= len(commands) or k < 0:
+        i = np.searchsorted(obs_wall, began + ASSOCIATION_SLACK_S) - 1  # the newest joint state by then
+        j = np.searchsorted(commands, action)  # the first command after the action
+        if i < 0 or j >= len(commands):
             continue
         parts["obs_to_command"].append(commands[j] - obs_wall[i])
         parts["obs_to_action"].append(action - obs_wall[i])
         parts["action_to_command"].append(commands[j] - action)
-        parts["complete_obs_to_command"].append(commands[j] - complete[k])
+        parts["complete_obs_to_command"].append(commands[j] - began)
     parts_array = {k: np.array(v) for k, v in parts.items()}
     parts_array["policy_in_node"] = np.array([s for w, s in t.policy_latency if start <= w < end])
     return parts_array
@@ -221,9 +226,7 @@ def main() -> int:
     if message:
         print(message)
     timeline = Timeline()
-    # the cameras the policy reads (listening to others would make the twin render them: lazy images)
-    cameras = [str(k).removesuffix("/pixels") for k in cfg.tokenizer.observation.image_keys]
-    context, executor, stop = listen(timeline, cameras)
+    context, executor, stop = listen(timeline)
     log_path = workdir / "nodes.log"
     log = log_path.open("w")
     processes = NodeProcesses(env=dict(os.environ), output=log)
@@ -269,7 +272,7 @@ def main() -> int:
         executor.shutdown()
         rclpy.shutdown(context=context)
 
-    latency = loop_latencies(t, start, end, len(cameras))
+    latency = loop_latencies(t, start, end)
     sim = sim_seconds(t, start, end)
     wall = end - start
     n_actions = sum(start <= w < end for w in t.actions)

@@ -55,20 +55,22 @@ def _benchmark_module(name: str):
 
 
 def test_the_control_loop_measures_from_the_complete_observation_too() -> None:
-    """An observation is complete when its joint state and every camera's frame are in: the latency from
-    there leaves out the twin's rendering between the joint state and the frames; a tick with a missing
-    frame is not an observation the policy could act on."""
+    """An action answers the observation the policy held when its step began (POLICY_LATENCY starts at
+    the receipt of its newest part): the complete-observation span leaves out the twin's rendering
+    between the joint state and the frames, and a step longer than the gap to the next tick is charged
+    to the observation it used, not to the younger one that came in meanwhile."""
     loop = _benchmark_module("control_loop")
     t = loop.Timeline()
-    t.observations = [(0.000, 1.00), (0.050, 1.05), (0.100, 1.10)]  # (wall, stamp)
-    t.frames = [(0.020, 1.00), (0.030, 1.00), (0.070, 1.05), (0.120, 1.10), (0.125, 1.10)]
-    assert loop.observation_complete_times(t, cameras=2).tolist() == [0.030, 0.125]  # 1.05 lacks a frame
-    t.actions = [0.040, 0.140]
-    t.commands = [0.045, 0.150]
-    latency = loop.loop_latencies(t, 0.0, 1.0, cameras=2)
-    assert np.allclose(latency["obs_to_command"], [0.045, 0.050])  # from the joint state of 1.00 / 1.10
-    assert np.allclose(latency["complete_obs_to_command"], [0.015, 0.025])
+    t.observations = [(0.000, 1.00), (0.050, 1.05), (0.100, 1.10)]  # (wall, stamp) of the joint states
+    t.actions = [0.040, 0.160]
+    t.policy_latency = [(0.0401, 0.008), (0.1601, 0.075)]  # the second step's observation was in at 0.085
+    t.commands = [0.045, 0.170]
+    latency = loop.loop_latencies(t, 0.0, 1.0)
+    assert np.allclose(latency["obs_to_command"], [0.045, 0.120])  # from the joint states of 1.00 / 1.05
+    assert np.allclose(latency["complete_obs_to_command"], [0.013, 0.085])
     assert np.allclose(latency["action_to_command"], [0.005, 0.010])
+    t.policy_latency = [(0.0401, 0.008)]  # an action without its latency message is left out
+    assert len(loop.loop_latencies(t, 0.0, 1.0)["obs_to_command"]) == 1
 
 
 def test_a_control_loop_run_becomes_a_row_with_both_observation_spans() -> None:
