@@ -4,10 +4,14 @@ Starts the sim stack of `gato-ros launch stacking sim:=true` (twin, policy, comm
 processes, real DDS on an isolated ROS_DOMAIN_ID) with a randomly initialised checkpoint of the chosen
 model size (latency does not depend on the weights), listens from this process and prints:
 
-- observation -> command latency, p50/p99: from this process receiving a twin observation (the joint
-  state of tick t) to it receiving the first joint velocity command after the policy's action for that
-  observation. The twin renders the tick's camera frames after it sends the joint state, so with an image
-  policy this span includes the twin's rendering (the real cell's cameras run on their own);
+- observation -> command latency, p50/p99: from the twin publishing an observation (the joint state of
+  tick t) to the command node publishing the first joint velocity command after the policy's action for
+  that observation. Every time is the publisher's: the middleware's source timestamp of the message (one
+  host clock), so neither the order in which DDS delivers a message to its subscribers nor this
+  listener's own scheduling enters a figure (a command node preempting the policy mid-publication
+  received an action, and answered it, before this listener did). The twin renders the tick's camera
+  frames after it sends the joint state, so with an image policy this span includes the twin's rendering
+  (the real cell's cameras run on their own);
 - the same from the observation being complete at the policy (its newest part, e.g. the last camera
   frame, received: where POLICY_LATENCY starts), the span the stack itself can act on;
 - its parts: the policy's own POLICY_LATENCY (observation receipt -> action publication, inside the
@@ -26,9 +30,10 @@ rate that falls short can be traced to the process that starves the others.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
-import subprocess
+import signal
 import sys
 import tempfile
 import threading
@@ -38,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.signals import SignalHandlerOptions
@@ -47,6 +53,7 @@ from gato_ros.config import load_config
 from gato_ros.gato.checkpoint import save_checkpoint
 from gato_ros.gato.model import build_model
 from gato_ros.ros import contract
+from gato_ros.ros.command_node import DIAGNOSTIC_NAME
 from gato_ros.ros.launcher import NodeProcesses, isolated_domain_id, launch_overrides, stack_plan
 from gato_ros.ros.runtime import use_realtime_scheduling
 
@@ -55,14 +62,17 @@ LISTENER_REALTIME_PRIORITY = 60  # above ros.realtime_priority's nodes
 
 @dataclass
 class Timeline:
-    """Wall receipt times (system clock, s: the middleware's receipt stamps) of what the stack publishes,
-    as seen from one listener."""
+    """Wall publication times (system clock, s: the middleware's source timestamps) of what the stack
+    publishes, as heard by one listener."""
 
     observations: list[tuple[float, float]] = field(default_factory=list)  # (wall, stamp)
     actions: list[float] = field(default_factory=list)
     commands: list[float] = field(default_factory=list)
     policy_latency: list[tuple[float, float]] = field(default_factory=list)  # (wall, seconds)
     clock: list[tuple[float, float]] = field(default_factory=list)  # (wall, sim)
+    # (wall, the command node's event counters): how each command was triggered (on arrival, deferred
+    # to the timer, a same-reading replacement, the watchdog), from its DIAGNOSTICS
+    command_events: list[tuple[float, dict[str, int]]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def snapshot(self) -> Timeline:
@@ -73,6 +83,7 @@ class Timeline:
                 list(self.commands),
                 list(self.policy_latency),
                 list(self.clock),
+                list(self.command_events),
             )
 
 
@@ -83,10 +94,11 @@ def listen(timeline: Timeline) -> tuple[Context, SingleThreadedExecutor, threadi
 
     def record(topic: contract.Topic, on_msg) -> None:
         def callback(msg, info: MessageInfo) -> None:
-            # The middleware's receipt time, not this callback's: the executor serves ready subscriptions
-            # in a fixed order, so a callback's own time is late by whatever was served before it.
-            received = info["received_timestamp"]
-            now = received * 1e-9 if received > 0 else time.time()
+            # The publisher's time (the middleware's source timestamp), not this listener's receipt: the
+            # executor serves ready subscriptions in a fixed order, and DDS delivers one message to its
+            # subscribers one after the other (a real-time subscriber preempts the publisher between them).
+            published = info["source_timestamp"]
+            now = published * 1e-9 if published > 0 else time.time()
             with timeline.lock:
                 on_msg(now, msg)
 
@@ -100,6 +112,7 @@ def listen(timeline: Timeline) -> tuple[Context, SingleThreadedExecutor, threadi
     record(contract.JOINT_VELOCITY_COMMAND, lambda now, m: timeline.commands.append(now))
     record(contract.POLICY_LATENCY, lambda now, m: timeline.policy_latency.append((now, m.data)))
     record(contract.CLOCK, lambda now, m: timeline.clock.append((now, contract.stamp_to_seconds(m.clock))))
+    record(contract.DIAGNOSTICS, lambda now, m: timeline.command_events.extend(command_counters(now, m)))
     executor = SingleThreadedExecutor(context=context)
     executor.add_node(node)
     stop = threading.Event()
@@ -112,11 +125,44 @@ def listen(timeline: Timeline) -> tuple[Context, SingleThreadedExecutor, threadi
     return context, executor, stop
 
 
-def start_load(count: int, seconds: float) -> list[subprocess.Popen]:
-    """`count` CPU-bound competitors (busy loops) that end by themselves after `seconds`, even if this
-    process dies first; the run stops them earlier."""
+def command_counters(now: float, msg: DiagnosticArray) -> list[tuple[float, dict[str, int]]]:
+    """The command node's integer counters from one DIAGNOSTICS message (none if it is not in it)."""
+    out = []
+    for status in msg.status:
+        if status.name == DIAGNOSTIC_NAME:
+            counts = {kv.key: int(kv.value) for kv in status.values if kv.value.isdigit()}
+            out.append((now, counts))
+    return out
+
+
+def counter_deltas(t: Timeline, start: float, end: float) -> dict[str, int]:
+    """Command node event counts over [start, end): the last report before `start` to the last before
+    `end` (reports come every ``safety.diagnostics_period_s``)."""
+    before = [c for w, c in t.command_events if w < start]
+    within = [c for w, c in t.command_events if w < end]
+    if not within:
+        return {}
+    first, last = (before[-1] if before else {}), within[-1]
+    keys = sorted(k for k in last if "tick" in k or "deferred" in k or k == "stale_holds")
+    return {k: last[k] - first.get(k, 0) for k in keys}
+
+
+def start_load(count: int, seconds: float) -> list[int]:
+    """`count` CPU-bound competitors (busy loops; pids) that end by themselves after `seconds`, even if this
+    process dies first; the run stops them earlier. Normally scheduled, as a user's other work is: this
+    real-time process would otherwise pass its SCHED_FIFO on to them."""
     code = f"import time\nend = time.monotonic() + {seconds}\nwhile time.monotonic() < end:\n    pass\n"
-    return [subprocess.Popen([sys.executable, "-c", code]) for _ in range(count)]
+    normal = (os.SCHED_OTHER, os.sched_param(0))
+    argv = [sys.executable, "-c", code]
+    return [os.posix_spawn(sys.executable, argv, os.environ, scheduler=normal) for _ in range(count)]
+
+
+def stop_load(pids: list[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
 
 
 def cpu_seconds(pid: int) -> float | None:
@@ -135,7 +181,7 @@ ASSOCIATION_SLACK_S = 0.002
 
 
 def step_starts(t: Timeline, actions: np.ndarray) -> np.ndarray:
-    """Per action, when the policy's step for it began here: the action's receipt minus the policy's own
+    """Per action, when the policy's step for it began here: the action's publication minus the policy's own
     latency for it (POLICY_LATENCY, published right after the action); NaN where none pairs with it."""
     latency_wall = np.array([w for w, _ in t.policy_latency])
     latency = np.array([s for _, s in t.policy_latency])
@@ -210,6 +256,9 @@ def main() -> int:
         "--load", type=int, default=0, help="CPU-bound processes competing with the stack (busy loops)"
     )
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument(
+        "--trace", type=Path, help="also write every publication time (the raw timeline, JSON) here"
+    )
     parser.add_argument("overrides", nargs="*", help="extra hydra overrides for every node")
     args = parser.parse_args()
 
@@ -220,6 +269,11 @@ def main() -> int:
     overrides = launch_overrides(True, str(checkpoint), args.device, extra)
     cfg = load_config(overrides)
     os.environ["ROS_DOMAIN_ID"] = str(isolated_domain_id())
+    log_path = workdir / "nodes.log"
+    log = log_path.open("w")
+    processes = NodeProcesses(env=dict(os.environ), output=log)
+    for spec in stack_plan(cfg, True, overrides):  # before this process is real-time: they would inherit it
+        processes.start(spec)
     # The listener is the instrument: above the stack's real-time priorities (it only timestamps), so
     # its receive threads are never the ones kept waiting for a core. Before rclpy.init: they inherit it.
     message = use_realtime_scheduling(LISTENER_REALTIME_PRIORITY, "listener", "benchmark")
@@ -227,15 +281,10 @@ def main() -> int:
         print(message)
     timeline = Timeline()
     context, executor, stop = listen(timeline)
-    log_path = workdir / "nodes.log"
-    log = log_path.open("w")
-    processes = NodeProcesses(env=dict(os.environ), output=log)
-    for spec in stack_plan(cfg, True, overrides):
-        processes.start(spec)
     print(f"stack: {', '.join(n.spec.name for n in processes.nodes)}; model {args.model} on {args.device}; "
           f"node output in {log_path}")  # fmt: skip
     code = 0
-    load: list[subprocess.Popen] = []
+    load: list[int] = []
     cpu: dict[str, float] = {}
     try:
         deadline = time.monotonic() + args.startup_timeout
@@ -250,7 +299,7 @@ def main() -> int:
         while time.time() < start:
             time.sleep(0.05)
         pids = {n.spec.name: n.process.pid for n in processes.nodes}
-        pids.update({f"load{i}": p.pid for i, p in enumerate(load)})
+        pids.update({f"load{i}": pid for i, pid in enumerate(load)})
         cpu_start = {name: cpu_seconds(pid) for name, pid in pids.items()}
         while time.time() < end and not processes.exited():
             time.sleep(0.2)
@@ -263,9 +312,7 @@ def main() -> int:
             code = 1
         t = timeline.snapshot()
     finally:
-        for competitor in load:
-            competitor.kill()
-            competitor.wait()
+        stop_load(load)
         processes.stop(cfg.ros.launch.sigint_wait_s, cfg.ros.launch.sigterm_wait_s)
         log.close()
         stop.set()
@@ -292,6 +339,7 @@ def main() -> int:
         "overrides": list(args.overrides),
         "load_processes": args.load,
         "cpu_cores": cpu,
+        "command_events": counter_deltas(t, start, end),
         **{f"{name}_ms": p50_p99_ms(values) for name, values in latency.items()},
     }
     print(f"observation -> command : {percentiles_ms(latency['obs_to_command'])}")
@@ -307,6 +355,8 @@ def main() -> int:
         f"twin real-time factor  : {figures['realtime_factor']:.2f}x (configured {args.realtime_factor:g}x) "
         f"-> {figures['actions_per_wall_s']:.1f} actions per wall second"
     )
+    events = figures["command_events"]
+    print("command node events    : " + ", ".join(f"{k} {v}" for k, v in events.items()))
     print("CPU use (cores)        : " + ", ".join(f"{name} {cores:.2f}" for name, cores in cpu.items()))
     if figures["actions_per_sim_s"] < 0.9 * rate:
         print(f"WARNING: actions at {figures['actions_per_sim_s']:.1f} Hz of sim time, below {rate:g} Hz")
@@ -315,6 +365,10 @@ def main() -> int:
             "WARNING: the twin runs below its real-time factor; the nodes wait for its clock, so wall-time "
             "latencies that span a tick (action -> command) measure the twin's tick time, not the stack"
         )
+    if args.trace:
+        args.trace.parent.mkdir(parents=True, exist_ok=True)
+        raw = {k: getattr(t, k) for k in ("observations", "actions", "commands", "policy_latency", "clock")}
+        args.trace.write_text(json.dumps({"start": start, "end": end, **raw}))
     if args.json:
         from docs_page import run_record
 

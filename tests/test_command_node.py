@@ -487,10 +487,13 @@ def test_a_dead_policy_is_held_exactly_two_periods_after_its_last_action(ros_con
     command.destroy_node()
 
 
-def test_a_deferred_last_action_is_still_held_two_periods_after_its_receipt(ros_context) -> None:
-    """Issue 13's 3.0-period holds: an action arriving at the clock reading of the previous tick is deferred
-    to the timer, which acts on it a period after its receipt. The timer counted its quiet time from that
-    tick and skipped the next one, where the action turned stale: the hold came at 3 periods; now at 2."""
+def test_a_late_action_replaces_the_tick_at_its_reading_and_is_held_two_periods_after_receipt(
+    ros_context,
+) -> None:
+    """A policy late on one step: its next action arrives at the clock reading of the previous (late)
+    action's tick. It replaces that tick at once (it was deferred a whole period to the timer: action ->
+    command p99 55 ms for the large model, issue 12), one tick per reading. Issue 13: once the policy dies,
+    the hold still comes two periods after the last receipt, not three."""
     from rosgraph_msgs.msg import Clock
 
     command, cell, executor = start(ros_context, [*OVERRIDES, "ros.use_sim_time=true"])
@@ -520,21 +523,85 @@ def test_a_deferred_last_action_is_still_held_two_periods_after_its_receipt(ros_
         tick_clock()
         act()
     assert moving(cell, 3)
-    # a late action lands at the same clock reading as the one before it: deferred to the timer
-    deferred = command.events["arrivals_deferred_to_timer"]
+    # a late action lands at the same clock reading as the one before it: it replaces that tick, now
+    replaced, published = command.events["arrival_ticks_replaced"], len(cell.velocity)
+    ticks = command.events["arrival_ticks"]
     act()
-    assert command.events["arrivals_deferred_to_timer"] == deferred + 1 and command.action_pending
+    spin_until(executor, lambda: len(cell.velocity) > published)
+    assert command.events["arrival_ticks_replaced"] == replaced + 1 and not command.action_pending
+    assert command.events["arrival_ticks"] == ticks + 1 and command.events["arrivals_deferred"] == 0
+    assert abs(command.last_tick_s - sim_time) < 1e-9 and moving(cell, 1)
+    assert Reason.INVALID_TIME_STEP not in command.supervisor.counters
     receipt = command.latest_action[1]
     holds = len(command.stale_hold_latencies_s)
-    tick_clock()  # the timer acts on the deferred action (moving)
-    assert not command.action_pending and moving(cell, 1)
-    tick_clock()  # the policy is dead: two periods after the receipt the action is stale, and held
+    tick_clock()  # the policy is dead: a period after the receipt the timer stays quiet (moving)
+    assert moving(cell, 1)
+    tick_clock()  # two periods after the receipt the action is stale, and held
     assert len(command.stale_hold_latencies_s) == holds + 1, "no hold two periods after the last action"
     assert (
         abs(command.stale_hold_latencies_s[-1] - 2 * period) < 1e-9
         and abs(sim_time - receipt - 2 * period) < 1e-9
     )
     spin_until(executor, lambda: holding(cell, 1))  # the hold command itself reaches the cell
+    assert_commands_in_limits(cell, command.limits)
+    command.destroy_node()
+
+
+def test_an_action_too_soon_after_the_last_tick_is_acted_on_once_the_interval_has_passed(
+    ros_context,
+) -> None:
+    """A continuous clock (a real cell): an action arriving less than MIN_ARRIVAL_INTERVAL_PERIODS after the
+    last tick waits for a one-shot at that interval, not for the period timer (a whole period after its
+    receipt), and a flood meanwhile adds no tick. Driven by a sim clock in fractions of a period."""
+    from rosgraph_msgs.msg import Clock
+
+    from gato_ros.ros.command_node import MIN_ARRIVAL_INTERVAL_PERIODS
+
+    command, cell, executor = start(ros_context, [*OVERRIDES, "ros.use_sim_time=true"])
+    clock_pub = cell.node.create_publisher(Clock, contract.CLOCK.name, contract.CLOCK.qos.profile())
+    period = command.limits.control_period
+    sim_time = 40.0
+
+    def set_clock(t: float) -> None:
+        nonlocal sim_time
+        sim_time = t
+        clock_pub.publish(Clock(clock=time_msg(sim_time)))
+        spin_until(executor, lambda: abs(command.now_s() - sim_time) < 1e-9)
+        spin_for(executor, 0.02)
+
+    def act() -> None:
+        received = command.events["action_messages"]
+        cell.action_pub.publish(Float64MultiArray(data=list(ACTION)))
+        spin_until(executor, lambda: command.events["action_messages"] > received)
+
+    for _ in range(5):
+        set_clock(sim_time + period)
+        spin_until(executor, lambda: command.latest_joints is not None)
+    for _ in range(5):  # a live policy: one action a period, each acted on arrival
+        set_clock(sim_time + period)
+        act()
+        spin_until(executor, lambda: not command.action_pending)
+    last_tick = command.last_tick_s
+    ticks = dict(command.events)
+    published = sum(ticks.get(f"{kind}_ticks", 0) for kind in ("arrival", "timer", "deferred"))
+    spin_until(executor, lambda: len(cell.velocity) == published)  # every tick's command is in
+    set_clock(last_tick + 0.2 * period)
+    for _ in range(3):  # too soon: deferred, once, however many come
+        act()
+    assert command.action_pending and command.events["arrivals_deferred"] == 3
+    set_clock(last_tick + 0.4 * period)  # still inside the interval: nothing ticks
+    assert command.action_pending and len(cell.velocity) == published
+    assert command.events["deferred_ticks"] == 0
+    deadline = last_tick + MIN_ARRIVAL_INTERVAL_PERIODS * period
+    set_clock(last_tick + 0.6 * period)  # past it: the one-shot acts on the newest action
+    spin_until(executor, lambda: command.events["deferred_ticks"] == 1)
+    assert not command.action_pending and abs(command.last_tick_s - (last_tick + 0.6 * period)) < 1e-9
+    assert command.last_tick_s >= deadline and moving(cell, 1)
+    assert command.events["timer_ticks"] == ticks.get("timer_ticks", 0), "the period timer was not needed"
+    assert command.events["arrival_ticks"] == ticks["arrival_ticks"]
+    set_clock(last_tick + 0.9 * period)  # the one-shot does not fire again
+    assert command.events["deferred_ticks"] == 1
+    assert Reason.INVALID_TIME_STEP not in command.supervisor.counters
     assert_commands_in_limits(cell, command.limits)
     command.destroy_node()
 

@@ -267,30 +267,48 @@ def test_nodes_raise_their_cpu_priority_or_say_why_not() -> None:
 
 
 REALTIME_PROBE = """
-import os, subprocess, sys
-from gato_ros.ros.runtime import use_realtime_scheduling
+import os, threading
+from gato_ros.ros.runtime import thread_scheduling, use_realtime_scheduling
 assert use_realtime_scheduling(None, "probe") is None
 assert os.sched_getscheduler(0) == os.SCHED_OTHER
 message = use_realtime_scheduling(3, "probe")
-child = subprocess.run([sys.executable, "-c", "import os; print(os.sched_getscheduler(0))"],
-                       capture_output=True, text=True, check=True).stdout.strip()
-fifo = os.sched_getscheduler(0) & ~os.SCHED_RESET_ON_FORK == os.SCHED_FIFO
-print(fifo, os.sched_getparam(0).sched_priority, child, message)
+started = threading.Event()
+stop = threading.Event()
+worker = threading.Thread(target=lambda: (started.set(), stop.wait()))  # as a middleware receive thread
+worker.start()
+started.wait()
+threads = thread_scheduling()
+stop.set()
+worker.join()
+read, write = os.pipe()
+pid = os.fork()
+if pid == 0:  # a forked child (multiprocessing, os.fork)
+    os.write(write, str(os.sched_getscheduler(0)).encode())
+    os._exit(0)
+os.waitpid(pid, 0)
+child = os.read(read, 16).decode()
+worker_policy = threads[worker.native_id]
+fifo = os.sched_getscheduler(0) == os.SCHED_FIFO
+print(fifo, os.sched_getparam(0).sched_priority, worker_policy[0], worker_policy[1], child, message)
 """
 
 
 def test_nodes_use_realtime_scheduling_or_say_why_not() -> None:
     """ros.realtime_priority: a node on the control path runs under SCHED_FIFO at its configured priority
-    when permitted (its children do not inherit it), else keeps normal scheduling and logs one line why."""
+    when permitted, every thread of it included (a normally scheduled middleware receive thread delayed
+    the command node's actions behind a busy twin), but not a child it forks; else it keeps normal
+    scheduling and logs one line why."""
     done = subprocess.run(
         [sys.executable, "-c", REALTIME_PROBE], capture_output=True, text=True, timeout=60, check=True
     )
-    fifo, level, child, message = done.stdout.strip().split(" ", 3)
-    assert child == str(os.SCHED_OTHER)  # SCHED_RESET_ON_FORK: nothing the node starts is real-time
+    fifo, level, worker_policy, worker_level, child, message = done.stdout.strip().split(" ", 5)
+    assert child == str(os.SCHED_OTHER)  # nothing the node forks is real-time
     if fifo == "True":
         assert level == "3" and message == "probe: real-time scheduling SCHED_FIFO 3 (ros.realtime_priority)"
+        assert (worker_policy, worker_level) == (str(os.SCHED_FIFO), "3")  # threads inherit it
     else:
         assert level == "0" and "could not use real-time scheduling (SCHED_FIFO 3" in message
+        assert worker_policy == str(os.SCHED_OTHER)
     cfg = load_config([])
     realtime = cfg.ros.realtime_priority
     assert realtime.command_node > realtime.policy >= 1  # the command node preempts the policy

@@ -9,10 +9,13 @@ Ticks. With ``safety.act_on_arrival`` (default) a fresh valid action is acted on
 a period for the timer (which also made the lock-step twin apply each action one period late). The
 control-period timer keeps the watchdog: it ticks whenever no action has been acted on for
 `TIMER_COVER_PERIODS` periods, so a late or dead policy is held exactly as before
-(stale after ``safety.stale_after_periods``), and an action arriving less than
-`MIN_ARRIVAL_INTERVAL_PERIODS` after the last tick waits for the timer (a flood of actions cannot raise the
-command rate, and two ticks never share one clock reading). Without it, the timer alone ticks, every
-period.
+(stale after ``safety.stale_after_periods``). Two ticks never share one clock reading: an action arriving at
+the very reading of the last tick (a discrete sim clock: a watchdog tick on the clock update, or the
+previous, late action) replaces that tick, undone and ticked again with the newer action, as if it had come
+first; one arriving less than `MIN_ARRIVAL_INTERVAL_PERIODS` after the last tick (a continuous clock) is
+acted on once that interval has passed (a one-shot timer). So a flood of actions cannot raise the command
+rate above one per interval, or one per clock reading, and a policy that runs late on one step does not
+push its next action a whole period back. Without act-on-arrival, the timer alone ticks, every period.
 
 Never crashes on input: a malformed action or joint state (wrong length, NaN, missing joint names, a
 stamp going back) is logged (rate-limited) and holds the arm until a valid one arrives; a joint state that
@@ -30,6 +33,7 @@ import math
 import sys
 import time
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -69,6 +73,17 @@ TIMER_COVER_PERIODS = 1.5
 MIN_ARRIVAL_INTERVAL_PERIODS = 0.5
 # Holds that are the normal state of a stack at rest (logged at info, not as warnings).
 QUIET_HOLDS = frozenset({Reason.DISABLED, Reason.NO_ACTION, Reason.NO_JOINT_STATE})
+
+
+@dataclass(frozen=True)
+class TickUndo:
+    """What a tick changed, to undo it when a newer action arrives at the same clock reading."""
+
+    at_s: float  # the tick's clock reading
+    kind: str  # "timer" | "arrival" (| "deferred")
+    supervisor: dict[str, Any]  # SafetySupervisor.snapshot() before the tick
+    last_tick_s: float | None
+    last_action_tick_s: float | None
 
 
 def config_flag(value: object, name: str) -> bool:
@@ -140,8 +155,7 @@ class CommandNode(GatoNode):
         self.action_pending = False  # a valid action arrived that no tick has acted on yet
         self.stale_hold_latencies_s: list[float] = []  # action receipt -> first stale hold, per hold
         self.stale_hold_last_at_s: float | None = None  # node clock of the newest stale hold's first tick
-        # (clock, supervisor state before it, last tick before it) of the newest timer tick
-        self._timer_tick_state: tuple[float, dict[str, Any], float | None] | None = None
+        self._tick_undo: TickUndo | None = None  # the newest tick's, for a same-reading replacement
         self._stale_holding = False
 
         if self.command_interface == "velocity":
@@ -161,6 +175,9 @@ class CommandNode(GatoNode):
         self.service(contract.RELEASE_SERVICE, self.on_release_service)
         self.service(contract.ENABLE_SERVICE, self.on_enable_service)
         self.timer = self.create_timer(self.limits.control_period, self.on_timer)
+        # one-shot: an action that came too soon after the last tick, acted on once the interval has passed
+        self.deferred_timer = self.create_timer(self.limits.control_period, self.on_deferred)
+        self.deferred_timer.cancel()
         self.diagnostics_timer = self.create_timer(diagnostics_period_s, self.publish_diagnostics)
         self.publish_estop_state()
         self.publish_action_source()
@@ -231,25 +248,36 @@ class CommandNode(GatoNode):
             self.on_arrival(now)
 
     def on_arrival(self, now: float) -> None:
-        """Act on a fresh action now, unless the last tick was too recent or there is no joint state to act
-        from yet (then the timer takes it, holding as before). A watchdog tick at this very clock reading
-        (a discrete sim clock: the timer fired on the clock update, the action came after it) is replaced:
-        undone and ticked again with the action, as if the action had come first."""
+        """Act on a fresh action now, unless there is no joint state to act from yet (then the timer takes
+        it, holding as before). A tick at this very clock reading (a discrete sim clock: the watchdog fired
+        on the clock update, or the previous action came late, after it) is replaced: undone and ticked
+        again with this newer action, as if it had come first. An action less than the minimum interval
+        after the last tick is acted on once the interval has passed."""
         if self.latest_joints is None:
             self.events["arrivals_deferred_to_timer"] += 1
             return
-        provisional = self._timer_tick_state
-        if provisional is not None and provisional[0] == now and self.last_tick_s == now:
-            self.supervisor.restore(provisional[1])
-            self.last_tick_s = provisional[2]
-            self._timer_tick_state = None
-            self.events["timer_ticks_replaced"] += 1
+        undo = self._tick_undo
+        if undo is not None and undo.at_s == now and self.last_tick_s == now:
+            self.supervisor.restore(undo.supervisor)
+            self.last_tick_s, self.last_action_tick_s = undo.last_tick_s, undo.last_action_tick_s
+            self._tick_undo = None
+            self.events[f"{undo.kind}_ticks_replaced"] += 1
         min_interval = MIN_ARRIVAL_INTERVAL_PERIODS * self.limits.control_period
         if self.last_tick_s is not None and 0.0 <= now - self.last_tick_s < min_interval:
-            self.events["arrivals_deferred_to_timer"] += 1
+            self.events["arrivals_deferred"] += 1
+            if self.deferred_timer.is_canceled():
+                wait_s = self.last_tick_s + min_interval - now
+                self.deferred_timer.timer_period_ns = max(1, round(wait_s * 1e9))
+                self.deferred_timer.reset()
             return
-        self.on_tick()
-        self.events["arrival_ticks"] += 1
+        self.tick("arrival")
+
+    def on_deferred(self) -> None:
+        """The one-shot for an action that arrived too soon after the last tick: act on it now (the newest
+        action, if more came meanwhile), unless a tick already did."""
+        self.deferred_timer.cancel()
+        if self.action_pending:
+            self.tick("deferred")
 
     def on_timer(self) -> None:
         """The control-period timer: every tick without act-on-arrival; with it, only when no action was
@@ -264,9 +292,15 @@ class CommandNode(GatoNode):
             if not hold_due and 0.0 <= since < TIMER_COVER_PERIODS * self.limits.control_period:
                 self.events["timer_ticks_skipped"] += 1
                 return
-        self._timer_tick_state = (now, self.supervisor.snapshot(), self.last_tick_s)
+        self.tick("timer")
+
+    def tick(self, kind: str) -> None:
+        """One tick of `kind` (counted as ``{kind}_ticks``), undone if a newer action comes at its reading."""
+        self._tick_undo = TickUndo(
+            self.now_s(), kind, self.supervisor.snapshot(), self.last_tick_s, self.last_action_tick_s
+        )
         self.on_tick()
-        self.events["timer_ticks"] += 1
+        self.events[f"{kind}_ticks"] += 1
 
     def on_joint_state(self, msg: JointState) -> None:
         try:

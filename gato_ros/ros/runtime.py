@@ -37,6 +37,7 @@ and is started as ``python -m gato_ros.ros.my_node [key=value ...] [--ros-args .
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -236,6 +237,15 @@ def raise_cpu_priority(nice: int | None, who: str) -> str | None:
     return f"{who}: running at nice {nice} (ros.scheduling)"
 
 
+def _normal_scheduling_in_child() -> None:
+    """At-fork hook: a process a real-time node forks (multiprocessing, os.fork) runs normally scheduled."""
+    with contextlib.suppress(OSError):
+        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+
+
+_child_hook_registered = False
+
+
 def use_realtime_scheduling(
     priority: int | None, who: str, setting: str = "ros.realtime_priority"
 ) -> str | None:
@@ -244,26 +254,47 @@ def use_realtime_scheduling(
     (a training job, a compiler) cannot delay the control path at all, where a nice value only weighs the
     share. The one line to log, or None if nothing changed.
 
-    Called, like `raise_cpu_priority`, before rclpy.init and torch's first op so their threads inherit it;
-    processes this one forks do not (SCHED_RESET_ON_FORK). The kernel's real-time throttling
+    Call it, like `raise_cpu_priority`, before rclpy.init and torch's first op: the threads they start
+    (the middleware's receive threads, which hand every message to the executor; torch's pool) inherit it.
+    Without SCHED_RESET_ON_FORK on purpose: that flag resets every clone, threads included, and left the
+    receive threads normally scheduled, so a busy twin delayed the command node's ACTION by 25-50 ms
+    (issue 12). A process this one forks from Python (multiprocessing, os.fork) is reset to normal
+    scheduling (an at-fork hook); the nodes exec no other programs. The kernel's real-time throttling
     (/proc/sys/kernel/sched_rt_runtime_us, 95 % of each second by default) keeps a runaway node from
     freezing a core. Needs CAP_SYS_NICE or an `rtprio` limit in /etc/security/limits.conf; without either
     the node keeps normal scheduling (its nice value still applies) and says so.
     """
+    global _child_hook_registered
     if priority is None:
         return None
     level = int(priority)
     if not 1 <= level <= 99:
         raise ValueError(f"{setting}.{who} must be null or in 1..99, got {priority}")
     try:
-        os.sched_setscheduler(0, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, os.sched_param(level))
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(level))
     except PermissionError:
         return (
             f"{who}: could not use real-time scheduling (SCHED_FIFO {level}; needs CAP_SYS_NICE or an "
             "'rtprio' limit in /etc/security/limits.conf); running with normal scheduling: other load on "
             "the cores can delay the control path"
         )
+    if not _child_hook_registered:
+        os.register_at_fork(after_in_child=_normal_scheduling_in_child)
+        _child_hook_registered = True
     return f"{who}: real-time scheduling SCHED_FIFO {level} ({setting})"
+
+
+def thread_scheduling() -> dict[int, tuple[int, int]]:
+    """{thread id: (policy, priority)} of every thread of this process (Linux), to check what inherited
+    `use_realtime_scheduling`."""
+    out = {}
+    for entry in os.listdir("/proc/self/task"):
+        tid = int(entry)
+        try:
+            out[tid] = (os.sched_getscheduler(tid), os.sched_getparam(tid).sched_priority)
+        except OSError:  # the thread ended meanwhile
+            continue
+    return out
 
 
 def make_executor(context: Context, num_threads: int) -> Executor:
