@@ -20,6 +20,7 @@ from gato_ros.gato.data import EpisodeWriter
 from gato_ros.gato.model import build_model
 from gato_ros.gato.train import (
     DistContext,
+    PrefetchedBatches,
     TokenBatch,
     latest_checkpoint,
     lr_at,
@@ -174,6 +175,49 @@ def test_training_curve_reads_resumed_and_truncated_logs(tmp_path) -> None:
     assert [r["step"] for r in records] == [1, 2, 3] and records[1]["loss"] == 9.0
     np.testing.assert_allclose(running_mean(np.array([1.0, 3.0, 5.0]), 2), [1.0, 2.0, 4.0])
     assert plot_training_log(log).stat().st_size > 0
+
+
+def test_prefetching_batches_changes_nothing_but_the_overlap(tmp_path) -> None:
+    """training.prefetch_batches builds the next batch in a thread while the model trains: the same losses
+    and weights as without it, micro-batches (grad accumulation) included."""
+    write_synthetic_episodes(tmp_path / "data", episodes=2, steps=6)
+    runs = {}
+    for prefetch in (False, True):
+        out = tmp_path / f"prefetch_{prefetch}"
+        cfg = load_config(
+            small_run_overrides(tmp_path, steps=4, grad_accum_steps=2, prefetch_batches=prefetch, out_dir=out)
+        )
+        runs[prefetch] = (train(cfg).losses, load_policy(out / "checkpoints" / "step_0000004").model)
+    assert runs[True][0] == runs[False][0]
+    right = runs[False][1].state_dict()
+    for name, tensor in runs[True][1].state_dict().items():
+        assert torch.equal(tensor, right[name]), name
+
+
+def test_prefetched_batches_serve_each_key_once_in_order_never_concurrently() -> None:
+    import threading
+    import time as time_module
+
+    calls: list[tuple[int, int]] = []
+    busy = threading.Lock()
+
+    def source(step: int, micro: int) -> tuple[int, int]:
+        assert busy.acquire(blocking=False), "the source was called from two threads at once"
+        try:
+            time_module.sleep(0.001)
+            calls.append((step, micro))
+            return (step, micro)
+        finally:
+            busy.release()
+
+    batches = PrefetchedBatches(source, accum=2, end=3)
+    try:
+        served = [batches(step, micro) for step in range(3) for micro in range(2)]
+        assert served == [(s, m) for s in range(3) for m in range(2)]
+        assert calls == served  # each built once, none past the end
+        assert batches(1, 1) == (1, 1)  # a key out of order is built on demand
+    finally:
+        batches.close()
 
 
 def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path) -> None:

@@ -216,6 +216,40 @@ class TrainResult:
     tokens_per_s: float = 0.0
 
 
+class PrefetchedBatches:
+    """A batch source that builds the next (step, micro) batch in a background thread while the model
+    trains on the current one: the sampler's work (PNG decoding, augmentation, tokenizing: numpy and
+    OpenCV, which release the GIL) overlaps the forward and backward pass instead of adding to it. A
+    batch is a pure function of (step, micro), so prefetching changes no batch; the source is never
+    called from two threads at once."""
+
+    def __init__(self, source: BatchSource, accum: int, end: int) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.source, self.accum, self.end = source, accum, end
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gato-batch-prefetch")
+        self.pending: tuple[tuple[int, int], Any] | None = None  # (key, Future)
+
+    def __call__(self, step: int, micro: int) -> Any:
+        pending, self.pending = self.pending, None
+        batch = None
+        if pending is not None:
+            ready = pending[1].result()  # also when not the one asked for: never two calls at once
+            if pending[0] == (step, micro):
+                batch = ready
+        if batch is None:
+            batch = self.source(step, micro)
+        following = (step, micro + 1) if micro + 1 < self.accum else (step + 1, 0)
+        if following[0] < self.end:
+            self.pending = (following, self.pool.submit(self.source, *following))
+        return batch
+
+    def close(self) -> None:
+        if self.pending is not None:
+            self.pending[1].cancel()
+        self.pool.shutdown(wait=True)
+
+
 def train(
     cfg: DictConfig,
     batch_source: BatchSource | None = None,
@@ -312,55 +346,62 @@ def _train(
         progress = tqdm(total=total_steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
     tokens_seen, t0 = 0, time.perf_counter()
     end = total_steps if stop_at is None else min(int(stop_at), total_steps)
-    for step in range(start, end):
-        lr = lr_at(step, tcfg)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        loss_sum = 0.0
-        for micro in range(accum):
-            torch.manual_seed(step_seed(seed, dist.rank, step, micro))
-            batch = batch_to(batch_source(step, micro), device)
-            defer_sync = micro < accum - 1 and isinstance(net, nn.parallel.DistributedDataParallel)
-            with net.no_sync() if defer_sync else contextlib.nullcontext():
-                with torch.autocast(
-                    device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
-                ):
-                    loss, _ = masked_nll(net, batch)
-                (loss / accum).backward()
-            loss_sum += float(loss.detach()) / accum
-            tokens_seen += batch.tokens.numel()
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(gato.parameters(), float(tcfg.grad_clip)))
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        result.losses.append(loss_sum)
-        result.step = step + 1
-        if progress is not None:
-            progress.update(1)
-            progress.set_postfix(loss=f"{loss_sum:.4f}", lr=f"{lr:.2e}")
-        done = step + 1 == end
-        if dist.is_main and ((step + 1) % int(tcfg.log_every) == 0 or done):
-            elapsed = time.perf_counter() - t0
-            result.tokens_per_s = tokens_seen * dist.world_size / max(elapsed, 1e-9)
-            record = {
-                "step": step + 1,
-                "loss": loss_sum,
-                "lr": lr,
-                "grad_norm": grad_norm,
-                "tokens_per_s": result.tokens_per_s,
-                "time": time.time(),
-            }
-            with log_path.open("a") as log:
-                log.write(json.dumps(record) + "\n")
-        if dist.is_main and ((step + 1) % int(tcfg.checkpoint_every) == 0 or done):
-            path = save_checkpoint(
-                checkpoint_path(out_dir, step + 1), gato, cfg, step=step + 1, optimizer=optimizer
-            )
-            _write_latest(out_dir, path, int(tcfg.keep_checkpoints))
-            result.checkpoint = path
-            if bool(tcfg.get("plot", True)):
-                _plot_curves(log_path, str(cfg.model.name))
-            if on_checkpoint is not None:
-                on_checkpoint(step + 1, path)
+    prefetched = None
+    if bool(tcfg.get("prefetch_batches", False)):
+        prefetched = batch_source = PrefetchedBatches(batch_source, accum, end)
+    try:
+        for step in range(start, end):
+            lr = lr_at(step, tcfg)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss_sum = 0.0
+            for micro in range(accum):
+                torch.manual_seed(step_seed(seed, dist.rank, step, micro))
+                batch = batch_to(batch_source(step, micro), device)
+                defer_sync = micro < accum - 1 and isinstance(net, nn.parallel.DistributedDataParallel)
+                with net.no_sync() if defer_sync else contextlib.nullcontext():
+                    with torch.autocast(
+                        device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
+                    ):
+                        loss, _ = masked_nll(net, batch)
+                    (loss / accum).backward()
+                loss_sum += float(loss.detach()) / accum
+                tokens_seen += batch.tokens.numel()
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(gato.parameters(), float(tcfg.grad_clip)))
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            result.losses.append(loss_sum)
+            result.step = step + 1
+            if progress is not None:
+                progress.update(1)
+                progress.set_postfix(loss=f"{loss_sum:.4f}", lr=f"{lr:.2e}")
+            done = step + 1 == end
+            if dist.is_main and ((step + 1) % int(tcfg.log_every) == 0 or done):
+                elapsed = time.perf_counter() - t0
+                result.tokens_per_s = tokens_seen * dist.world_size / max(elapsed, 1e-9)
+                record = {
+                    "step": step + 1,
+                    "loss": loss_sum,
+                    "lr": lr,
+                    "grad_norm": grad_norm,
+                    "tokens_per_s": result.tokens_per_s,
+                    "time": time.time(),
+                }
+                with log_path.open("a") as log:
+                    log.write(json.dumps(record) + "\n")
+            if dist.is_main and ((step + 1) % int(tcfg.checkpoint_every) == 0 or done):
+                path = save_checkpoint(
+                    checkpoint_path(out_dir, step + 1), gato, cfg, step=step + 1, optimizer=optimizer
+                )
+                _write_latest(out_dir, path, int(tcfg.keep_checkpoints))
+                result.checkpoint = path
+                if bool(tcfg.get("plot", True)):
+                    _plot_curves(log_path, str(cfg.model.name))
+                if on_checkpoint is not None:
+                    on_checkpoint(step + 1, path)
+    finally:
+        if prefetched is not None:
+            prefetched.close()
     if progress is not None:
         progress.close()
     if dist.world_size > 1:
