@@ -268,7 +268,7 @@ def test_nodes_raise_their_cpu_priority_or_say_why_not() -> None:
 
 REALTIME_PROBE = """
 import os, threading
-from gato_ros.ros.runtime import thread_scheduling, use_realtime_scheduling
+from gato_ros.ros.runtime import use_realtime_scheduling
 assert use_realtime_scheduling(None, "probe") is None
 assert os.sched_getscheduler(0) == os.SCHED_OTHER
 message = use_realtime_scheduling(3, "probe")
@@ -277,7 +277,7 @@ stop = threading.Event()
 worker = threading.Thread(target=lambda: (started.set(), stop.wait()))  # as a middleware receive thread
 worker.start()
 started.wait()
-threads = thread_scheduling()
+worker_policy = (os.sched_getscheduler(worker.native_id), os.sched_getparam(worker.native_id).sched_priority)
 stop.set()
 worker.join()
 read, write = os.pipe()
@@ -287,7 +287,6 @@ if pid == 0:  # a forked child (multiprocessing, os.fork)
     os._exit(0)
 os.waitpid(pid, 0)
 child = os.read(read, 16).decode()
-worker_policy = threads[worker.native_id]
 fifo = os.sched_getscheduler(0) == os.SCHED_FIFO
 print(fifo, os.sched_getparam(0).sched_priority, worker_policy[0], worker_policy[1], child, message)
 """

@@ -284,19 +284,6 @@ def use_realtime_scheduling(
     return f"{who}: real-time scheduling SCHED_FIFO {level} ({setting})"
 
 
-def thread_scheduling() -> dict[int, tuple[int, int]]:
-    """{thread id: (policy, priority)} of every thread of this process (Linux), to check what inherited
-    `use_realtime_scheduling`."""
-    out = {}
-    for entry in os.listdir("/proc/self/task"):
-        tid = int(entry)
-        try:
-            out[tid] = (os.sched_getscheduler(tid), os.sched_getparam(tid).sched_priority)
-        except OSError:  # the thread ended meanwhile
-            continue
-    return out
-
-
 def make_executor(context: Context, num_threads: int) -> Executor:
     if num_threads > 1:
         return MultiThreadedExecutor(num_threads=num_threads, context=context)
