@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/twin.py                       # speed + 50 episodes per triplet, 2 workers
     .venv/bin/python benchmarks/twin.py --episodes 5          # quick
+    .venv/bin/python benchmarks/twin.py --skip-speed --triplets 1,2,3,4,5,train --episodes 100  # the table
     .venv/bin/python benchmarks/twin.py --skip-speed --triplets 3 --episodes 100 twin.expert.max_attempts=5
 
 Speed: simulated seconds per wall-clock second of `StackingTwin.step` while the expert works (contacts,
@@ -52,7 +53,8 @@ def measure_speed(overrides: list[str], render: bool, steps: int, seed: int) -> 
 
 def run_episode(job: tuple[list[str], str, int]) -> dict:
     overrides, triplet, seed = job
-    cfg = load_config([*overrides, f"twin.triplet={triplet}", "twin.render=false"])
+    objects = ["twin.objects=train"] if triplet == "train" else [f"twin.triplet={triplet}"]
+    cfg = load_config([*overrides, *objects, "twin.render=false"])
     expert = ScriptedExpert(cfg)
     start = time.perf_counter()
     with StackingTwin(cfg) as twin:
@@ -79,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--episodes", type=int, default=50, help="seeded episodes per triplet")
-    parser.add_argument("--triplets", default="1,2,3,4,5")
+    parser.add_argument("--triplets", default="1,2,3,4,5", help="test triplets; train: training objects")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--speed-steps", type=int, default=400, help="control steps per speed measurement")
     parser.add_argument("--skip-speed", action="store_true")

@@ -135,6 +135,7 @@ def test_a_successful_expert_episode_is_written_for_training(tmp_path: Path) -> 
     assert episode.metadata["seed"] == 100001 and episode.succeeded
     assert episode.metadata["twin_version"] == TWIN_VERSION
     assert episode.metadata["episode_mode"] == "early_stop"
+    assert episode.metadata["expert"] == ("feedback" if load_config([]).twin.expert.feedback else "staged")
     assert episode.success[-1] and not episode.success[:-1].any()
     assert episode.action.shape == (len(episode), 5)
 

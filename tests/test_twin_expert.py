@@ -74,11 +74,13 @@ def test_expert_stacks_on_a_blue_whose_top_face_is_tilted() -> None:
         assert expert.attempts == 1
 
 
-def test_expert_tips_over_a_blue_with_no_level_face_then_stacks() -> None:
+@pytest.mark.parametrize("feedback", [False, True])
+def test_expert_tips_over_a_blue_with_no_level_face_then_stacks(feedback: bool) -> None:
     """Triplet 2, seed 15: b3 (a trapezoidal prism) lies on a slanted side, its most upward face tilted 41
     degrees, past the friction angle: red cannot stay on it. The expert pushes blue near its top toward
-    where that face leans, blue rolls onto a level face, and red is stacked on it."""
-    cfg = load_config(["twin.triplet=2", "twin.render=false", "twin.episode.mode=early_stop"])
+    where that face leans, blue rolls onto a level face, and red is stacked on it (both modes)."""
+    mode = f"twin.expert.feedback={str(feedback).lower()}"
+    cfg = load_config(["twin.triplet=2", "twin.render=false", "twin.episode.mode=early_stop", mode])
     expert = ScriptedExpert(cfg)
     with StackingTwin(cfg) as twin:
         twin.reset(seed=15)
@@ -91,8 +93,16 @@ def test_expert_tips_over_a_blue_with_no_level_face_then_stacks() -> None:
         start, end = path
         push = (end - start)[:2]
         assert np.dot(push, top[:2]) > 0.9 * np.linalg.norm(push) * np.linalg.norm(top[:2])  # where it leans
-        assert finish_episode(twin, expert).success
-        assert expert.tips >= 1
+        stages = set()
+        step = None
+        for _ in range(twin.max_steps):
+            step = twin.step(expert.act(twin))
+            stages.add(expert.stage)
+            if step.done:
+                break
+        assert step is not None and step.success
+        assert Stage.TIP_PUSH in stages
+        assert expert.tips >= 1 or feedback  # the staged expert counts its pushes
         assert blue_top_tilt_deg(expert, twin) < float(cfg.twin.expert.tip_min_tilt_deg)
 
 
@@ -179,10 +189,13 @@ def run_to(twin: StackingTwin, expert: ScriptedExpert, stage: Stage, max_steps: 
 
 
 def test_a_fresh_expert_carries_on_with_red_already_in_the_fingers() -> None:
-    """Feedback: a state the expert did not reach itself (here: red held above the floor, as a DAgger
-    learner might leave it) gets the action that continues from it: keep the fingers closed and carry,
-    not a new approach that opens them and drops red. From there it stacks."""
-    cfg = load_config(["twin.triplet=1", "twin.render=false", "twin.episode.mode=early_stop"])
+    """The staged expert's feedback where the state contradicts its plan: a state it did not reach itself
+    (here: red held above the floor, as a DAgger learner might leave it) gets the action that continues
+    from it: keep the fingers closed and carry, not a new approach that opens them and drops red. From
+    there it stacks. (A fresh staged expert restarts its plan at the lift; the feedback expert is tested
+    on every visited state below.)"""
+    staged = "twin.expert.feedback=false"
+    cfg = load_config(["twin.triplet=1", "twin.render=false", "twin.episode.mode=early_stop", staged])
     expert, fresh = ScriptedExpert(cfg), ScriptedExpert(cfg)
     with StackingTwin(cfg) as twin:
         twin.reset(seed=0)
@@ -238,3 +251,68 @@ def test_the_stack_anchor_puts_reds_centre_of_mass_deep_inside_a_narrow_top() ->
     offset = stack_anchor_offset(red, centre_of_mass, blue, band=0.004)
     placed = centre_of_mass + offset
     assert abs(placed[0] - 0.6) <= 0.0015 and abs(placed[1]) <= 0.0015, placed
+
+
+# -- feedback mode: the stage read off the state at every step -----------------------------------------------
+FEEDBACK = ["twin.expert.feedback=true", "twin.render=false", "twin.episode.mode=early_stop"]
+
+
+def test_a_feedback_experts_action_is_a_function_of_the_state_alone() -> None:
+    """`twin.expert.feedback=true`: the expert that drove the episode so far and a fresh one give the same
+    action at every state it visits, through every stage, and it stacks. The staged expert's stage and
+    timers are memory: a fresh staged expert disagrees with a running one (the control for this test)."""
+    for feedback in (True, False):
+        cfg = load_config([f"twin.expert.feedback={str(feedback).lower()}", *FEEDBACK[1:], "twin.triplet=1"])
+        expert, fresh = ScriptedExpert(cfg), ScriptedExpert(cfg)
+        disagreements, stages = 0, set()
+        with StackingTwin(cfg) as twin:
+            twin.reset(seed=0)
+            expert.reset()
+            step = None
+            for _ in range(twin.max_steps):
+                action = expert.act(twin)
+                stages.add(expert.stage)
+                fresh.reset()
+                disagreements += int(not np.array_equal(action, fresh.act(twin)))
+                step = twin.step(action)
+                if step.done:
+                    break
+        assert step is not None and step.success, (feedback, sorted(s.value for s in stages))
+        if feedback:
+            assert disagreements == 0
+            assert {
+                Stage.APPROACH,
+                Stage.DESCEND,
+                Stage.CLOSE,
+                Stage.LIFT,
+                Stage.LOWER,
+                Stage.RELEASE,
+            } <= stages
+        else:
+            assert disagreements > 0
+
+
+def test_a_feedback_expert_picks_red_up_again_after_it_is_knocked_out_of_the_fingers() -> None:
+    """Pushed off its path (the fingers forced open while red is carried: red falls), the feedback expert
+    reads the new state, grasps red again and stacks, with no attempt budget or timer involved."""
+    cfg = load_config([*FEEDBACK, "twin.triplet=1"])
+    expert = ScriptedExpert(cfg)
+    with StackingTwin(cfg) as twin:
+        twin.reset(seed=0)
+        expert.reset()
+        run_to(twin, expert, Stage.CARRY, twin.max_steps)
+        for _ in range(20):  # an operator (or a DAgger learner) opens the fingers for a second
+            twin.step(np.array([0.0, 0.0, 0.0, 0.0, -1.0]))
+        scene = expert._scene(twin)
+        assert scene.gripper < float(cfg.twin.expert.open_gripper_threshold)
+        assert not expert._holding_red(scene)
+        stages = []
+        step = None
+        while twin.step_count < twin.max_steps:
+            action = expert.act(twin)
+            stages.append(expert.stage)
+            step = twin.step(action)
+            if step.done:
+                break
+        assert step is not None and step.success, [s.value for s in stages]
+    assert Stage.CLOSE in stages and Stage.LIFT in stages  # grasped again

@@ -19,7 +19,7 @@ from gato_ros.twin import ScriptedExpert, StackingTwin, Stage
 from gato_ros.twin.basket import FLOOR_GEOM
 from gato_ros.twin.expert import stack_anchor_offset
 from gato_ros.twin.rendering import CameraRenderer
-from gato_ros.twin.scene import body_vertices, posed_vertices
+from gato_ros.twin.scene import OUT_OF_VIEW_GROUP, body_vertices, posed_vertices
 from gato_ros.twin.success import EpisodeJudge
 
 RED, GREEN, BLUE = 0, 1, 2
@@ -185,6 +185,32 @@ def test_cameras_see_the_benchmarks_light_and_anti_aliasing(benchmark_cell: mujo
                 assert np.abs(ours - theirs).mean() < 1.5, camera
         finally:
             renderer.close()
+
+
+def test_the_ground_mirror_pass_is_off_and_changes_almost_no_policy_pixel() -> None:
+    """`twin.rendering.reflections=false` (a deviation, for speed) leaves the policy cameras' images as the
+    benchmark's reflective ground renders them, up to a few pixels of ground seen past the basket."""
+    cfg = load_config(["twin.triplet=1", "twin.render=true"])
+    assert cfg.twin.rendering.reflections is False
+    with StackingTwin(cfg) as env:
+        env.reset(seed=0)
+        mirrored = CameraRenderer(
+            env.model,
+            int(cfg.cameras.width),
+            int(cfg.cameras.height),
+            ["egl", "osmesa"],
+            hidden_groups=[OUT_OF_VIEW_GROUP],
+            reflections=True,
+        )
+        try:
+            for camera in cfg.cameras.policy_cameras:
+                ours = env.render(str(camera)).astype(int)
+                theirs = mirrored.render(env.data, env.index.cameras[str(camera)]).astype(int)
+                differing = np.abs(ours - theirs).max(axis=-1) > 0
+                assert differing.mean() < 0.005, (camera, int(differing.sum()))
+                assert np.abs(ours - theirs).mean() < 0.1, camera
+        finally:
+            mirrored.close()
 
 
 def _camera_id(model: mujoco.MjModel, name: str) -> int:

@@ -425,6 +425,7 @@ def _write_episode(writer: Any, episode: ExpertEpisode, cfg: DictConfig) -> str 
         twin_version=TWIN_VERSION,
         episode_mode=str(cfg.twin.episode.mode),
         noise_scale=float(cfg.collection.noise_scale),
+        expert="feedback" if bool(cfg.twin.expert.feedback) else "staged",
         **dagger_metadata(cfg.collection),
     )
     for t in range(episode.steps):

@@ -226,6 +226,12 @@ class StackingTwin:
         angle = self.data.qpos[self.index.gripper_driver_qpos]
         return float(np.clip((angle - low) / (high - low), 0.0, 1.0) * self.gripper_command_max)
 
+    def gripper_velocity(self) -> float:
+        """Driver speed in 0..255 units per second (positive: closing), on the scale of `gripper_position`."""
+        low, high = self.gripper_range
+        speed = self.data.qvel[self.index.gripper_driver_dof]
+        return float(speed / (high - low) * self.gripper_command_max)
+
     def object_poses(self) -> np.ndarray:
         """(3, 7) red, green, blue: x, y, z, qw, qx, qy, qz (privileged; w >= 0 as in the benchmark)."""
         bodies = list(self.index.object_bodies)
@@ -245,6 +251,12 @@ class StackingTwin:
         rotation = self.data.site_xmat[self._pinch_site]
         quat = canonical_quat(rotation_to_quat_wxyz(rotation), PINCH_REFERENCE_WXYZ)
         return np.concatenate([self.data.site_xpos[self._pinch_site], quat])
+
+    def objects_touching_red(self) -> tuple[bool, bool, bool]:
+        """(red, green, blue): in contact with red (red itself: False), at the success test's distance."""
+        red_geoms = self.index.object_geoms[0]
+        touched = touching_geoms(self.data, red_geoms, float(self.cfg.twin.success.contact_distance))
+        return tuple(bool(touched & geoms) and geoms is not red_geoms for geoms in self.index.object_geoms)
 
     def tcp_pose(self) -> np.ndarray:
         """(7,) wrist-site pose (the benchmark's `sawyer/tcp/pose`); same as `ArmKinematics.tcp_pose`."""
@@ -276,6 +288,7 @@ class StackingTwin:
                 int(self.cfg.cameras.height),
                 [str(b) for b in self.cfg.twin.rendering.backends],
                 hidden_groups=[OUT_OF_VIEW_GROUP] if self.cfg.twin.rendering.skip_out_of_view else [],
+                reflections=bool(self.cfg.twin.rendering.reflections),
             )
         if camera_name not in self.index.cameras:
             raise KeyError(f"unknown camera {camera_name!r}; cameras: {sorted(self.index.cameras)}")

@@ -8,6 +8,11 @@ object's narrowest horizontal width, computed from its mesh vertices in their cu
 Blue's top is its most upward hull face, level or tilted: red's centre of mass goes deep inside it. When no
 face of blue is level enough for red to stay on (tilted past the friction angle), each attempt starts by
 tipping blue over: the closed fingers push it near its top toward where that face leans (tip stages).
+
+`twin.expert.feedback=true` drops the plan's memory: every step reads the stage off the state (`_infer_stage`)
+and acts on it, with no timers, retries or attempt budget, so the action is a function of the state alone.
+That is the teacher DART and DAgger need: a state a learner drove into gets the label the expert would give
+on its own path, not one that depends on how long the learner lingered in a stage.
 """
 
 from __future__ import annotations
@@ -58,6 +63,8 @@ class Scene:
     edges: tuple[np.ndarray, np.ndarray, np.ndarray]  # per object: convex hull edges (vertex index pairs)
     facets: tuple[np.ndarray, np.ndarray, np.ndarray]  # per object: hull planes (F, 4) in the body frame
     exact: bool = True  # the objects' own meshes (False: boxes assumed from poses alone)
+    gripper_velocity: float = 0.0  # 0..255 units per second, positive closing (0: unknown, taken as still)
+    touching_red: tuple[bool, bool, bool] = (False, False, False)  # objects in contact with red (or unknown)
 
     _posed: dict[int, np.ndarray] = field(default_factory=dict)  # world vertices, computed once per step
     _planes: dict[int, np.ndarray] = field(default_factory=dict)
@@ -244,6 +251,9 @@ class ScriptedExpert:
         self.workspace_low = np.asarray(ctrl.workspace_low, dtype=float)
         self.workspace_high = np.asarray(ctrl.workspace_high, dtype=float)
         self.yaw_limit = float(ctrl.yaw_limit)
+        # Feedback mode: the stage is read off the state at every step (no stage memory, timers or attempt
+        # count), so the action is a function of the state and labels any state the same way.
+        self.feedback = bool(self.cfg.get("feedback", False))
         self._vertex_cache: dict[Any, tuple[tuple[np.ndarray, ...], ...]] = {}
         box = box_vertices(np.asarray(self.cfg.fallback_half_size, dtype=float))
         self._box = (box, hull_edges(box), hull_facets(box))
@@ -262,6 +272,7 @@ class ScriptedExpert:
         self.last_gripper = 0.0
         self.tips = 0
         self.tip_path: tuple[np.ndarray, np.ndarray] | None = None  # push start and end (x, y, z)
+        self.travel_z: float | None = None  # feedback mode: approach at this height until over red
 
     @property
     def failed(self) -> bool:
@@ -271,6 +282,8 @@ class ScriptedExpert:
         self.stage, self.stage_steps = stage, 0
 
     def _retry(self) -> None:
+        if self.feedback:  # the next step reads the stage off the state again
+            return
         self.attempts += 1
         self.grasp_yaw = None
         self._enter(Stage.RECOVER if self.attempts <= int(self.cfg.max_attempts) else Stage.DONE)
@@ -311,6 +324,8 @@ class ScriptedExpert:
             vertices=self._vertex_cache[key][0],
             edges=self._vertex_cache[key][1],
             facets=self._vertex_cache[key][2],
+            gripper_velocity=source.gripper_velocity(),
+            touching_red=source.objects_touching_red(),
             centres_of_mass=source.data.xipos[list(source.index.object_bodies)].copy(),
         )
 
@@ -396,7 +411,9 @@ class ScriptedExpert:
             return None
         return np.concatenate([above, hull_slice(vertices, scene.edges[obj], z)])
 
-    def _tip_plan(self, scene: Scene) -> tuple[np.ndarray, np.ndarray] | None:
+    def _tip_plan(
+        self, scene: Scene, budget: bool = True, pusher: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray] | None:
         """Push path that tips blue over when no face of it is level enough for red to stay on (None: blue's
         top will do, or the tip budget is spent).
 
@@ -404,6 +421,8 @@ class ScriptedExpert:
         friction angle of 27) can only hold red on another face. Pushed near its top toward where that face
         leans, it rolls onto a neighbouring side and shows a level face. The push runs through blue's centre
         of mass, from beside blue's uphill side to past its far side, `tip_depth` below its top.
+        `pusher` (xy of fingers already pushing): push away from them instead, through the centre of mass
+        (mid-roll, on an edge, blue's most upward face flips side and would reverse the push).
         """
         cfg = self.cfg
         if not scene.exact:  # a box assumed from a pose says nothing about which face is level
@@ -412,9 +431,13 @@ class ScriptedExpert:
         top = facets[int(np.argmax(facets[:, 2]))]
         if np.degrees(np.arccos(np.clip(top[2], -1.0, 1.0))) <= float(cfg.tip_min_tilt_deg):
             return None
-        if self.tips >= int(cfg.max_tips) or np.linalg.norm(top[:2]) < 1e-6:
+        if (budget and self.tips >= int(cfg.max_tips)) or np.linalg.norm(top[:2]) < 1e-6:
             return None
         direction = top[:2] / np.linalg.norm(top[:2])
+        if pusher is not None:
+            away = scene.centres_of_mass[BLUE, :2] - np.asarray(pusher, dtype=float)[:2]
+            if np.linalg.norm(away) > 1e-6:
+                direction = away / np.linalg.norm(away)
         vertices = scene.world_vertices(BLUE)
         along = vertices[:, :2] @ direction
         across_axis = np.array([-direction[1], direction[0]])
@@ -457,19 +480,19 @@ class ScriptedExpert:
         scene = self._scene(source)
         red = scene.world_vertices(RED)
         blue = scene.world_vertices(BLUE)
-        self._sync_stage(scene, red, blue)
-        self.stage_steps += 1
         red_centre = scene.object_poses[RED, :3]
-        red_height = float(red[:, 2].max() - red[:, 2].min())
+        grasp_z = self._grasp_height(red)
+        if self.feedback:
+            self._infer_stage(scene, red, blue, grasp_z)
+        else:
+            self._sync_stage(scene, red, blue)
+        self.stage_steps += 1
         open_, close = -1.0, 1.0
-        timeout = self.stage_steps > float(cfg.stage_timeout_seconds) * self.rate_hz
+        timeout = not self.feedback and self.stage_steps > float(cfg.stage_timeout_seconds) * self.rate_hz
         current_yaw = tool_yaw(scene.pinch_rotation)
-        grasp_z = max(
-            float(red[:, 2].max()) - min(float(cfg.grasp_depth) * red_height, float(cfg.max_grasp_depth)),
-            float(red[:, 2].min()) + float(cfg.min_grasp_height_above_bottom),
-        )
 
-        if self.stage is Stage.APPROACH and self.stage_steps == 1:  # a new attempt: tip blue over first?
+        # A new attempt: tip blue over first? (Feedback mode decides that from the state in _infer_stage.)
+        if not self.feedback and self.stage is Stage.APPROACH and self.stage_steps == 1:
             self.tip_path = self._tip_plan(scene)
             if self.tip_path is not None:
                 self.tips += 1
@@ -482,7 +505,8 @@ class ScriptedExpert:
             if self.grasp_yaw is None or (self.stage is Stage.APPROACH and self.stage_steps == 1):
                 self.grasp_yaw = yaw
         if self.stage is Stage.APPROACH:
-            target = np.array([*grasp_xy, float(red[:, 2].max()) + float(cfg.approach_height)])
+            approach_z = float(red[:, 2].max()) + float(cfg.approach_height)
+            target = np.array([*grasp_xy, approach_z if self.travel_z is None else self.travel_z])
             action, reached = self._move(scene, target, self.grasp_yaw, open_)
             if reached and scene.gripper < float(cfg.open_gripper_threshold):
                 self._enter(Stage.DESCEND)
@@ -506,16 +530,7 @@ class ScriptedExpert:
                 self.lift_start_pinch_z = float(scene.pinch_position[2])
                 self._enter(Stage.LIFT)
             return action
-        # Carry just high enough for red's bottom to clear green and blue (not the workspace ceiling).
-        obstacles_top = max(float(scene.world_vertices(obj)[:, 2].max()) for obj in (GREEN, BLUE))
-        carry_z = min(
-            float(cfg.lift_height),
-            max(
-                obstacles_top + float(scene.pinch_position[2]) - float(red[:, 2].min())
-                + float(cfg.carry_clearance),
-                self.lift_start_pinch_z + 2.0 * float(cfg.grasp_check_height),
-            ),
-        )  # fmt: skip
+        carry_z = self._carry_height(scene, red)
         if self.stage is Stage.LIFT:
             target = np.array([*scene.pinch_position[:2], carry_z])
             action, reached = self._move(scene, target, None, close)
@@ -530,21 +545,7 @@ class ScriptedExpert:
             elif timeout:
                 self._retry()
             return action
-        pinch_xy = scene.pinch_position[:2]
-
-        def reachable(moves: np.ndarray) -> np.ndarray:
-            xy = pinch_xy + moves
-            return np.all((xy >= self.workspace_low[:2]) & (xy <= self.workspace_high[:2]), axis=1)
-
-        blue_facets = scene.world_facets(BLUE) if scene.exact else None
-        offset = stack_anchor_offset(
-            red,
-            scene.centres_of_mass[RED, :2],
-            blue,
-            float(cfg.face_band),
-            reachable=reachable,
-            blue_facets=blue_facets,
-        )
+        offset = self._anchor_offset(scene, red, blue)
         if self.stage is Stage.CARRY:
             target = np.array([*(scene.pinch_position[:2] + offset), carry_z])
             action, reached = self._move(scene, target, None, close)
@@ -556,23 +557,8 @@ class ScriptedExpert:
                 self._retry()
             return action
         if self.stage is Stage.LOWER:
-            # Heights are measured to blue's surface under red (a tilted top is lower there than at its
-            # highest point), at the anchor for the target and where red is now for the release.
-            top_gap = float(red[:, 2].min()) - float(blue[:, 2].max())
-            anchored_gap = current_gap = None
-            if blue_facets is not None:
-                red_facets = scene.world_facets(RED)
-                anchored_gap = support_gap(red, red_facets, blue_facets, shift=offset)
-                current_gap = support_gap(red, red_facets, blue_facets)
-            gap = top_gap if current_gap is None else current_gap
-            drop = float(cfg.place_clearance) - (top_gap if anchored_gap is None else anchored_gap)
-            target = scene.pinch_position + np.array([*offset, drop])
-            near = gap < float(cfg.slow_zone)
+            target, near, placed = self._lower_plan(scene, red, blue, offset)
             action, _ = self._move(scene, target, None, close, slow=near)
-            # Released only this close above the planned height (a drop tips red on a narrow top), over the
-            # anchor, or wherever red already rests on blue (friction holds it there: waiting only times out).
-            aligned = np.linalg.norm(offset) < float(cfg.position_tolerance)
-            placed = drop > -float(cfg.place_tolerance) and (aligned or gap < float(cfg.place_tolerance))
             if self._dropped(scene):
                 self._retry()
             elif placed:
@@ -589,7 +575,7 @@ class ScriptedExpert:
                 self._enter(Stage.RETREAT)
             return action
         if self.stage is Stage.RETREAT:
-            if self.stage_steps == 1:
+            if self.stage_steps == 1 and not self.feedback:  # feedback: set from red in _infer_stage
                 rise = float(scene.pinch_position[2]) + float(cfg.retreat_height)
                 self.retreat_z = min(float(cfg.lift_height), rise)
             target = np.array([*scene.pinch_position[:2], self.retreat_z])
@@ -616,6 +602,188 @@ class ScriptedExpert:
         else:
             self.unstacked_steps = 0
         return np.array([0.0, 0.0, 0.0, 0.0, open_])
+
+    # -- plans shared by the stages ----------------------------------------------------------------------
+    def _grasp_height(self, red: np.ndarray) -> float:
+        """Tool-point height the fingers close at: `grasp_depth` of red's height below its top, bounded."""
+        cfg = self.cfg
+        height = float(red[:, 2].max() - red[:, 2].min())
+        return max(
+            float(red[:, 2].max()) - min(float(cfg.grasp_depth) * height, float(cfg.max_grasp_depth)),
+            float(red[:, 2].min()) + float(cfg.min_grasp_height_above_bottom),
+        )
+
+    def _carry_height(self, scene: Scene, red: np.ndarray) -> float:
+        """Carry just high enough for red's bottom to clear green and blue (not the workspace ceiling)."""
+        cfg = self.cfg
+        obstacles_top = max(float(scene.world_vertices(obj)[:, 2].max()) for obj in (GREEN, BLUE))
+        return min(
+            float(cfg.lift_height),
+            max(
+                obstacles_top + float(scene.pinch_position[2]) - float(red[:, 2].min())
+                + float(cfg.carry_clearance),
+                self.lift_start_pinch_z + 2.0 * float(cfg.grasp_check_height),
+            ),
+        )  # fmt: skip
+
+    def _anchor_offset(self, scene: Scene, red: np.ndarray, blue: np.ndarray) -> np.ndarray:
+        """Horizontal tool move that puts red over its resting place on blue (`stack_anchor_offset`)."""
+        pinch_xy = scene.pinch_position[:2]
+
+        def reachable(moves: np.ndarray) -> np.ndarray:
+            xy = pinch_xy + moves
+            return np.all((xy >= self.workspace_low[:2]) & (xy <= self.workspace_high[:2]), axis=1)
+
+        return stack_anchor_offset(
+            red,
+            scene.centres_of_mass[RED, :2],
+            blue,
+            float(self.cfg.face_band),
+            reachable=reachable,
+            blue_facets=scene.world_facets(BLUE) if scene.exact else None,
+        )
+
+    def _lower_plan(
+        self, scene: Scene, red: np.ndarray, blue: np.ndarray, offset: np.ndarray
+    ) -> tuple[np.ndarray, bool, bool]:
+        """(target, near, placed) for lowering red onto blue.
+
+        Heights are measured to blue's surface under red (a tilted top is lower there than at its highest
+        point), at the anchor for the target and where red is now for the release. Released (`placed`) only
+        this close above the planned height (a drop tips red on a narrow top), over the anchor, or wherever
+        red already rests on blue (friction holds it there: waiting only times out).
+        """
+        cfg = self.cfg
+        top_gap = float(red[:, 2].min()) - float(blue[:, 2].max())
+        anchored_gap = current_gap = None
+        if scene.exact:
+            red_facets, blue_facets = scene.world_facets(RED), scene.world_facets(BLUE)
+            anchored_gap = support_gap(red, red_facets, blue_facets, shift=offset)
+            current_gap = support_gap(red, red_facets, blue_facets)
+        gap = top_gap if current_gap is None else current_gap
+        drop = float(cfg.place_clearance) - (top_gap if anchored_gap is None else anchored_gap)
+        target = scene.pinch_position + np.array([*offset, drop])
+        aligned = np.linalg.norm(offset) < float(cfg.position_tolerance)
+        placed = drop > -float(cfg.place_tolerance) and (aligned or gap < float(cfg.place_tolerance))
+        return target, bool(gap < float(cfg.slow_zone)), bool(placed)
+
+    # -- feedback mode: the stage from the state ---------------------------------------------------------
+    def _infer_stage(self, scene: Scene, red: np.ndarray, blue: np.ndarray, grasp_z: float) -> None:
+        """Enter the stage the state calls for, with what the stage needs set from the state alone.
+
+        In order: a finished stack (fingers open) -> rise clear, then hold; red in the fingers -> close,
+        lift, carry, lower or release (`_transport_stage`); blue's top too steep -> tip it (`_tip_stage`);
+        fingers not open -> open while rising; else over red's grasp column -> descend and close, or
+        travel there at a safe height.
+        """
+        cfg = self.cfg
+        tolerance = float(cfg.position_tolerance)
+        pinch = scene.pinch_position
+        self.lift_start_pinch_z = self.lift_start_red_z = -np.inf  # carry height from the obstacles alone
+        opened = scene.gripper < float(cfg.open_gripper_threshold)
+        if opened and self._stacked(scene, red, blue):
+            self.retreat_z = min(float(cfg.lift_height), float(red[:, 2].max()) + float(cfg.retreat_height))
+            self._enter(Stage.RETREAT if float(pinch[2]) < self.retreat_z - tolerance else Stage.DONE)
+            return
+        if self._holding_red(scene):
+            self._enter(self._transport_stage(scene, red, blue))
+            return
+        tip_path = self._tip_plan(scene, budget=False)
+        if tip_path is not None and self._pushing_blue(scene, tip_path):
+            tip_path = self._tip_plan(scene, budget=False, pusher=pinch)
+        if tip_path is not None:
+            self.tip_path = tip_path
+            self._enter(self._tip_stage(scene, tip_path))
+            return
+        if not opened:
+            self._enter(Stage.RECOVER)
+            return
+        current_yaw = tool_yaw(scene.pinch_rotation)
+        yaw, grasp_xy = self._grasp_plan(scene, grasp_z, current_yaw)
+        self.grasp_yaw = yaw
+        xy_error = float(np.linalg.norm(pinch[:2] - grasp_xy))
+        yaw_error = abs(wrap_angle(yaw - current_yaw))
+        approach_z = float(red[:, 2].max()) + float(cfg.approach_height)
+        # The column is wider than the approach's tolerance: descending corrects small offsets itself.
+        column = xy_error < 2.0 * tolerance and yaw_error < 2.0 * float(cfg.yaw_tolerance)
+        if column and float(pinch[2]) < approach_z + tolerance:
+            at_grasp = (
+                abs(float(pinch[2]) - grasp_z) < tolerance
+                and xy_error < tolerance
+                and yaw_error < float(cfg.yaw_tolerance)
+            )
+            self._enter(Stage.CLOSE if at_grasp else Stage.DESCEND)
+            return
+        self.travel_z = None
+        if column:  # above the approach height: straight down to it
+            self._enter(Stage.APPROACH)
+            return
+        # Elsewhere: rise to clear every object (as RECOVER does), then travel over red at that height.
+        top = max(float(scene.world_vertices(obj)[:, 2].max()) for obj in (RED, GREEN, BLUE))
+        self.travel_z = max(min(float(cfg.lift_height), top + float(cfg.approach_height)), approach_z)
+        below = float(pinch[2]) < self.travel_z - 0.5 * float(cfg.approach_height)
+        self._enter(Stage.RECOVER if below else Stage.APPROACH)
+
+    def _transport_stage(self, scene: Scene, red: np.ndarray, blue: np.ndarray) -> Stage:
+        """Red in the fingers: finish closing, lift straight up, carry over blue, lower, or release."""
+        cfg = self.cfg
+        tolerance = float(cfg.position_tolerance)
+        settled = float(cfg.gripper_settled_delta) * self.rate_hz  # per-step delta as a speed
+        offset = self._anchor_offset(scene, red, blue)
+        # Lowering's release test counts only over blue (beside it, red's bottom is below blue's top too).
+        # Also released: red over blue and already resting on blue or green (where the gap estimate did
+        # not see it: lowering further only slides it up in the fingers; released, it settles on blue), and
+        # red the fingers are opening on.
+        if self._stacked(scene, red, blue):
+            _, _, placed = self._lower_plan(scene, red, blue, offset)
+            resting = scene.touching_red[GREEN] or scene.touching_red[BLUE]
+            opening = scene.gripper_velocity < -3.0 * settled
+            if placed or resting or opening:
+                return Stage.RELEASE
+        # Still closing on red where it lay (not once it is lifted: a slip in the fingers is not a grasp).
+        floor = min(float(scene.world_vertices(obj)[:, 2].min()) for obj in (GREEN, BLUE))
+        lifted = float(red[:, 2].min()) > floor + float(cfg.place_tolerance) * 5.0
+        if scene.gripper_velocity > settled and not lifted:
+            return Stage.CLOSE
+        carry_z = self._carry_height(scene, red)
+        height = float(scene.pinch_position[2])
+        misaligned = float(np.linalg.norm(offset))
+        # Up first, then across at the carry height; lowering (which also corrects small offsets) once over
+        # blue, or already below the carry height within twice the tolerance of the anchor.
+        high_enough = height > carry_z - 0.5 * float(cfg.carry_clearance)
+        if misaligned > 2.0 * tolerance and not high_enough:
+            return Stage.LIFT
+        if misaligned > tolerance and high_enough:
+            return Stage.CARRY
+        return Stage.LOWER
+
+    def _pushing_blue(self, scene: Scene, path: tuple[np.ndarray, np.ndarray]) -> bool:
+        """The fingers are at push height beside (or against) blue: a push is under way."""
+        standoff = float(self.cfg.tip_standoff)
+        pinch = scene.pinch_position
+        if abs(float(pinch[2]) - float(path[0][2])) > standoff:
+            return False
+        footprint = scene.world_vertices(BLUE)[:, :2]
+        distance = float(outline_distance(pinch[None, :2], footprint)[0])
+        return distance < standoff - float(self.cfg.position_tolerance)
+
+    def _tip_stage(self, scene: Scene, path: tuple[np.ndarray, np.ndarray]) -> Stage:
+        """Where the tool is on the push path: on the push line, above its start, or elsewhere."""
+        tolerance = 2.0 * float(self.cfg.position_tolerance)
+        pushing = float(self.cfg.tip_standoff)  # blue pushes the fingers aside: the line is wider once on it
+        start, end = path
+        pinch = scene.pinch_position
+        length = float(np.linalg.norm(end[:2] - start[:2]))
+        direction = (end[:2] - start[:2]) / max(length, 1e-9)
+        relative = pinch[:2] - start[:2]
+        along = float(relative @ direction)
+        lateral = float(np.linalg.norm(relative - along * direction))
+        on_line = lateral < pushing and abs(float(pinch[2]) - float(start[2])) < pushing
+        if on_line and -tolerance < along < length:
+            return Stage.TIP_PUSH
+        if float(np.linalg.norm(relative)) < tolerance and float(pinch[2]) > float(start[2]):
+            return Stage.TIP_DESCEND
+        return Stage.TIP_APPROACH
 
     def _tip(self, scene: Scene, timeout: bool) -> np.ndarray:
         """The tip stages: above the push start, down beside blue, then slowly across it (fingers closed)."""
@@ -666,11 +834,18 @@ class ScriptedExpert:
             self._enter(Stage.LIFT)
 
     def _holding_red(self, scene: Scene) -> bool:
-        """The fingers are closed on something (neither open nor closed on nothing) and red is there."""
+        """The fingers are closed on something (neither open nor closed on nothing) and red is there: its
+        centre near the tool point, or (feedback mode) the tool point inside red's hull (a large red's centre
+        is farther away from its grasp than `held_radius`)."""
         cfg = self.cfg
         between = float(cfg.open_gripper_threshold) < scene.gripper < float(cfg.empty_gripper_threshold)
         offset = scene.object_poses[RED, :3] - scene.pinch_position
-        return bool(between and np.abs(offset).max() < float(cfg.held_radius))
+        near = bool(np.abs(offset).max() < float(cfg.held_radius))
+        if self.feedback and not near:
+            planes = scene.world_facets(RED)
+            inside = np.max(planes[:, :3] @ scene.pinch_position + planes[:, 3])
+            near = bool(inside < float(cfg.finger_clearance))
+        return bool(between and near)
 
     def _stacked(self, scene: Scene, red: np.ndarray, blue: np.ndarray) -> bool:
         """The sparse reward's geometry as far as poses show it: red's centre over blue's, higher by the

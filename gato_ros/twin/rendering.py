@@ -66,6 +66,7 @@ class CameraRenderer:
         height: int,
         backends: Sequence[str] = ("egl", "osmesa"),
         hidden_groups: Sequence[int] = (),
+        reflections: bool = True,
     ) -> None:
         self.model, self.width, self.height = model, width, height
         self._context, self.backend = create_gl_context(backends, width, height)
@@ -75,6 +76,9 @@ class CameraRenderer:
         self._option.flags[mujoco.mjtVisFlag.mjVIS_ISLAND] = 0
         for group in hidden_groups:
             self._option.geomgroup[group] = 0
+        # Reflective materials (the arena's ground) are drawn with a second, mirrored pass of the scene;
+        # the flag persists across mjv_updateScene, so it is set once.
+        self._scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = int(reflections)
         self._perturb = mujoco.MjvPerturb()
         self._camera = mujoco.MjvCamera()
         self._camera.type = mujoco.mjtCamera.mjCAMERA_FIXED

@@ -55,6 +55,7 @@ class SceneIndex:
     arm_actuators: np.ndarray
     gripper_actuator: int
     gripper_driver_qpos: int
+    gripper_driver_dof: int
     object_bodies: tuple[int, int, int]  # red, green, blue
     object_qpos: tuple[int, int, int]
     object_dof: tuple[int, int, int]
@@ -76,6 +77,7 @@ class SceneIndex:
             arm_actuators=np.array([model.actuator(f"sawyer/{name}").id for name in ARM_JOINTS]),
             gripper_actuator=model.actuator(GRIPPER_PREFIX + "fingers_actuator").id,
             gripper_driver_qpos=int(model.joint(GRIPPER_DRIVER_JOINTS[0]).qposadr[0]),
+            gripper_driver_dof=int(model.joint(GRIPPER_DRIVER_JOINTS[0]).dofadr[0]),
             object_bodies=bodies,  # type: ignore[arg-type]
             object_qpos=tuple(int(model.jnt_qposadr[j]) for j in freejoints),  # type: ignore[arg-type]
             object_dof=tuple(int(model.jnt_dofadr[j]) for j in freejoints),  # type: ignore[arg-type]
