@@ -68,6 +68,7 @@ class Scene:
 
     _posed: dict[int, np.ndarray] = field(default_factory=dict)  # world vertices, computed once per step
     _planes: dict[int, np.ndarray] = field(default_factory=dict)
+    _plans: dict[tuple, Any] = field(default_factory=dict)  # grasp and anchor plans, asked twice per step
 
     def world_vertices(self, obj: int) -> np.ndarray:
         if obj not in self._posed:
@@ -338,6 +339,9 @@ class ScriptedExpert:
         sides (a prism's slanted faces, a cylinder lying on its side) pops the object out of the fingers
         however narrow it is there; score = width + taper_weight * taper.
         """
+        key = ("grasp", grasp_z, current_yaw)
+        if key in scene._plans:
+            return scene._plans[key]
         cfg = self.cfg
         vertices, edges = scene.world_vertices(RED), scene.edges[RED]
         bottom, top = float(vertices[:, 2].min()), float(vertices[:, 2].max())
@@ -400,7 +404,8 @@ class ScriptedExpert:
         limit = self.yaw_limit - float(cfg.yaw_limit_margin)
         candidates = [yaw + k * np.pi for k in (-2, -1, 0, 1, 2)]
         candidates = [c for c in candidates if -limit <= c <= limit] or [float(np.clip(yaw, -limit, limit))]
-        return float(min(candidates, key=lambda c: abs(c - current_yaw))), centre
+        scene._plans[key] = (float(min(candidates, key=lambda c: abs(c - current_yaw))), centre)
+        return scene._plans[key]
 
     @staticmethod
     def _obstacle_outline(scene: Scene, obj: int, z: float) -> np.ndarray | None:
@@ -628,13 +633,15 @@ class ScriptedExpert:
 
     def _anchor_offset(self, scene: Scene, red: np.ndarray, blue: np.ndarray) -> np.ndarray:
         """Horizontal tool move that puts red over its resting place on blue (`stack_anchor_offset`)."""
+        if ("anchor",) in scene._plans:
+            return scene._plans[("anchor",)]
         pinch_xy = scene.pinch_position[:2]
 
         def reachable(moves: np.ndarray) -> np.ndarray:
             xy = pinch_xy + moves
             return np.all((xy >= self.workspace_low[:2]) & (xy <= self.workspace_high[:2]), axis=1)
 
-        return stack_anchor_offset(
+        scene._plans[("anchor",)] = stack_anchor_offset(
             red,
             scene.centres_of_mass[RED, :2],
             blue,
@@ -642,6 +649,7 @@ class ScriptedExpert:
             reachable=reachable,
             blue_facets=scene.world_facets(BLUE) if scene.exact else None,
         )
+        return scene._plans[("anchor",)]
 
     def _lower_plan(
         self, scene: Scene, red: np.ndarray, blue: np.ndarray, offset: np.ndarray
