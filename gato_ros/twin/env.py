@@ -254,9 +254,9 @@ class StackingTwin:
 
     def objects_touching_red(self) -> tuple[bool, bool, bool]:
         """(red, green, blue): in contact with red (red itself: False), at the success test's distance."""
-        red_geoms = self.index.object_geoms[0]
-        touched = touching_geoms(self.data, red_geoms, float(self.cfg.twin.success.contact_distance))
-        return tuple(bool(touched & geoms) and geoms is not red_geoms for geoms in self.index.object_geoms)
+        red, green, blue = self.index.object_geoms
+        touched = touching_geoms(self.data, red, float(self.cfg.twin.success.contact_distance))
+        return False, bool(touched & green), bool(touched & blue)
 
     def tcp_pose(self) -> np.ndarray:
         """(7,) wrist-site pose (the benchmark's `sawyer/tcp/pose`); same as `ArmKinematics.tcp_pose`."""

@@ -750,7 +750,7 @@ class ScriptedExpert:
                 return Stage.RELEASE
         # Still closing on red where it lay (not once it is lifted: a slip in the fingers is not a grasp).
         floor = min(float(scene.world_vertices(obj)[:, 2].min()) for obj in (GREEN, BLUE))
-        lifted = float(red[:, 2].min()) > floor + float(cfg.place_tolerance) * 5.0
+        lifted = float(red[:, 2].min()) > floor + float(cfg.lifted_clearance)
         if scene.gripper_velocity > settled and not lifted:
             return Stage.CLOSE
         carry_z = self._carry_height(scene, red)
