@@ -95,3 +95,35 @@ def test_expert_dims_hand_those_action_dimensions_to_the_scripted_expert(tmp_pat
     assert check_tool.main(argv) == 0
     result = json.loads((out / "check.json").read_text())
     assert set(result["summary"]) == {"ckpt + expert [0, 1, 2, 3]"} and result["expert_dims"] == [0, 1, 2, 3]
+
+
+def test_command_limited_step_passes_actions_through_the_command_nodes_limits() -> None:
+    """`check.command_limits`: actions that reverse the tool's velocity every tick reach the joints only
+    within the command node's acceleration limit (the controller alone asks for bigger jumps), the limiter
+    names the clamp, and the checks use it by default."""
+    import numpy as np
+
+    from gato_ros.evaluation.success_check import CheckpointRunner
+    from gato_ros.safety.limits import Reason, SafetyLimits
+    from gato_ros.twin import StackingTwin
+    from gato_ros.twin.rollout import CommandLimitedStep
+
+    cfg = load_config(["twin.triplet=4", "twin.render=false"])
+    assert CheckpointRunner(cfg, None, 4).command_limits  # the default: the checks see what ROS sees
+    limits = SafetyLimits.from_config(cfg)
+    per_tick = limits.acceleration_limit / float(cfg.control.rate_hz)
+    # full-speed reversals of the tool: down and turning one way, then up and turning the other
+    forward, back = np.array([0.0, 0.0, -0.07, 1.0, -1.0]), np.array([0.0, 0.0, 0.07, -1.0, -1.0])
+    with StackingTwin(cfg) as twin:
+        twin.reset(seed=0)
+        q = twin.joint_positions()
+        requested = twin.controller.joint_velocity(q, forward) - twin.controller.joint_velocity(q, back)
+        assert np.any(np.abs(requested) > per_tick)  # what the plain controller would pass on
+        step = CommandLimitedStep(twin, cfg)
+        commands = [np.zeros(7)]
+        for tick in range(20):
+            step(forward if tick % 2 == 0 else back)
+            commands.append(step.previous.copy())
+            assert np.array_equal(twin.data.ctrl[twin.index.arm_actuators], step.previous)
+        assert np.all(np.abs(np.diff(np.array(commands), axis=0)) <= per_tick + 1e-9)
+        assert step.limiter.counters[Reason.ACCELERATION] > 0

@@ -106,6 +106,28 @@ def test_expert_tips_over_a_blue_with_no_level_face_then_stacks(feedback: bool) 
         assert blue_top_tilt_deg(expert, twin) < float(cfg.twin.expert.tip_min_tilt_deg)
 
 
+def test_feedback_expert_pushes_blue_from_the_workspace_edge() -> None:
+    """Triplet 2, seed 26: blue lies near the workspace's edge, so the push's start is beyond the tool's
+    reach. The tool goes to the start clamped to the workspace and pushes from there; measured against the
+    unclamped start it never "arrived" and hovered above it for the rest of the episode."""
+    cfg = load_config(["twin.triplet=2", "twin.render=false", "twin.expert.feedback=true"])
+    expert = ScriptedExpert(cfg)
+    with StackingTwin(cfg) as twin:
+        twin.reset(seed=26)
+        expert.reset()
+        path = expert._tip_plan(expert._scene(twin), budget=False)
+        assert path is not None
+        high = np.asarray(cfg.robot.cartesian_controller.workspace_high, dtype=float)
+        low = np.asarray(cfg.robot.cartesian_controller.workspace_low, dtype=float)
+        assert np.any(path[0] > high) or np.any(path[0] < low)  # the start is out of reach
+        stages = []
+        for _ in range(150):  # 7.5 s: the push is under way by ~4.5 s
+            twin.step(expert.act(twin))
+            stages.append(expert.stage)
+        assert Stage.TIP_PUSH in stages
+        assert blue_top_tilt_deg(expert, twin) < float(cfg.twin.expert.tip_min_tilt_deg)
+
+
 def test_expert_never_tips_from_poses_alone() -> None:
     """From an observation dict the objects are assumed boxes: their faces say nothing about blue's, so the
     expert never plans a push from them."""

@@ -186,7 +186,8 @@ def group_overrides(group: int | str) -> dict[str, Any]:
 
 class CheckpointRunner:
     """A checkpoint (or the scripted expert, ``checkpoint=None``) driving lock-step twin episodes of one
-    object group, in this process, no ROS: the machinery of the success check and `gato-ros check`."""
+    object group, in this process, no ROS: the machinery of the success check and `gato-ros check`.
+    With `check.command_limits` each action passes the command node's limits first (`CommandLimitedStep`)."""
 
     def __init__(
         self,
@@ -210,6 +211,7 @@ class CheckpointRunner:
         self.needs_images = False
         self.policy = policy
         self.expert_dims = sorted({int(d) for d in expert_dims})
+        self.command_limits = bool(cfg.check.command_limits)
         action_dim = len(cfg.control.action_low)
         if any(not 0 <= d < action_dim for d in self.expert_dims):
             raise ValueError(f"expert_dims must lie in 0..{action_dim - 1}, got {list(expert_dims)}")
@@ -251,9 +253,10 @@ class CheckpointRunner:
     def episodes(self, seeds: list[int], episode_mode: str) -> tuple[list[bool], int]:
         """Success of each seed's episode, and how many ended on a decoder error (counted as failures)."""
         from gato_ros.gato.decoder import NonFiniteLogitsError
-        from gato_ros.twin.rollout import run_episode
+        from gato_ros.twin.rollout import CommandLimitedStep, run_episode
 
         twin = self._twin(episode_mode)
+        stepper = (lambda twin: CommandLimitedStep(twin, self.cfg)) if self.command_limits else None
         outcomes, errors = [], 0
         for seed in seeds:
             if self.expert is not None:
@@ -261,7 +264,7 @@ class CheckpointRunner:
             if self.decoder is not None:
                 self.decoder.reset()
             try:
-                outcomes.append(bool(run_episode(twin, self._act, seed).success))
+                outcomes.append(bool(run_episode(twin, self._act, seed, stepper=stepper).success))
             except NonFiniteLogitsError as err:
                 log.warning("%s, seed %d: %s", self.group, seed, err)
                 outcomes.append(False)

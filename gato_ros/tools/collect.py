@@ -457,14 +457,15 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 130
     run, total = summary["this_run"], summary["all_runs"]
+    failed_fate = "written, marked failed" if bool(cfg.collection.keep_failed) else "kept out"
     print(
-        f"collected {run['successful']}/{run['attempted']} successful expert episodes "
+        f"collected {run['attempted']} episodes, {run['successful']} successful "
         f"({run['steps']} steps) in {run['wall_seconds']:.0f} s: {run['episodes_per_hour']} episodes/h, "
         f"{run['steps_per_second']} steps/s, {run['sim_speedup']}x real time"
     )
     print(
         f"{summary['directory']}: {total['successful']} successful of {total['attempted']} attempted "
-        f"({total['failed']} failed, {total['physics_unstable']} diverged, kept out), "
+        f"({total['failed']} failed, {total['physics_unstable']} diverged: {failed_fate}), "
         f"{total['steps_written']} steps written"
     )
     return 0

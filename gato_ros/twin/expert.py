@@ -779,7 +779,9 @@ class ScriptedExpert:
         """Where the tool is on the push path: on the push line, above its start, or elsewhere."""
         tolerance = 2.0 * float(self.cfg.position_tolerance)
         pushing = float(self.cfg.tip_standoff)  # blue pushes the fingers aside: the line is wider once on it
-        start, end = path
+        # Where the tool can go: a start beyond the workspace (blue near its edge) is reached clamped, as
+        # `_move` drives it; measured to the unclamped start, the tool "never arrived" and hovered there.
+        start, end = (np.clip(point, self.workspace_low, self.workspace_high) for point in path)
         pinch = scene.pinch_position
         length = float(np.linalg.norm(end[:2] - start[:2]))
         direction = (end[:2] - start[:2]) / max(length, 1e-9)
