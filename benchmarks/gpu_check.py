@@ -1,7 +1,9 @@
 """One-shot GPU check of the Gato core (for a lent H100/H200; about 5 minutes, capped by --max-seconds):
 
 1. control-step latency of the 1.18B config in bf16: tokenize + decode all 5 action dimensions with the
-   KV cache reused across steps (p50/p99, trims included), and the same with a full forward per dimension;
+   KV cache reused across steps (p50/p99, trims in the step and trims ahead), with CUDA graphs for the
+   observation prefill and the action tokens, for the action tokens only, and none (their actions compared:
+   the graphs must decode the eager path's), and with a full forward per dimension;
 2. training throughput in tokens/s: AdamW (fused), bf16 autocast, gradient clipping, synthetic batches of
    1024-token sequences in the Gato layout, with the largest batch that fits (probed, halving on OOM);
 3. a smoke run of the real trainer (`gato_ros.gato.train.train`) on the device with the tiny config,
@@ -347,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Gato GPU check: decode latency and training throughput")
     parser.add_argument("--model", default="gato_1_18b", help="model config (config/model)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--decode-steps", type=int, default=80, help="timed control steps with the KV cache")
+    parser.add_argument("--decode-steps", type=int, default=300, help="timed control steps with the KV cache")
     parser.add_argument("--full-steps", type=int, default=10, help="timed control steps without the cache")
     parser.add_argument("--train-steps", type=int, default=200, help="timed optimizer steps (at most)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[64, 48, 32, 24, 16, 12, 8, 4, 2, 1])

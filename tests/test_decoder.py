@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
 
 from gato_ros.config import load_config
-from gato_ros.gato.decoder import ActionDecoder, NonFiniteLogitsError, model_inputs
+from gato_ros.gato.decoder import MAX_PREFILL_LAYOUTS, ActionDecoder, NonFiniteLogitsError, model_inputs
 from gato_ros.gato.model import GatoModel, build_model
 from gato_ros.gato.serialization import Demonstration, EpisodeSerializer, TokenSequence
 from gato_ros.gato.tokenizer import ObservationTokenizer
@@ -219,6 +221,75 @@ def test_trimming_ahead_changes_no_action_and_takes_the_trim_off_the_step(setup,
                 assert ahead.cached == len(ahead.history()) and ahead.pending_action is None
     assert trims_ahead == 2
     assert not make_decoder(model, tokenizer).prepare_next()  # nothing to trim before the first step
+
+
+@pytest.mark.parametrize("trim_ahead", [False, True])
+def test_fixed_shape_prefill_decodes_as_the_variable_shape_forward(setup, trim_ahead: bool) -> None:
+    """The observation prefill through the fixed-shape path (what a CUDA graph captures: whole-cache mask,
+    device-side position, image indices computed once per layout) gives the variable-shape forward's
+    actions and logits at every step, across trims, with two cameras' patches; one slot per layout."""
+    model, tokenizer = setup
+    fixed = make_decoder(model, tokenizer, "policy.decoder.static_prefill=true")
+    variable = make_decoder(model, tokenizer, "policy.decoder.static_prefill=false")
+    assert fixed.static_prefill and not variable.static_prefill and not fixed.use_cuda_graphs
+    assert not make_decoder(model, tokenizer).static_prefill  # auto: CUDA only
+    rng = np.random.default_rng(2)
+    trims = 0
+    for _ in range(STEPS):
+        obs = random_observation(rng)
+        a, b = fixed.step(obs), variable.step(obs)
+        np.testing.assert_array_equal(a.token_ids, b.token_ids)
+        np.testing.assert_allclose(a.logits, b.logits, rtol=1e-4, atol=1e-4)
+        assert a.context_tokens == b.context_tokens and fixed.cached == variable.cached
+        trims += a.trimmed
+        if trim_ahead:
+            assert fixed.prepare_next() == variable.prepare_next()
+    assert trims == 2
+    # the first step (observation only) and every later one (previous action token + observation)
+    assert sorted(key[0] for key in fixed._prefill_slots) == [151, 152]
+    fixed.reset()
+    fixed.step(random_observation(rng))
+    assert len(fixed._prefill_slots) == 2  # a new episode reuses the slots
+
+
+def test_fixed_shape_prefill_is_bounded_in_layouts(setup) -> None:
+    """Beyond `MAX_PREFILL_LAYOUTS` observation layouts the prefill runs the variable-shape forward (no
+    unbounded graph memory), decoding the same actions."""
+    model, tokenizer = setup
+    fixed = make_decoder(model, tokenizer, "policy.decoder.static_prefill=true")
+    variable = make_decoder(model, tokenizer, "policy.decoder.static_prefill=false")
+    rng = np.random.default_rng(3)
+    for layout in range(MAX_PREFILL_LAYOUTS + 2):
+        obs = random_observation(rng)
+        obs["sawyer/joints/angle"] = obs["sawyer/joints/angle"][: 7 - layout]  # a new token count each
+        fixed.reset()
+        variable.reset()
+        np.testing.assert_array_equal(fixed.step(obs).token_ids, variable.step(obs).token_ids)
+    assert len(fixed._prefill_slots) == MAX_PREFILL_LAYOUTS
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run on a GPU machine)")
+def test_cuda_graphs_decode_as_the_eager_variable_shape_path(setup) -> None:
+    """On CUDA: the captured prefill and action-token graphs decode the actions of the eager
+    variable-shape path, across trims and episodes (float32, so the comparison is tight)."""
+    model, tokenizer = setup
+    model = copy.deepcopy(model).to("cuda")
+    graphed = make_decoder(model, tokenizer)
+    eager = make_decoder(model, tokenizer, "policy.decoder.cuda_graphs=false")
+    assert graphed.use_cuda_graphs and graphed.static_prefill and not eager.static_prefill
+    rng = np.random.default_rng(4)
+    graphed.warmup(random_observation(rng))
+    for episode in range(2):
+        graphed.reset()
+        eager.reset()
+        for _ in range(STEPS if episode == 0 else 3):
+            obs = random_observation(rng)
+            a, b = graphed.step(obs), eager.step(obs)
+            np.testing.assert_array_equal(a.token_ids, b.token_ids)
+            np.testing.assert_allclose(a.logits, b.logits, rtol=1e-3, atol=1e-3)
+            graphed.prepare_next()
+            eager.prepare_next()
+    assert all(slot.graph is not None for slot in graphed._prefill_slots.values())
 
 
 def test_a_one_step_context_is_a_markov_policy() -> None:

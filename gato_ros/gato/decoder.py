@@ -13,14 +13,18 @@ sequence computes: cached and uncached decoding agree at every step. Trimming do
 
 On CUDA the single-token forward is captured once as a CUDA graph (fixed shapes: it attends over the
 whole cache through a mask and writes at a device-side position), so each action dimension costs one
-graph launch. Call `warmup()` before the control loop so no first-time kernel selection lands in it.
+graph launch. The observation prefill goes through the same fixed-shape path, one graph per observation
+layout (its token count and where its image patches sit: at most `MAX_PREFILL_LAYOUTS`), its inputs
+copied in from pinned host buffers; so a control step is one prefill graph, `action_dim - 1` token graphs
+and a single host synchronisation (reading the action ids). Call `warmup()` before the control loop: it
+captures the graphs and lets kernel selection happen outside it.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -50,6 +54,39 @@ def model_inputs(sequence: TokenSequence, device: torch.device) -> tuple[torch.T
     )
 
 
+# Observation layouts whose prefill gets its own CUDA graph; a decoder sees two (an episode's first step,
+# and every later one with the previous action token in front). Beyond, the prefill runs eagerly.
+MAX_PREFILL_LAYOUTS = 4
+
+
+@dataclass
+class PrefillSlot:
+    """The fixed-shape inputs of one observation layout's prefill: device buffers the (captured) forward
+    reads, pinned host buffers they are filled from, and the image indices, computed once per layout."""
+
+    tokens: torch.Tensor  # [1, T] long
+    obs_pos: torch.Tensor  # [1, T] long (fixed by the layout)
+    patches: torch.Tensor  # [P, C, p, p] float32
+    where: torch.Tensor | None  # [P] image positions in the sequence (None: no images)
+    rows: torch.Tensor | None  # [P] patch row indices
+    cols: torch.Tensor | None  # [P] patch column indices
+    host_tokens: torch.Tensor  # [1, T] long, pinned on CUDA
+    host_patches: torch.Tensor  # [P, C, p, p] float32, pinned on CUDA
+    graph: torch.cuda.CUDAGraph | None = None
+    logits: torch.Tensor | None = field(default=None, repr=False)  # the graph's output buffer
+
+
+def static_prefill_enabled(setting: Any, device: torch.device, kv_cache: bool, cuda_graphs: bool) -> bool:
+    """`policy.decoder.static_prefill`: auto = on CUDA with graphs; true/false force it (CPU tests)."""
+    if not kv_cache:
+        return False
+    if isinstance(setting, str) and setting.lower() == "auto":
+        return device.type == "cuda" and cuda_graphs
+    if isinstance(setting, bool):
+        return setting
+    raise ValueError(f"policy.decoder.static_prefill must be auto, true or false, not {setting!r}")
+
+
 class NonFiniteLogitsError(RuntimeError):
     """The model produced NaN or infinite logits: no action may be decoded from them."""
 
@@ -72,7 +109,7 @@ class ActionDecoder:
     """Autoregressive action decoding with a KV cache reused across control steps.
 
     `cfg` is the full composed config; the decoder reads `cfg.policy.decoder` (temperature, greedy,
-    kv_cache, trim_keep_fraction, max_prompt_tokens, seed, cuda_graphs).
+    kv_cache, trim_keep_fraction, max_prompt_tokens, seed, cuda_graphs, static_prefill).
     """
 
     def __init__(self, model: GatoModel, tokenizer: ObservationTokenizer, cfg: DictConfig) -> None:
@@ -121,7 +158,12 @@ class ActionDecoder:
         self._position = torch.zeros(1, dtype=torch.long, device=self.device)
         self._graph: torch.cuda.CUDAGraph | None = None
         self._graph_logits: torch.Tensor | None = None
-        if self.use_kv_cache and bool(dcfg.cuda_graphs) and self.device.type == "cuda":
+        self.use_cuda_graphs = self.use_kv_cache and bool(dcfg.cuda_graphs) and self.device.type == "cuda"
+        self.static_prefill = static_prefill_enabled(
+            dcfg.get("static_prefill", "auto"), self.device, self.use_kv_cache, bool(dcfg.cuda_graphs)
+        )
+        self._prefill_slots: dict[tuple[int, bytes, bytes, bytes], PrefillSlot] = {}
+        if self.use_cuda_graphs:
             self._capture_single_token_graph()
         self.record_logits = False  # keep each step's value-range logits in its result (tests, analysis)
         self._logits: list[torch.Tensor] = []
@@ -310,6 +352,75 @@ class ActionDecoder:
         self.cached += 1
         return logits
 
+    # ---- the observation prefill ------------------------------------------------------------------
+    def _prefill(self, new: TokenSequence) -> torch.Tensor:
+        """Append the step's new tokens (pending action + observation) to the cache; returns the value-range
+        logits after them. Through the fixed-shape path (replaying its CUDA graph) where enabled and the
+        layout has a slot, else the variable-shape forward; both compute the same thing."""
+        slot = self._prefill_slot(new) if self.static_prefill else None
+        if slot is None:
+            return self._value_logits(self._encode(new))
+        slot.host_tokens.numpy()[0] = new.tokens
+        slot.tokens.copy_(slot.host_tokens, non_blocking=True)
+        if slot.where is not None:
+            slot.host_patches.numpy()[...] = new.patches
+            slot.patches.copy_(slot.host_patches, non_blocking=True)
+        self._position.fill_(self.cached)
+        if self.use_cuda_graphs:
+            if slot.graph is None:
+                self._capture_prefill_graph(slot)
+            slot.graph.replay()
+            logits = slot.logits.clone()
+        else:
+            logits = self._static_prefill_logits(slot)
+        self.cached += len(new)
+        return logits
+
+    def _prefill_slot(self, new: TokenSequence) -> PrefillSlot | None:
+        """The slot of `new`'s layout (its length, image mask, patch and observation positions), made on
+        first use; None once `MAX_PREFILL_LAYOUTS` layouts have one."""
+        key = (len(new), new.image_mask.tobytes(), new.patch_pos.tobytes(), new.obs_pos.tobytes())
+        slot = self._prefill_slots.get(key)
+        if slot is not None or len(self._prefill_slots) >= MAX_PREFILL_LAYOUTS:
+            return slot
+        tokens, image_mask, patches, patch_pos, obs_pos = model_inputs(new, self.device)
+        where = rows = cols = None
+        if patches.shape[0]:
+            where, rows, cols = self.model.image_indices(image_mask, patch_pos)
+        pin = self.device.type == "cuda"
+        slot = PrefillSlot(
+            tokens=tokens,
+            obs_pos=obs_pos,
+            patches=patches,  # float32, as `embed` takes them (cast to the model's dtype inside)
+            where=where,
+            rows=rows,
+            cols=cols,
+            host_tokens=torch.zeros(tuple(tokens.shape), dtype=torch.long, pin_memory=pin),
+            host_patches=torch.zeros(tuple(patches.shape), dtype=torch.float32, pin_memory=pin),
+        )
+        self._prefill_slots[key] = slot
+        return slot
+
+    def _static_prefill_logits(self, slot: PrefillSlot) -> torch.Tensor:
+        """The fixed-shape prefill of the tokens in `slot` at `_position`: value-range logits after them."""
+        model = self.model
+        x = model.embed_indexed(slot.tokens, slot.obs_pos, slot.patches, slot.where, slot.rows, slot.cols)
+        return self._value_logits(model.hidden_static(x, self.kv_cache, self._position)[:, -1])
+
+    def _capture_prefill_graph(self, slot: PrefillSlot) -> None:
+        """Record `slot`'s prefill as a CUDA graph. The warm-up runs before it compute this very step's
+        prefill (its inputs are in place), so the keys/values they write are the ones the replay writes."""
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.inference_mode(), torch.cuda.stream(stream):
+            for _ in range(2):
+                self._static_prefill_logits(slot)
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.inference_mode(), torch.cuda.graph(graph):
+            slot.logits = self._static_prefill_logits(slot)
+        slot.graph = graph
+
     def _reencode_kept_steps(self) -> None:
         """After a trim: the kept steps (their last action token included) behind the prompt prefix, whose
         cache is still valid."""
@@ -327,7 +438,7 @@ class ActionDecoder:
                 np.array([self.pending_action]), self.action_obs_index, self.patch_shape
             )
             new = TokenSequence.concat([pending, observation])
-        logits = self._value_logits(self._encode(new))
+        logits = self._prefill(new)
         for dim in range(self.action_dim):
             self._ids[dim] = self._choose(logits)
             if dim + 1 < self.action_dim:

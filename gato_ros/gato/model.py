@@ -179,15 +179,15 @@ class CausalSelfAttention(nn.Module):
         return self._merge(F.scaled_dot_product_attention(q, keys, values, attn_mask=mask))
 
     def forward_static(
-        self, x: torch.Tensor, kv_cache: LayerKVCache, position: torch.Tensor, visible: torch.Tensor
+        self, x: torch.Tensor, kv_cache: LayerKVCache, positions: torch.Tensor, visible: torch.Tensor
     ) -> torch.Tensor:
-        """One token at the device-side `position` ([1] long) attending over the whole cache through the
-        `visible` mask ([1, context] bool): fixed shapes and no host sync, so it can be captured in a CUDA
+        """T tokens at the device-side `positions` ([T] long) attending over the whole cache through the
+        `visible` mask ([T, context] bool): fixed shapes and no host sync, so it can be captured in a CUDA
         graph and replayed at every position."""
         q, k, v = self._heads(x)
         k_cache, v_cache = kv_cache
-        k_cache.index_copy_(2, position, k)
-        v_cache.index_copy_(2, position, v)
+        k_cache.index_copy_(2, positions, k)
+        v_cache.index_copy_(2, positions, v)
         return self._merge(F.scaled_dot_product_attention(q, k_cache, v_cache, attn_mask=visible))
 
 
@@ -207,10 +207,10 @@ class Block(nn.Module):
         return self._mlp_residual(x + self.drop(self.attn(self.ln1(x), kv_cache, start)))
 
     def forward_static(
-        self, x: torch.Tensor, kv_cache: LayerKVCache, position: torch.Tensor, visible: torch.Tensor
+        self, x: torch.Tensor, kv_cache: LayerKVCache, positions: torch.Tensor, visible: torch.Tensor
     ) -> torch.Tensor:
         """The decode-only path (see `CausalSelfAttention.forward_static`); inference only, so no dropout."""
-        return self._mlp_residual(x + self.attn.forward_static(self.ln1(x), kv_cache, position, visible))
+        return self._mlp_residual(x + self.attn.forward_static(self.ln1(x), kv_cache, positions, visible))
 
     def _mlp_residual(self, x: torch.Tensor) -> torch.Tensor:
         # Dropout is the identity outside training, so the static (inference) path shares this unchanged.
@@ -292,20 +292,44 @@ class GatoModel(nn.Module):
         obs_pos: torch.Tensor,
     ) -> torch.Tensor:
         """[B, T] serialized inputs -> [B, T, d] input embeddings (before the first block)."""
+        if patches.shape[0]:
+            where, rows, cols = self.image_indices(image_mask, patch_pos)
+        else:
+            where = rows = cols = None
+        return self.drop(self.embed_indexed(tokens, obs_pos, patches, where, rows, cols))
+
+    def image_indices(
+        self, image_mask: torch.Tensor, patch_pos: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Where the image tokens sit in the flattened [B * T] sequence, and their patches' row and column
+        indices. Data-dependent shapes (a host sync): the fixed-shape decoder computes them once per
+        observation layout."""
+        pos = patch_pos[image_mask]
+        rows = self.patch_position_index(pos[:, 0], pos[:, 1])
+        cols = self.patch_position_index(pos[:, 2], pos[:, 3])
+        return image_mask.reshape(-1).nonzero().squeeze(1), rows, cols
+
+    def embed_indexed(
+        self,
+        tokens: torch.Tensor,
+        obs_pos: torch.Tensor,
+        patches: torch.Tensor,
+        where: torch.Tensor | None,
+        rows: torch.Tensor | None,
+        cols: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """`embed` with the image indices given (None: no images) and without dropout: fixed shapes and no
+        host sync, so the observation prefill can be captured in a CUDA graph."""
         B, T = tokens.shape
         local = self.obs_pos_embedding(obs_pos)
         x = self.token_embedding(tokens) + local
-        if patches.shape[0]:
-            pos = patch_pos[image_mask]
-            rows = self.patch_position_index(pos[:, 0], pos[:, 1])
-            cols = self.patch_position_index(pos[:, 2], pos[:, 3])
+        if where is not None:
             patch_x = self.patch_encoder(patches.to(x.dtype))
             patch_x = patch_x + self.patch_row_embedding(rows) + self.patch_col_embedding(cols)
             # image positions carry token id 0: replace that embedding (keep the local position term)
-            where = image_mask.reshape(-1).nonzero().squeeze(1)
             base = local.reshape(B * T, -1).index_select(0, where)
             x = x.reshape(B * T, -1).index_copy(0, where, patch_x.to(x.dtype) + base).reshape(B, T, -1)
-        return self.drop(x)
+        return x
 
     # ---- trunk and head --------------------------------------------------------------------------
     def hidden(self, x: torch.Tensor) -> torch.Tensor:
@@ -322,12 +346,14 @@ class GatoModel(nn.Module):
         return self.ln_f(x)
 
     def hidden_static(self, x: torch.Tensor, kv_cache: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
-        """One token's embedding [B, 1, d] at the device-side `position` ([1] long) -> its hidden state,
-        writing its keys/values into `kv_cache`. Fixed shapes, no host sync: CUDA-graph capturable."""
+        """Embeddings [B, T, d] of positions [p, p + T), p the device-side `position` ([1] long) -> their
+        hidden states, writing their keys/values into `kv_cache`; each attends over the whole cache through
+        a causal mask. Fixed shapes, no host sync: CUDA-graph capturable, replayable at any position."""
         context = kv_cache.shape[-2]
-        visible = (torch.arange(context, device=position.device) <= position).unsqueeze(0)  # [1, context]
+        positions = position + torch.arange(x.shape[1], device=position.device)  # [T]
+        visible = torch.arange(context, device=position.device).unsqueeze(0) <= positions.unsqueeze(1)
         for i, block in enumerate(self.blocks):
-            x = block.forward_static(x, (kv_cache[i, 0], kv_cache[i, 1]), position, visible)
+            x = block.forward_static(x, (kv_cache[i, 0], kv_cache[i, 1]), positions, visible)
         return self.ln_f(x)
 
     def logits(self, h: torch.Tensor, id_range: tuple[int, int] | None = None) -> torch.Tensor:
