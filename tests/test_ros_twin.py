@@ -322,3 +322,64 @@ def test_lock_step_waits_for_the_hold_the_command_nodes_watchdog_owes(ros_module
         twin.close()
         twin.destroy_node()
         listener.node.destroy_node()
+
+
+@pytest.mark.parametrize("reset_by", ["auto_reset", "service"])
+def test_a_new_episode_starts_at_a_tick_so_late_answers_never_shift_its_commands(
+    ros_module_context, reset_by: str
+) -> None:
+    """In lock-step the stack still answers an episode's last observation (an ACTION, then its command)
+    after the twin decided the episode is over. The next episode starts at a tick, in place of a physics
+    step, so that late answer never counts as the answer to the new episode's first observation: the new
+    episode's first step applies the command computed for its own first observation. (The reset used to
+    happen on the done tick or on the request itself: the late answer then released the new episode's
+    first tick with the old command, and every later command came one tick late, one tick more per
+    episode.) Callbacks are called directly, in the order the messages arrive, with nothing spinning: no
+    timer can tick in between."""
+    cfg = load_config(
+        [
+            "ros.twin.realtime_factor=0",
+            "ros.twin.lockstep_wait_s=60",  # never fires: nothing spins
+            "ros.twin.wait_for_stack_s=0",
+            f"ros.twin.auto_reset={str(reset_by == 'auto_reset').lower()}",
+            "control.episode_seconds=0.15",  # three steps
+            "twin.objects=triplet",
+        ]
+    )
+    node = TwinNode(cfg)
+    applied: list[tuple[int, int, float]] = []  # (episode, step, commanded joint-0 velocity) per physics step
+    step_joint_velocity = node.twin.step_joint_velocity
+
+    def spy(qdot, gripper):
+        applied.append((node.episode, node.twin.step_count, float(qdot[0])))
+        return step_joint_velocity(qdot, gripper)
+
+    node.twin.step_joint_velocity = spy
+
+    def answer(velocity: float) -> None:
+        """The policy's ACTION for the newest observation, then the command node's command for it."""
+        node.on_action(float_array_msg(np.zeros(5)))
+        node.on_velocity_command(float_array_msg(np.full(7, velocity)))
+
+    try:
+        for k in range(3):
+            answer(0.01 * (k + 1))
+        assert node.episode_done and node.episode == 0
+        assert [a[2] for a in applied] == pytest.approx([0.01, 0.02, 0.03])
+        if reset_by == "service":
+            # the answer to the held final observation is in flight when the next episode is requested
+            node.on_action(float_array_msg(np.zeros(5)))
+            from std_srvs.srv import Trigger
+
+            response = node.on_reset(Trigger.Request(), Trigger.Response())
+            assert response.success and "episode 1" in response.message
+            node.on_velocity_command(float_array_msg(np.full(7, -0.05)))
+        else:
+            answer(-0.05)  # the answer to the last observation of episode 0
+        assert node.episode == 1 and node.twin.step_count == 0  # the reset took that tick; no step yet
+        answer(0.04)  # the answer to episode 1's first observation
+        answer(0.05)
+        assert applied[3:] == [(1, 0, pytest.approx(0.04)), (1, 1, pytest.approx(0.05))]
+    finally:
+        node.close()
+        node.destroy_node()

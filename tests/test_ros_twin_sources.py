@@ -112,11 +112,14 @@ def test_twin_random_source_publishes_in_bounds_actions_reproducible_per_seed(ro
         first = np.asarray([m.data for m in actions])
         np.testing.assert_array_equal(first, expected(steps + 1)[1:])
 
-        # the next episode, same seed: the same actions again, from its first observation on
+        # the next episode, same seed: the same actions again, from its first observation on; it starts at
+        # the next tick (here the next joint command's), which publishes its first observation and draw
         actions.clear()
         future = recorder.reset.call_async(contract.RESET_EPISODE.srv_type.Request())
-        assert spin_until(executor, lambda: future.done() and len(actions) >= 1, 10)
-        command_ticks(steps)
+        assert spin_until(executor, future.done, 10)
+        assert not actions  # no new episode between ticks
+        command_ticks(1 + steps)
+        assert twin.twin.step_count == steps  # the reset took the first of those ticks
         second = np.asarray([m.data for m in actions])
     finally:
         executor.shutdown()

@@ -16,7 +16,9 @@ owes (for an ACTION it heard, or its watchdog's hold once a tick went without on
 ``lockstep_owed_command_wait_s``, so its hold is stamped on time however starved it is. Evaluation
 runs as fast as the stack, with the same one-tick command delay as in real time. Within a tick the twin
 applies the newest command, steps, then publishes the observation (stamped with the new sim time) *before* the
-clock, so a node woken by the clock already has that observation.
+clock, so a node woken by the clock already has that observation. A new episode (RESET_EPISODE, or
+``ros.twin.auto_reset`` after the last one ended) starts at the next tick, in place of a physics step, so the
+stack's answer to the old episode's last observation is never taken for the answer to the new one's first.
 
 Like a ros2_control forward-command controller the twin holds the last command, and zeroes the joint
 velocity once no command has arrived for ``command_timeout_s`` of sim time. Before the first episode it
@@ -165,6 +167,7 @@ class TwinNode(GatoNode):
         # clock and episodes: `tick` counts control periods since the node started; /clock never resets
         self.tick_count = 0
         self.episode = -1
+        self.resets_pending = 0  # episodes to start at the next tick (RESET_EPISODE requests, auto_reset)
         self.episode_done = False
         self.last_step: TwinStep | None = None
         self.held_observation: dict[str, np.ndarray] | None = None  # the still world while holding
@@ -284,7 +287,8 @@ class TwinNode(GatoNode):
 
     def start_episode(self) -> None:
         """Reset the twin to the next seeded episode; a reset takes one control period of the clock, so
-        no two different states ever share a stamp."""
+        no two different states ever share a stamp. After the first episode it runs at a tick (see
+        `tick`), never straight from a request."""
         if self.episode >= 0:
             self.tick_count += 1
         self.episode += 1
@@ -302,9 +306,12 @@ class TwinNode(GatoNode):
         self.publish_source_action(new_observation=True)
 
     def on_reset(self, _request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
-        self.start_episode()
+        """The next seeded episode starts at the next tick (in lock-step: once the stack has answered the
+        observation in flight), see `tick`."""
+        self.resets_pending += 1
+        episode = self.episode + self.resets_pending
         response.success = True
-        response.message = f"episode {self.episode} (seed {self.episode_seed(self.episode)})"
+        response.message = f"episode {episode} (seed {self.episode_seed(episode)}) starts at the next tick"
         return response
 
     def status(self) -> dict[str, Any]:
@@ -334,6 +341,16 @@ class TwinNode(GatoNode):
         self.last_waits = [self.last_waits[-1], (self.action_since_tick, self.command_since_tick)]
         self.command_since_tick = self.action_since_tick = False
         self.wait_started = time.monotonic()
+        if self.resets_pending:
+            # A reset takes the place of a physics step, at a tick: the stack's answer to the old episode's
+            # last observation is what released this tick, so it is never taken for the answer to the new
+            # episode's first one. (Started on the request itself, the reset let that late answer release
+            # the new episode's first tick with the old command: in lock-step every later command then
+            # came one tick late, one tick more per episode, against none in the in-process check.)
+            pending, self.resets_pending = self.resets_pending, 0
+            for _ in range(pending):
+                self.start_episode()
+            return
         if self.waiting_for_stack:
             ready = self.last_command_tick is not None and self.heard_action
             if ready or time.monotonic() > self.wait_deadline:
@@ -374,7 +391,7 @@ class TwinNode(GatoNode):
             f"{self.twin.step_count} steps"
         )
         if self.auto_reset:
-            self.start_episode()
+            self.resets_pending += 1  # at the next tick, once the stack has answered this last observation
 
     def publish_source_action(self, new_observation: bool) -> None:
         """The twin as its own action source: the expert's action for the current state, or a uniform
