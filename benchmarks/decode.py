@@ -197,19 +197,17 @@ def format_result(r: dict[str, Any]) -> str:
             f"{a['p99_ms'] / c['p99_ms']:.2f} of trimming in the step, {a['p99_ms'] / r['period_ms']:.2f} "
             "of the control period)"
         )
-    e, g = r.get("kv_cache_without_cuda_graphs"), r.get("cuda_graph_check")
-    if e is not None:
-        lines.append(
-            f"  KV, no graphs p50 {e['p50_ms']:8.2f} ms  p99 {e['p99_ms']:8.2f} ms"
-            f"  mean {e['mean_ms']:8.2f} ms  (graphs: p99 ratio {c['p99_ms'] / e['p99_ms']:.2f})"
-        )
-    t = r.get("kv_cache_action_token_graph_only")
-    if t is not None:
-        lines.append(
-            f"  KV, prefill eager p50 {t['p50_ms']:6.2f} ms  p99 {t['p99_ms']:8.2f} ms"
-            f"  mean {t['mean_ms']:8.2f} ms  (action tokens graphed only; graphed prefill: p99 ratio "
-            f"{c['p99_ms'] / t['p99_ms']:.2f})"
-        )
+    g = r.get("cuda_graph_check")
+    for key, label, note in (
+        ("kv_cache_without_cuda_graphs", "KV, no graphs", "no CUDA graphs; with them: p99 ratio"),
+        ("kv_cache_action_token_graph_only", "KV, prefill eager", "action tokens graphed; all: p99 ratio"),
+    ):
+        other = r.get(key)
+        if other is not None:
+            lines.append(
+                f"  {label:<17} p50 {other['p50_ms']:6.2f} ms  p99 {other['p99_ms']:8.2f} ms"
+                f"  mean {other['mean_ms']:8.2f} ms  ({note} {c['p99_ms'] / other['p99_ms']:.2f})"
+            )
     if g is not None:
         lines.append(
             f"  CUDA graph vs eager over {g['steps']} steps: same action ids {g['same_action_ids']}, "

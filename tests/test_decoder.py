@@ -51,6 +51,13 @@ def make_decoder(model, tokenizer, *overrides: str) -> ActionDecoder:
     return decoder
 
 
+def assert_same_decoding(result, reference, tolerance: float = 1e-4) -> None:
+    """Two decoders' results of one step: the same action ids, logits equal to `tolerance`."""
+    np.testing.assert_array_equal(result.token_ids, reference.token_ids)
+    np.testing.assert_allclose(result.logits, reference.logits, rtol=tolerance, atol=tolerance)
+    assert result.context_tokens == reference.context_tokens and result.trimmed == reference.trimmed
+
+
 def full_forward_value_logits(model: GatoModel, sequence: TokenSequence, positions: np.ndarray) -> np.ndarray:
     with torch.no_grad():
         h = model.hidden(model.embed(*model_inputs(sequence, torch.device("cpu"))))
@@ -211,9 +218,7 @@ def test_trimming_ahead_changes_no_action_and_takes_the_trim_off_the_step(setup,
     for _ in range(STEPS):
         obs = random_observation(rng)
         reference, result = plain.step(obs), ahead.step(obs)
-        np.testing.assert_array_equal(result.token_ids, reference.token_ids)
-        np.testing.assert_allclose(result.logits, reference.logits, rtol=1e-4, atol=1e-4)
-        assert result.trimmed == reference.trimmed and result.context_tokens == reference.context_tokens
+        assert_same_decoding(result, reference)
         np.testing.assert_array_equal(ahead.history().tokens, plain.history().tokens)
         if ahead.prepare_next():
             trims_ahead += 1
@@ -237,10 +242,9 @@ def test_fixed_shape_prefill_decodes_as_the_variable_shape_forward(setup, trim_a
     trims = 0
     for _ in range(STEPS):
         obs = random_observation(rng)
-        a, b = fixed.step(obs), variable.step(obs)
-        np.testing.assert_array_equal(a.token_ids, b.token_ids)
-        np.testing.assert_allclose(a.logits, b.logits, rtol=1e-4, atol=1e-4)
-        assert a.context_tokens == b.context_tokens and fixed.cached == variable.cached
+        a = fixed.step(obs)
+        assert_same_decoding(a, variable.step(obs))
+        assert fixed.cached == variable.cached
         trims += a.trimmed
         if trim_ahead:
             assert fixed.prepare_next() == variable.prepare_next()
@@ -284,9 +288,7 @@ def test_cuda_graphs_decode_as_the_eager_variable_shape_path(setup) -> None:
         eager.reset()
         for _ in range(STEPS if episode == 0 else 3):
             obs = random_observation(rng)
-            a, b = graphed.step(obs), eager.step(obs)
-            np.testing.assert_array_equal(a.token_ids, b.token_ids)
-            np.testing.assert_allclose(a.logits, b.logits, rtol=1e-3, atol=1e-3)
+            assert_same_decoding(graphed.step(obs), eager.step(obs), tolerance=1e-3)
             graphed.prepare_next()
             eager.prepare_next()
     assert all(slot.graph is not None for slot in graphed._prefill_slots.values())
