@@ -194,6 +194,33 @@ def test_prefetching_batches_changes_nothing_but_the_overlap(tmp_path) -> None:
         assert torch.equal(tensor, right[name]), name
 
 
+def test_batch_worker_processes_build_the_same_batches(tmp_path, monkeypatch) -> None:
+    """training.data.workers builds batches in spawned processes ahead of the trainer: the same losses and
+    weights as the trainer's own process, micro-batches included."""
+    import gato_ros.gato.train as train_module
+
+    served: list[tuple[int, int]] = []
+    call = train_module.ParallelBatches.__call__
+
+    def counting(self, step: int, micro: int):
+        served.append((step, micro))
+        return call(self, step, micro)
+
+    monkeypatch.setattr(train_module.ParallelBatches, "__call__", counting)
+    write_synthetic_episodes(tmp_path / "data", episodes=2, steps=6)
+    runs = {}
+    for workers in (0, 2):
+        out = tmp_path / f"workers_{workers}"
+        overrides = small_run_overrides(tmp_path, steps=4, grad_accum_steps=2, out_dir=out)
+        cfg = load_config([*overrides, f"training.data.workers={workers}"])
+        runs[workers] = (train(cfg).losses, load_policy(out / "checkpoints" / "step_0000004").model)
+    assert served == [(step, micro) for step in range(4) for micro in range(2)]  # all from the workers
+    assert runs[2][0] == runs[0][0]
+    right = runs[0][1].state_dict()
+    for name, tensor in runs[2][1].state_dict().items():
+        assert torch.equal(tensor, right[name]), name
+
+
 def test_prefetched_batches_serve_each_key_once_in_order_never_concurrently() -> None:
     import threading
     import time as time_module
