@@ -23,7 +23,7 @@ captures the graphs and lets kernel selection happen outside it.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -327,18 +327,25 @@ class ActionDecoder:
 
     def _capture_single_token_graph(self) -> None:
         """Record the single-token forward once as a CUDA graph: each action dimension then costs one
-        graph launch instead of hundreds of kernel launches. Capturing writes garbage keys/values at
+        graph launch instead of hundreds of kernel launches. Its warm-up runs write garbage keys/values at
         position 0, which every episode overwrites before reading."""
+        self._graph, self._graph_logits = self._capture_graph(self._single_token_logits)
+
+    def _capture_graph(
+        self, forward: Callable[[], torch.Tensor]
+    ) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+        """`forward` recorded as a CUDA graph, after warm-up runs on a side stream (allocations and kernel
+        selection outside the graph); returns the graph and its output buffer."""
         stream = torch.cuda.Stream(self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.inference_mode(), torch.cuda.stream(stream):
-            for _ in range(3):  # warm-up runs (allocations, kernel selection) outside the graph
-                self._single_token_logits()
+            for _ in range(3):
+                forward()
         torch.cuda.current_stream(self.device).wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         with torch.inference_mode(), torch.cuda.graph(graph):
-            self._graph_logits = self._single_token_logits()
-        self._graph = graph
+            output = forward()
+        return graph, output
 
     def _encode_action_token(self, token: torch.Tensor) -> torch.Tensor:
         """Append one action token at position `cached`; returns the value-range logits after it."""
@@ -410,16 +417,7 @@ class ActionDecoder:
     def _capture_prefill_graph(self, slot: PrefillSlot) -> None:
         """Record `slot`'s prefill as a CUDA graph. The warm-up runs before it compute this very step's
         prefill (its inputs are in place), so the keys/values they write are the ones the replay writes."""
-        stream = torch.cuda.Stream(self.device)
-        stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.inference_mode(), torch.cuda.stream(stream):
-            for _ in range(2):
-                self._static_prefill_logits(slot)
-        torch.cuda.current_stream(self.device).wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.inference_mode(), torch.cuda.graph(graph):
-            slot.logits = self._static_prefill_logits(slot)
-        slot.graph = graph
+        slot.graph, slot.logits = self._capture_graph(lambda: self._static_prefill_logits(slot))
 
     def _reencode_kept_steps(self) -> None:
         """After a trim: the kept steps (their last action token included) behind the prompt prefix, whose
