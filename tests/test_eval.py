@@ -189,7 +189,7 @@ def test_tracker_attributes_latency_and_counters_to_the_episode_in_progress() ->
     tracker.on_diagnostics(
         0.30, {"hold_no_action": 6, "hold_stale_action": 2, "velocity_limit": 3, "ramp_in": 3}
     )
-    tracker.on_status(status(1, 2, 0.35, done=True), 3.0)
+    tracker.on_status({**status(1, 2, 0.35, done=True), "lockstep_timeouts": 2}, 3.0)
     assert not tracker.settled()  # no diagnostics stamped at the second episode's end yet
     tracker.on_status(status(2, 0, 0.40), 3.1)  # a third episode: not this job's seed
     tracker.on_status(status(2, 5, 0.65, done=True, success=True), 3.5)
@@ -198,6 +198,7 @@ def test_tracker_attributes_latency_and_counters_to_the_episode_in_progress() ->
     )
     assert tracker.settled() and tracker.finished_count() == 2 and tracker.missing_seeds() == []
     first, second = tracker.episodes()
+    assert (first.lockstep_timeouts, second.lockstep_timeouts) == (0, 2)  # from the twin's status
     assert first.latencies_s == [0.02, 0.03] and second.latencies_s == [0.04]
     assert first.wall_s == pytest.approx(0.5) and first.steps == 2 and first.objects == ["r3", "s0", "b2"]
     assert interventions(first.safety) == (2, 0)  # the ramp-in is not a clamp; startup holds are not counted

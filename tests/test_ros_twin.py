@@ -380,6 +380,10 @@ def test_a_new_episode_starts_at_a_tick_so_late_answers_never_shift_its_commands
         answer(0.04)  # the answer to episode 1's first observation
         answer(0.05)
         assert applied[3:] == [(1, 0, pytest.approx(0.04)), (1, 1, pytest.approx(0.05))]
+        # a tick on the timeout (no answer in time) is counted in the episode's status, answered ones not
+        assert node.status()["lockstep_timeouts"] == 0
+        node._on_lockstep_timer()
+        assert node.status()["lockstep_timeouts"] == 1 and node.twin.step_count == 3
     finally:
         node.close()
         node.destroy_node()

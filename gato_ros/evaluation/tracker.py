@@ -83,6 +83,8 @@ class EpisodeObservation:
     safety: dict[str, int] | None = None
     # sim s at which the stack that made the episode a success was first standing (time to success)
     stacked_since: float | None = None  # per-reason counter differences; None when not measurable
+    # lock-step ticks that came on the twin's timeout, not on the stack's answer (a late stack)
+    lockstep_timeouts: int = 0
 
 
 @dataclass
@@ -221,6 +223,7 @@ class EpisodeTracker:
             start_heard=current.start_heard,
             latencies_s=list(current.samples),
             stacked_since=None if status.get("stacked_since") is None else float(status["stacked_since"]),
+            lockstep_timeouts=int(status.get("lockstep_timeouts") or 0),
         )
         self._finished[seed] = episode
         return episode

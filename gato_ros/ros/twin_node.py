@@ -169,6 +169,9 @@ class TwinNode(GatoNode):
         self.episode = -1
         self.resets_pending = 0  # episodes to start at the next tick (RESET_EPISODE requests, auto_reset)
         self.episode_done = False
+        # lock-step ticks of this episode that came on the timeout, not on the stack's answer: the answer
+        # then comes late and can release a later tick, with its command a tick late (in the status)
+        self.lockstep_timeouts = 0
         self.last_step: TwinStep | None = None
         self.held_observation: dict[str, np.ndarray] | None = None  # the still world while holding
         self.waiting_for_stack = float(tcfg.wait_for_stack_s) > 0
@@ -260,6 +263,8 @@ class TwinNode(GatoNode):
         waiting_for_owed = self._command_owed() and not self.command_since_tick
         if waiting_for_owed and time.monotonic() - self.wait_started < self.lockstep_owed_wait_s:
             return
+        if not (self.waiting_for_stack or self.episode_done or self.resets_pending):
+            self.lockstep_timeouts += 1
         self.tick()
 
     def on_gripper_command(self, msg: Float64MultiArray) -> None:
@@ -299,6 +304,7 @@ class TwinNode(GatoNode):
         if self.action_source == "random":
             self.random_rng = np.random.default_rng(seed)
         self.episode_done = False
+        self.lockstep_timeouts = 0
         self.last_step = None
         self.held_observation = None
         self.publish_observation(self.twin.observation())
@@ -328,6 +334,7 @@ class TwinNode(GatoNode):
             "time_limit": bool(step.info.get("time_limit", False)) if step else False,
             "physics_unstable": bool(step.info.get("physics_unstable", False)) if step else False,
             "stacked_since": step.info.get("stacked_since") if step else None,
+            "lockstep_timeouts": self.lockstep_timeouts,
             "triplet": triplet,
             "objects": list(self.twin.object_ids or ()),
         }

@@ -439,6 +439,7 @@ def episode_rows(result: JobResult) -> list[dict[str, Any]]:
                     "steps": None,
                     "sim_time": None,
                     "physics_unstable": None,
+                    "lockstep_timeouts": None,
                     "clamps": None,
                     "holds": None,
                     "safety": None,
@@ -459,6 +460,7 @@ def episode_rows(result: JobResult) -> list[dict[str, Any]]:
                 "steps": episode.steps,
                 "sim_time": episode.sim_time,
                 "physics_unstable": episode.physics_unstable,
+                "lockstep_timeouts": episode.lockstep_timeouts,
                 "clamps": clamps,
                 "holds": holds,
                 "safety": None if episode.safety is None else {k: v for k, v in episode.safety.items() if v},
@@ -571,6 +573,13 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{len(completed)} episodes in {report.wall_s:.0f} s wall ({overall:.1f} s per episode overall; "
             f"{float(np.mean(completed)):.1f} s per episode inside a running stack)"
+        )
+    late = [r for r in report.rows if r.get("lockstep_timeouts")]
+    if late:
+        print(
+            f"{len(late)} episodes had lock-step ticks on the twin's timeout (the stack answered after "
+            f"ros.twin.lockstep_wait_s; its commands may have come a tick late from then on): see "
+            f"'lockstep_timeouts' in results.json"
         )
     logs = Path(report.paths["json"]).parent / LOG_DIR
     print("wrote " + ", ".join(report.paths.values()) + f" (node logs in {logs})")
