@@ -216,6 +216,11 @@ class TrainResult:
     tokens_per_s: float = 0.0
 
 
+def next_batch_key(step: int, micro: int, accum: int) -> tuple[int, int]:
+    """The (step, micro) the trainer asks for after (step, micro), with `accum` micro-batches a step."""
+    return (step, micro + 1) if micro + 1 < accum else (step + 1, 0)
+
+
 class PrefetchedBatches:
     """A batch source that builds the next (step, micro) batch in a background thread while the model
     trains on the current one: the sampler's work (PNG decoding, augmentation, tokenizing: numpy and
@@ -239,7 +244,7 @@ class PrefetchedBatches:
                 batch = ready
         if batch is None:
             batch = self.source(step, micro)
-        following = (step, micro + 1) if micro + 1 < self.accum else (step + 1, 0)
+        following = next_batch_key(step, micro, self.accum)
         if following[0] < self.end:
             self.pending = (following, self.pool.submit(self.source, *following))
         return batch
@@ -285,10 +290,6 @@ class ParallelBatches:
         self.pending: dict[tuple[int, int], Any] = {}  # (step, micro) -> AsyncResult
         self.next_key = (start, 0)
 
-    def _after(self, key: tuple[int, int]) -> tuple[int, int]:
-        step, micro = key
-        return (step, micro + 1) if micro + 1 < self.accum else (step + 1, 0)
-
     def __call__(self, step: int, micro: int) -> TokenBatch:
         key = (step, micro)
         for old in [k for k in self.pending if k < key]:
@@ -296,7 +297,7 @@ class ParallelBatches:
         self.next_key = max(self.next_key, key)
         while len(self.pending) < self.ahead and self.next_key[0] < self.end:
             self.pending[self.next_key] = self.pool.apply_async(_build_batch, self.next_key)
-            self.next_key = self._after(self.next_key)
+            self.next_key = next_batch_key(*self.next_key, self.accum)
         job = self.pending.pop(key, None) or self.pool.apply_async(_build_batch, key)
         return TokenBatch(**{name: torch.from_numpy(array) for name, array in job.get().items()})
 
