@@ -7,6 +7,11 @@ run and against the control period), so the page is regenerated, never hand-edit
     .venv/bin/python benchmarks/control_loop.py --json docs/benchmarks/control_loop_tiny_timer.json \\
         safety.act_on_arrival=false
     .venv/bin/python benchmarks/docs_page.py docs/benchmarks/*.json          # -> docs/BENCHMARKS.md
+
+`docs/benchmarks/before_after.json` keeps figures from before a change (they cannot be re-measured once
+the code has changed), each with its command and source; the "after" of each row is read from a run's JSON
+here (`file`, a `select` of the result row, a dotted `path`), or is a figure a tool printed, with its command;
+a "before" can be read the same way where one run measures the old path beside the new.
 """
 
 from __future__ import annotations
@@ -122,6 +127,36 @@ TABLES = {
 }  # fmt: skip
 
 
+def _lookup(records: dict[str, dict[str, Any]], ref: dict[str, Any]) -> float:
+    """A figure of a run's JSON: `file` (its name), `select` (keys of the row, when results is a list),
+    `path` (dotted keys inside it)."""
+    results = records[ref["file"]]["results"]
+    if isinstance(results, list):
+        results = next(r for r in results if all(r.get(k) == v for k, v in ref.get("select", {}).items()))
+    value: Any = results
+    for key in ref["path"].split("."):
+        value = value[key]
+    return float(value) * float(ref.get("scale", 1.0))
+
+
+def _figure_cell(records: dict[str, dict[str, Any]], cell: Any) -> str:
+    """A literal (a figure a tool printed, with its command), or `format` filled from runs' JSON."""
+    if isinstance(cell, str):
+        return cell
+    figures = [f"{_lookup(records, ref):.{ref.get('digits', 1)}f}" for ref in cell["figures"]]
+    files = ", ".join(dict.fromkeys(f"`{ref['file']}`" for ref in cell["figures"]))
+    return cell["format"].format(*figures) + f" ({files}: its command is in the runs above)"
+
+
+def before_after_rows(record: dict[str, Any], by_file: dict[str, dict[str, Any]]) -> list[str]:
+    lines = ["", f"## {record['title']}", "", record.get("note", ""), ""]
+    lines += [_row(["figure", "before", "after"]), _row(["---"] * 3)]
+    for row in record["rows"]:
+        before, after = (_figure_cell(by_file, row[key]) for key in ("before", "after"))
+        lines.append(_row([row["figure"], before, after]))
+    return lines
+
+
 def render(records: list[dict[str, Any]]) -> str:
     lines = [
         "# Benchmarks",
@@ -144,6 +179,10 @@ def render(records: list[dict[str, Any]]) -> str:
                 f"- `{record['command']}` ({record['date_utc']} UTC, {m['cpus']} CPUs, {m['platform']}, "
                 f"1-min load {m['load_1min_at_start']:.2f} at start)"
             )
+    by_file = {r["file"]: r for r in records if "file" in r}
+    for record in records:
+        if record.get("benchmark") == "before_after":
+            lines += before_after_rows(record, by_file)
     return "\n".join(lines) + "\n"
 
 
@@ -152,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("json", nargs="+", type=Path, help="benchmark JSON files")
     parser.add_argument("--out", type=Path, default=PAGE)
     args = parser.parse_args(argv)
-    records = [json.loads(path.read_text()) for path in sorted(args.json)]
+    records = [{**json.loads(path.read_text()), "file": path.name} for path in sorted(args.json)]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(render(records))
     print(f"wrote {args.out} from {len(records)} runs")

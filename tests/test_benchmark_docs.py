@@ -90,3 +90,32 @@ def test_a_control_loop_run_becomes_a_row_with_both_observation_spans() -> None:
     del figures["complete_obs_to_command_ms"]  # a run from before the span was measured
     (row,) = page.control_loop_rows({"results": figures})
     assert [c.strip() for c in row.strip("|").split("|")][4:6] == ["–", "–"]
+
+
+def test_before_after_rows_read_their_figures_from_the_runs() -> None:
+    """The page's before/after table fills its "after" (and a "before" measured in the same run) from the
+    runs' JSON by file, row and path: a literal stays as written."""
+    page = _benchmark_module("docs_page")
+    results = [
+        {"model": "tiny", "kv_cache": {"p99_ms": 40.0}},
+        {"model": "large", "kv_cache": {"p99_ms": 50.25}, "kv_cache_trim_ahead": {"p99_ms": 24.31}},
+    ]
+    run = {**page.run_record("synthetic", results), "file": "decode_cpu.json"}  # no table of its own
+
+    def figure(path: str) -> dict:
+        ref = {"file": "decode_cpu.json", "select": {"model": "large"}, "path": path}
+        return {"format": "{} ms", "figures": [ref]}
+
+    rows = [
+        {
+            "figure": "large step p99",
+            "before": figure("kv_cache.p99_ms"),
+            "after": figure("kv_cache_trim_ahead.p99_ms"),
+        },
+        {"figure": "GPU", "before": "42.6 ms", "after": "not measured"},
+    ]
+    text = page.render([run, {"benchmark": "before_after", "title": "Headroom", "rows": rows}])
+    large = next(line for line in text.splitlines() if line.startswith("| large step p99 |"))
+    before, after = (c.strip() for c in large.strip("|").split("|")[1:])
+    assert before.startswith("50.2 ms (`decode_cpu.json`") and after.startswith("24.3 ms (`decode_cpu.json`")
+    assert "| GPU | 42.6 ms | not measured |" in text
