@@ -136,7 +136,7 @@ def _lookup(records: dict[str, dict[str, Any]], ref: dict[str, Any]) -> float:
     value: Any = results
     for key in ref["path"].split("."):
         value = value[key]
-    return float(value) * float(ref.get("scale", 1.0))
+    return float(value)
 
 
 def _figure_cell(records: dict[str, dict[str, Any]], cell: Any) -> str:
@@ -149,6 +149,7 @@ def _figure_cell(records: dict[str, dict[str, Any]], cell: Any) -> str:
 
 
 def before_after_rows(record: dict[str, Any], by_file: dict[str, dict[str, Any]]) -> list[str]:
+    """The before/after section: one row per figure, either side a literal or read from the runs."""
     lines = ["", f"## {record['title']}", "", record.get("note", ""), ""]
     lines += [_row(["figure", "before", "after"]), _row(["---"] * 3)]
     for row in record["rows"]:
