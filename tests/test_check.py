@@ -43,6 +43,28 @@ def test_check_runs_checkpoints_and_the_expert_on_the_same_seeds(tmp_path: Path,
     assert "run/best" in capsys.readouterr().out
 
 
+def test_a_shape_checkpoint_gets_the_shapes_from_the_twin(tmp_path: Path) -> None:
+    """A checkpoint that reads ``objects/shape`` is checked under any run config: the runner turns the
+    twin's shape observations on for it."""
+    import numpy as np
+
+    from gato_ros.evaluation.success_check import CheckpointRunner
+
+    cfg = load_config(["+experiment=state_shape_policy", "model=tiny"])
+    checkpoint = save_checkpoint(tmp_path / "ckpt", build_model(cfg), cfg, step=1)
+    run_cfg = load_config(["+experiment=state_policy", "model=tiny", "control.episode_seconds=0.25"])
+    assert not run_cfg.twin.shape_observations
+    runner = CheckpointRunner(run_cfg, checkpoint, 2)
+    try:
+        observation = runner._twin("benchmark").reset(seed=1)
+        assert observation["objects/shape"].shape == (30,)
+        assert np.all(np.isfinite(runner._act(runner.twin, observation)))
+        outcomes, errors = runner.episodes([1], "benchmark")
+        assert len(outcomes) == 1 and errors == 0
+    finally:
+        runner.close()
+
+
 def test_check_without_anything_to_check_says_so(tmp_path: Path, capsys) -> None:
     assert check_tool.main([f"check.out_dir={tmp_path}"]) == 2
     assert "nothing to check" in capsys.readouterr().out

@@ -199,6 +199,31 @@ def test_dagger_rolls_a_checkpoint_out_and_records_the_experts_labels(tmp_path: 
     assert set(np.unique(dagger.action[:, 4])) <= {-1.0, 1.0}  # the expert's bang-bang gripper labels
 
 
+def test_a_shape_learner_collects_shapes_or_says_how(tmp_path: Path) -> None:
+    """A learner that reads ``objects/shape`` needs the twin to publish them: refused in one line without,
+    and with them the episodes record the key for the next round's training."""
+    from gato_ros.gato.checkpoint import save_checkpoint
+    from gato_ros.gato.model import build_model
+    from gato_ros.tools.collect import LearnerPolicy
+
+    learner_cfg = load_config(["+experiment=state_shape_policy", "model=tiny"])
+    checkpoint = save_checkpoint(tmp_path / "learner", build_model(learner_cfg).eval(), learner_cfg)
+    with pytest.raises(ValueError, match="shape_observations"):
+        LearnerPolicy(config(tmp_path / "plain", f"collection.policy={checkpoint}"))
+    out = tmp_path / "shapes"
+    overrides = ["collection.episodes=1", "collection.workers=1", "collection.keep_failed=true"]
+    collect(
+        config(
+            out,
+            *overrides,
+            "+experiment=state_shape_policy",
+            f"collection.policy={checkpoint}",
+            "control.episode_seconds=0.5",
+        )
+    )
+    assert EpisodeDataset(out)[0].observations["objects/shape"].shape == (10, 30)
+
+
 def _alive_descendants(root: int) -> set[int]:
     """Live (not zombie) processes below `root`, from /proc."""
     parents: dict[int, int] = {}

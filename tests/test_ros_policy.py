@@ -332,3 +332,74 @@ def test_assembler_object_poses_part() -> None:
     assert assembler.assemble(now_s=1.2).startswith("unsynchronized observation")
     assembler.add_object_poses(truth.reshape(-1), stamp_s=1.2, received_s=0.2)  # flat works too
     assert not isinstance(assembler.assemble(now_s=1.2), str)
+
+
+def test_assembler_object_shapes_from_poses_and_ids() -> None:
+    """``objects/shape`` follows from the poses part and the named objects' meshes: missing until the ids
+    are known, then exactly the twin's features; unknown ids are refused and the old ones kept."""
+    from gato_ros.twin.env import StackingTwin
+
+    cfg = load_config(["twin.shape_observations=true"])
+    twin = StackingTwin(cfg, render=False)
+    try:
+        twin.reset(seed=7)
+        obs = twin.observation()
+        ids = twin.object_ids
+        q = twin.joint_positions()
+    finally:
+        twin.close()
+    assembler = ObservationAssembler(cfg, [], ArmKinematics(cfg.robot), object_shapes=True)
+    assert assembler.object_poses  # shapes need the poses
+    assembler.add_joints(q, 0.0, stamp_s=1.0, received_s=0.0)
+    assembler.add_object_poses(obs["objects/pose"], stamp_s=1.0, received_s=0.0)
+    assert assembler.assemble(now_s=1.0) == "no data yet from object ids"
+    with pytest.raises(KeyError):
+        assembler.set_object_ids(["r3", "nope", "b2"])
+    with pytest.raises(KeyError):
+        assembler.set_object_ids(["r3", "s0"])
+    assert assembler.assemble(now_s=1.0) == "no data yet from object ids"
+    assembler.set_object_ids(ids)
+    observation = assembler.assemble(now_s=1.0)
+    assert not isinstance(observation, str), observation
+    np.testing.assert_allclose(observation.values["objects/shape"], obs["objects/shape"], atol=1e-5)
+
+
+def test_shape_policy_takes_the_object_ids_from_the_episode_status(ros_default_context, tmp_path) -> None:
+    """A checkpoint that reads ``objects/shape`` holds until it knows the objects, then acts; under the twin
+    the ids come with the episode status, on a real cell from ``policy.object_ids``."""
+    cfg = load_config([*STATE_TRAINING, "tokenizer.observation.privileged_keys=[objects/pose,objects/shape]"])
+    checkpoint = save_checkpoint(tmp_path / "random_tiny_shape", build_model(cfg), cfg)
+    overrides = ["ros.use_sim_time=true", f"policy.checkpoint={checkpoint}", "policy.device=cpu"]
+    fixed = PolicyNode(load_config([*overrides, "policy.object_ids=[r3,s0,b2]"]))
+    try:
+        assert fixed.assembler.object_ids == ("r3", "s0", "b2")
+    finally:
+        fixed.destroy_node()
+    cfg = load_config(overrides)
+    policy = PolicyNode(cfg)
+    assert policy.object_shapes and policy.object_poses and policy.assembler.object_ids is None
+    cell = StateCell(cfg)
+    status = cell.node.create_publisher(
+        contract.EPISODE_STATUS.msg_type, contract.EPISODE_STATUS.name, contract.EPISODE_STATUS.qos.profile()
+    )
+    executor = SingleThreadedExecutor()
+    executor.add_node(policy)
+    executor.add_node(cell.node)
+    try:
+        deadline = time.monotonic() + 10
+        while (
+            cell.clock.get_subscription_count() == 0 or status.get_subscription_count() == 0
+        ) and time.monotonic() < deadline:
+            executor.spin_once(timeout_sec=0.05)
+        now = cell.ticks(executor, T0, 4, pose_lag=0.0)
+        assert cell.actions == [] and "no data yet from object ids" in policy._last_reason
+        status.publish(String(data='{"episode": 0, "objects": ["r5", "g2", "b3"]}'))
+        spin_for(executor, 0.1)
+        assert policy.assembler.object_ids == ("r5", "g2", "b3")
+        cell.ticks(executor, now, 6, pose_lag=0.0)
+        spin_for(executor, 0.2)
+        assert cell.actions, policy._last_reason
+    finally:
+        executor.shutdown()
+        policy.destroy_node()
+        cell.node.destroy_node()

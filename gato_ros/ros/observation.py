@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 from gato_ros.control.kinematics import OBJECT_REFERENCE_WXYZ, ArmKinematics, canonical_quat
 from gato_ros.gato.images import fit_image, policy_image_size
 from gato_ros.ros.messages import POSE_SIZE
+from gato_ros.twin.shape import FEATURES_PER_OBJECT, SHAPE_KEY, ObjectGeometry, object_geometry, objects_shape
 
 PIXELS_SUFFIX = "/pixels"
 GRIPPER_KEY = "gripper/joints/angle"
@@ -25,6 +26,8 @@ TCP_KEY = "sawyer/tcp/pose"
 PROPRIO_KEYS = (GRIPPER_KEY, JOINTS_KEY, PINCH_KEY, TCP_KEY)
 OBJECTS_KEY = "objects/pose"  # privileged: red, green, blue poses (x, y, z, qw, qx, qy, qz each)
 OBJECTS_PART = "object poses"  # what the logs call that part
+SHAPES_KEY = SHAPE_KEY  # derived from the poses and the objects' meshes (gato_ros/twin/shape.py)
+OBJECT_IDS_PART = "object ids"  # which meshes the shapes come from (policy.object_ids or the twin's episode)
 WAITING_FOR_CLOCK = "observation ahead of the clock, acted on once the clock reaches it"
 # Float slack on stamp comparisons (s): stamps are integer nanoseconds, far below any real lead.
 STAMP_TOLERANCE_S = 1e-6
@@ -42,6 +45,11 @@ def placeholder_object_poses(cfg: DictConfig) -> np.ndarray:
     poses[:, 2] = float(reset.drop_height)
     poses[:, 3] = 1.0  # identity quaternion (w first)
     return poses.reshape(-1).astype(np.float32)
+
+
+def placeholder_object_shapes(cfg: DictConfig) -> np.ndarray:
+    """An ``objects/shape`` of the right size (zeros) for warming up the decoder: only its layout matters."""
+    return np.zeros(len(cfg.twin.object_colors) * FEATURES_PER_OBJECT, dtype=np.float32)
 
 
 @dataclass(frozen=True)
@@ -71,12 +79,17 @@ class ObservationAssembler:
         kinematics: ArmKinematics,
         object_poses: bool = False,
         image_size: tuple[int, int] | None = None,
+        object_shapes: bool = False,
     ) -> None:
         """`object_poses`: the observation also needs ``objects/pose`` (a state-based checkpoint), one
         pose per ``twin.object_colors`` entry, from `add_object_poses`. `image_size`: (width, height) the
-        policy was trained at (default ``cfg.cameras``)."""
+        policy was trained at (default ``cfg.cameras``). `object_shapes`: also ``objects/shape``, computed
+        from those poses and the meshes of the objects named by `set_object_ids` (implies `object_poses`)."""
         self.cameras = list(cameras)
-        self.object_poses = object_poses
+        self.object_shapes = object_shapes
+        self.object_poses = object_poses or object_shapes
+        self.geometries: tuple[ObjectGeometry, ...] | None = None
+        self.object_ids: tuple[str, ...] | None = None
         self.num_objects = len(cfg.twin.object_colors)
         self.width, self.height = image_size if image_size is not None else policy_image_size(cfg)
         self.gripper_range = np.asarray(cfg.robot.gripper.driver_range, dtype=float)
@@ -117,6 +130,18 @@ class ObservationAssembler:
         with self._lock:
             self.poses = Part(array.reshape(-1).astype(np.float32), stamp_s, received_s)
 
+    def set_object_ids(self, object_ids: Sequence[str]) -> None:
+        """Name the objects (red, green, blue RGB-object ids): their meshes give ``objects/shape``. A
+        KeyError (and the old ids kept) for an unknown id or a wrong count."""
+        ids = tuple(str(i) for i in object_ids)
+        if len(ids) != self.num_objects:
+            raise KeyError(f"expected {self.num_objects} object ids, got {list(ids)}")
+        if ids == self.object_ids:
+            return
+        geometries = tuple(object_geometry(i) for i in ids)
+        with self._lock:
+            self.object_ids, self.geometries = ids, geometries
+
     def reset(self) -> None:
         """Forget what was acted on (a new episode may restart the sensors' stamps)."""
         with self._lock:
@@ -150,12 +175,15 @@ class ObservationAssembler:
                 missing.append("joint states")
             if self.object_poses and self.poses is None:
                 missing.append(OBJECTS_PART)
+            if self.object_shapes and self.geometries is None:
+                missing.append(OBJECT_IDS_PART)
             if missing:
                 return f"no data yet from {', '.join(missing)}"
             parts = {**{f"{c}{PIXELS_SUFFIX}": self.images[c] for c in self.cameras}, "joints": self.joints}
             if self.poses is not None and self.object_poses:
                 parts[OBJECTS_KEY] = self.poses
             joints = self.joints
+            geometries = self.geometries
         stamps = [p.stamp_s for p in parts.values()]
         oldest, newest = min(stamps), max(stamps)
         if newest - now_s > self.max_lead_s:
@@ -179,6 +207,8 @@ class ObservationAssembler:
         values = {k: fit_image(p.value, self.width, self.height) for k, p in images.items()}
         if OBJECTS_KEY in parts:
             values[OBJECTS_KEY] = parts[OBJECTS_KEY].value
+            if self.object_shapes and geometries is not None:
+                values[SHAPES_KEY] = objects_shape(geometries, parts[OBJECTS_KEY].value)
         arm, gripper_rad = joints.value
         low, high = self.gripper_range
         gripper = np.clip((gripper_rad - low) / (high - low), 0.0, 1.0) * self.gripper_units

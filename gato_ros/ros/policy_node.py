@@ -7,7 +7,10 @@ trained at (its own ``cameras.width x height``, whatever the cameras deliver); j
 the gripper driver angle in 0..255 units; the tool-point (pinch) and flange (tcp) poses computed from
 the joint angles with `ArmKinematics`, exactly as the twin computes them; for a state-based checkpoint
 (trained with ``tokenizer.observation.use_privileged``) the object poses of OBJECT_POSES as
-``objects/pose`` (the twin's, or a pose estimator's on the real cell). An observation is used only if
+``objects/pose`` (the twin's, or a pose estimator's on the real cell), and if it reads them the objects'
+shapes ``objects/shape``, computed from those poses and the meshes of the named objects
+(``policy.object_ids``, which a real cell sets to the triplet it has loaded; empty: the ids of the twin's
+current episode on EPISODE_STATUS). An observation is used only if
 its oldest part is at most ``policy.max_observation_age_s`` old on the node's clock (sim time under the
 twin), its newest part leads that clock by at most one control period (the twin's publishing order; more
 means the clock went back, e.g. a restarted twin, and the node also forgets what it acted on), its parts
@@ -58,10 +61,12 @@ from gato_ros.ros.observation import (
     PINCH_KEY,
     PIXELS_SUFFIX,
     PROPRIO_KEYS,
+    SHAPES_KEY,
     TCP_KEY,
     Observation,
     ObservationAssembler,
     placeholder_object_poses,
+    placeholder_object_shapes,
 )
 from gato_ros.ros.runtime import run_node
 from gato_ros.ros.sensor_inputs import SensorNode
@@ -101,8 +106,10 @@ class PolicyNode(SensorNode):
         self.trim_ahead = bool(cfg.policy.decoder.get("trim_ahead", True))
         keys = self.tokenizer.observation_keys
         self.cameras = [k.removesuffix(PIXELS_SUFFIX) for k in keys if k.endswith(PIXELS_SUFFIX)]
-        self.object_poses = OBJECTS_KEY in keys  # a state-based checkpoint: OBJECT_POSES is one more part
-        provided = (*PROPRIO_KEYS, OBJECTS_KEY)
+        # A state-based checkpoint: OBJECT_POSES is one more part (and the shapes follow from the poses).
+        self.object_shapes = SHAPES_KEY in keys
+        self.object_poses = OBJECTS_KEY in keys or self.object_shapes
+        provided = (*PROPRIO_KEYS, OBJECTS_KEY, SHAPES_KEY)
         unavailable = [k for k in keys if not k.endswith(PIXELS_SUFFIX) and k not in provided]
         if unavailable:
             raise ValueError(f"the checkpoint needs observation keys no ROS topic provides: {unavailable}")
@@ -118,7 +125,12 @@ class PolicyNode(SensorNode):
             ArmKinematics(cfg.robot),
             object_poses=self.object_poses,
             image_size=policy_image_size(trained),
+            object_shapes=self.object_shapes,
         )
+        # A real cell names its objects (the triplet it has loaded); the twin's come with each episode.
+        self.fixed_object_ids = [str(i) for i in cfg.policy.get("object_ids", None) or []]
+        if self.object_shapes and self.fixed_object_ids:
+            self.assembler.set_object_ids(self.fixed_object_ids)
         self.log_period_s = float(cfg.policy.stale_log_period_s)
         self.episode: int | None = None
         self.steps = 0
@@ -170,6 +182,8 @@ class PolicyNode(SensorNode):
         blank[TCP_KEY] = kinematics.tcp_pose(q).astype(np.float32)
         if self.object_poses:
             blank[OBJECTS_KEY] = placeholder_object_poses(self.cfg)
+        if self.object_shapes:  # only the layout matters for the warm-up
+            blank[SHAPES_KEY] = placeholder_object_shapes(self.cfg)
         seconds = self.decoder.warmup(blank)
         self.get_logger().info(f"decoder warmed up in {seconds:.2f} s")
 
@@ -179,9 +193,18 @@ class PolicyNode(SensorNode):
 
     def on_episode_status(self, msg: String) -> None:
         try:
-            episode = int(json.loads(msg.data)["episode"])
+            status = json.loads(msg.data)
+            episode = int(status["episode"])
         except (ValueError, KeyError, TypeError):
             return
+        if self.object_shapes and not self.fixed_object_ids and status.get("objects"):
+            try:
+                self.assembler.set_object_ids(status["objects"])
+            except (KeyError, TypeError) as err:
+                self.get_logger().error(
+                    f"episode status names unknown objects, no shapes: {err}",
+                    throttle_duration_sec=self.log_period_s,
+                )
         if episode != self.episode:
             if self.episode is not None:
                 self.reset_episode(f"episode {episode}")

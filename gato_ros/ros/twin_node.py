@@ -307,8 +307,10 @@ class TwinNode(GatoNode):
         self.lockstep_timeouts = 0
         self.last_step = None
         self.held_observation = None
-        self.publish_observation(self.twin.observation())
+        # The status first: it names the episode's objects, which a shape-reading policy needs for the
+        # first observation (policy_node.on_episode_status).
         self.publish_status()
+        self.publish_observation(self.twin.observation())
         self.publish_source_action(new_observation=True)
 
     def on_reset(self, _request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:

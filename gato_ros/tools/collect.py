@@ -179,6 +179,7 @@ class LearnerPolicy:
         from gato_ros.gato.decoder import ActionDecoder
         from gato_ros.gato.images import fit_observation, policy_image_size
         from gato_ros.gato.tokenizer import ObservationTokenizer
+        from gato_ros.twin.shape import SHAPE_KEY
 
         self.beta = float(cfg.collection.beta)
         if not 0.0 <= self.beta <= 1.0:
@@ -189,6 +190,11 @@ class LearnerPolicy:
         if any(key.endswith("/pixels") for key in tokenizer.observation_keys) and not cfg.twin.render:
             raise ValueError(
                 f"collection.policy={cfg.collection.policy} reads camera images: set collection.render=true"
+            )
+        if SHAPE_KEY in tokenizer.observation_keys and not cfg.twin.get("shape_observations", False):
+            raise ValueError(
+                f"collection.policy={cfg.collection.policy} reads {SHAPE_KEY}: "
+                "set twin.shape_observations=true (+experiment=state_shape_policy)"
             )
         self.decoder = ActionDecoder(checkpoint.model, tokenizer, cfg)
         self.image_size = policy_image_size(checkpoint.cfg)  # the twin may render at another size

@@ -26,6 +26,7 @@ from gato_ros.control.kinematics import (
 from gato_ros.twin.assets import select_objects
 from gato_ros.twin.rendering import CameraRenderer
 from gato_ros.twin.scene import OUT_OF_VIEW_GROUP, SceneIndex, build_scene
+from gato_ros.twin.shape import SHAPE_KEY, ObjectGeometry, object_geometry, objects_shape
 from gato_ros.twin.success import EpisodeJudge, check_stack, touching_geoms
 
 MAX_RESET_TRIES = 100
@@ -238,6 +239,11 @@ class StackingTwin:
         quats = canonical_quat(self.data.xquat[bodies], OBJECT_REFERENCE_WXYZ)
         return np.hstack([self.data.xpos[bodies], quats])
 
+    def object_geometries(self) -> tuple[ObjectGeometry, ...]:
+        """Red, green, blue hulls in their body frames (the meshes the twin compiled)."""
+        assert self.object_ids is not None
+        return tuple(object_geometry(object_id) for object_id in self.object_ids)
+
     def set_object_poses(self, poses: np.ndarray) -> None:
         """Place red, green, blue at (3, 7) poses (x, y, z, qw, qx, qy, qz), at rest (tests, scenarios)."""
         poses = np.asarray(poses, dtype=float).reshape(3, 7)
@@ -275,7 +281,10 @@ class StackingTwin:
             for name in self.policy_cameras:
                 obs[f"{name}/pixels"] = self.render(name)
         if self.cfg.twin.privileged_observations:
-            obs["objects/pose"] = self.object_poses().reshape(-1).astype(np.float32)
+            poses = self.object_poses()
+            obs["objects/pose"] = poses.reshape(-1).astype(np.float32)
+            if self.cfg.twin.get("shape_observations", False):
+                obs[SHAPE_KEY] = objects_shape(self.object_geometries(), poses)
         return dict(sorted(obs.items()))
 
     # -- rendering -----------------------------------------------------------------------------------------

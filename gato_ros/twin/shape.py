@@ -1,0 +1,117 @@
+"""`objects/shape`: what each object's geometry means for a grasp and a stack, in its current pose.
+
+Why: the scripted expert's grasp yaw, grasp point and heights come from the objects' hulls (the narrowest
+section of red, blue's top face), so a state policy that sees poses only cannot tell the right action
+on a new shape (policies/default/README.md, "Object shape"). Body-frame extents did not help a regressor:
+it has to rotate them by the pose itself. These features are the geometry already turned into the world
+frame, per object, relative to its pose position (metres unless noted):
+
+    bottom, top          lowest and highest point (z)
+    cos 2a, sin 2a       a = direction of the narrowest width of the section at grasp height (pi-periodic)
+    width                that narrowest width
+    centre x, y          middle of that section along and across that direction
+    normal x, y, z       unit outward normal of the most upward-facing hull face (blue's top: tilted or not)
+
+A real cell has them too when it knows its objects: the RGB objects are a fixed set of meshes, so a pose
+estimator that names the object (the operator loads a known triplet) gives the same numbers from mesh and
+pose. The twin publishes them beside the poses (`twin.shape_observations`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+
+import mujoco
+import numpy as np
+
+from gato_ros.twin.assets import mesh_path
+from gato_ros.twin.expert import hull_edges, hull_facets, hull_slice
+from gato_ros.twin.scene import body_vertices, posed_vertices
+
+SHAPE_KEY = "objects/shape"
+FEATURES_PER_OBJECT = 10
+SECTION_ANGLES = 36  # candidate width directions over [0, pi): 5 degree steps
+GRASP_DEPTH = 0.5  # the section sits this fraction of the height below the top...
+MAX_GRASP_DEPTH = 0.035  # ...at most this far (m): where the expert's fingers close (twin.expert)
+
+
+@dataclass(frozen=True)
+class ObjectGeometry:
+    """One object's convex hull in its body frame: vertices (N, 3), hull edges (E, 2), hull planes (F, 4)."""
+
+    vertices: np.ndarray
+    edges: np.ndarray
+    facets: np.ndarray
+
+    @classmethod
+    def from_vertices(cls, vertices: np.ndarray) -> ObjectGeometry:
+        points = np.asarray(vertices, dtype=float)
+        return cls(points, hull_edges(points), hull_facets(points))
+
+
+@cache
+def object_geometry(object_id: str) -> ObjectGeometry:
+    """The hull of an RGB object as the twin places it in a body at the origin (the same compiled mesh)."""
+    spec = mujoco.MjSpec()
+    spec.add_mesh(name="mesh", file=str(mesh_path(object_id)))
+    body = spec.worldbody.add_body(name="object", pos=[0.0, 0.0, 0.0])
+    body.add_geom(type=mujoco.mjtGeom.mjGEOM_MESH, meshname="mesh")
+    model = spec.compile()
+    return ObjectGeometry.from_vertices(body_vertices(model, model.body("object").id))
+
+
+_ANGLES = np.linspace(0.0, np.pi, SECTION_ANGLES, endpoint=False)
+_DIRECTIONS = np.stack([np.cos(_ANGLES), np.sin(_ANGLES)], axis=1)
+
+
+def shape_features(geometry: ObjectGeometry, pose: np.ndarray) -> np.ndarray:
+    """(FEATURES_PER_OBJECT,) features of one object at a pose (x, y, z, qw, qx, qy, qz); see the module."""
+    pose = np.asarray(pose, dtype=float)
+    position = pose[:3]
+    world = posed_vertices(geometry.vertices, position, pose[3:])
+    bottom, top = float(world[:, 2].min()), float(world[:, 2].max())
+    height = top - bottom
+    z = max(top - min(GRASP_DEPTH * height, MAX_GRASP_DEPTH), bottom + 0.1 * height)
+    section = hull_slice(world, geometry.edges, z)
+    if len(section) < 3:  # a degenerate cut (a vertex or an edge at that height): the whole outline
+        section = world[:, :2]
+    along = section @ _DIRECTIONS.T  # (K, A)
+    widths = along.max(axis=0) - along.min(axis=0)
+    best = int(np.argmin(widths))
+    direction = _DIRECTIONS[best]
+    across = np.array([-direction[1], direction[0]])
+    side = section @ across
+    middle_along = 0.5 * (along[:, best].max() + along[:, best].min())
+    centre = middle_along * direction + 0.5 * (side.max() + side.min()) * across
+    rotation = np.empty(9)
+    mujoco.mju_quat2Mat(rotation, pose[3:] / max(np.linalg.norm(pose[3:]), 1e-12))
+    normals = geometry.facets[:, :3] @ rotation.reshape(3, 3).T
+    normal = normals[int(np.argmax(normals[:, 2]))]
+    angle = 2.0 * _ANGLES[best]
+    return np.array(
+        [
+            bottom - position[2],
+            top - position[2],
+            np.cos(angle),
+            np.sin(angle),
+            widths[best],
+            centre[0] - position[0],
+            centre[1] - position[1],
+            *normal,
+        ],
+        dtype=np.float32,
+    )
+
+
+def objects_shape(geometries: tuple[ObjectGeometry, ...], poses: np.ndarray) -> np.ndarray:
+    """(3 * FEATURES_PER_OBJECT,) red, green, blue features for (3, 7) poses (the `objects/shape` value)."""
+    poses = np.asarray(poses, dtype=float).reshape(len(geometries), 7)
+    return np.concatenate([shape_features(g, p) for g, p in zip(geometries, poses, strict=True)])
+
+
+def shape_track(object_ids: tuple[str, ...], poses: np.ndarray) -> np.ndarray:
+    """(T, 3 * FEATURES_PER_OBJECT) features of a recorded episode from its object ids and (T, 21) poses."""
+    geometries = tuple(object_geometry(str(i)) for i in object_ids)
+    poses = np.asarray(poses, dtype=float).reshape(len(poses), -1)
+    return np.stack([objects_shape(geometries, p) for p in poses]).astype(np.float32)
