@@ -242,21 +242,25 @@ class StateCell:
         return now
 
 
+def connected_executor(policy, cell_node, publishers) -> SingleThreadedExecutor:
+    """One executor spinning the policy and the cell, spun until the policy subscribes to `publishers`."""
+    executor = SingleThreadedExecutor()
+    executor.add_node(policy)
+    executor.add_node(cell_node)
+    deadline = time.monotonic() + 10
+    while any(p.get_subscription_count() == 0 for p in publishers) and time.monotonic() < deadline:
+        executor.spin_once(timeout_sec=0.05)
+    return executor
+
+
 def test_state_policy_acts_on_joint_states_and_object_poses(ros_default_context, state_checkpoint) -> None:
     overrides = ["ros.use_sim_time=true", f"policy.checkpoint={state_checkpoint}", "policy.device=cpu"]
     cfg = load_config(overrides)
     policy = PolicyNode(cfg)
     assert policy.cameras == [] and policy.object_poses
     cell = StateCell(cfg)
-    executor = SingleThreadedExecutor()
-    executor.add_node(policy)
-    executor.add_node(cell.node)
+    executor = connected_executor(policy, cell.node, [cell.clock, cell.poses])
     try:
-        deadline = time.monotonic() + 10
-        while (
-            cell.clock.get_subscription_count() == 0 or cell.poses.get_subscription_count() == 0
-        ) and time.monotonic() < deadline:
-            executor.spin_once(timeout_sec=0.05)
         max_age = cfg.policy.max_observation_age_s
         period = 1.0 / cfg.control.rate_hz
 
@@ -382,15 +386,8 @@ def test_shape_policy_takes_the_object_ids_from_the_episode_status(ros_default_c
     status = cell.node.create_publisher(
         contract.EPISODE_STATUS.msg_type, contract.EPISODE_STATUS.name, contract.EPISODE_STATUS.qos.profile()
     )
-    executor = SingleThreadedExecutor()
-    executor.add_node(policy)
-    executor.add_node(cell.node)
+    executor = connected_executor(policy, cell.node, [cell.clock, cell.poses, status])
     try:
-        deadline = time.monotonic() + 10
-        while (
-            cell.clock.get_subscription_count() == 0 or status.get_subscription_count() == 0
-        ) and time.monotonic() < deadline:
-            executor.spin_once(timeout_sec=0.05)
         now = cell.ticks(executor, T0, 4, pose_lag=0.0)
         assert cell.actions == [] and "no data yet from object ids" in policy._last_reason
         status.publish(String(data='{"episode": 0, "objects": ["r5", "g2", "b3"]}'))
