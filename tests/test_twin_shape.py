@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -117,4 +116,4 @@ def test_add_shape_features_script_adds_the_key(tmp_path, twin) -> None:
         check=True,
     )
     assert "0 episodes written" in rerun.stdout  # resumable: what exists is kept
-    assert json.loads(json.dumps(episode.metadata))["object_ids"] == list(twin.object_ids)
+    assert episode.metadata["object_ids"] == list(twin.object_ids)

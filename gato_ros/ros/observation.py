@@ -26,7 +26,6 @@ TCP_KEY = "sawyer/tcp/pose"
 PROPRIO_KEYS = (GRIPPER_KEY, JOINTS_KEY, PINCH_KEY, TCP_KEY)
 OBJECTS_KEY = "objects/pose"  # privileged: red, green, blue poses (x, y, z, qw, qx, qy, qz each)
 OBJECTS_PART = "object poses"  # what the logs call that part
-SHAPES_KEY = SHAPE_KEY  # derived from the poses and the objects' meshes (gato_ros/twin/shape.py)
 OBJECT_IDS_PART = "object ids"  # which meshes the shapes come from (policy.object_ids or the twin's episode)
 WAITING_FOR_CLOCK = "observation ahead of the clock, acted on once the clock reaches it"
 # Float slack on stamp comparisons (s): stamps are integer nanoseconds, far below any real lead.
@@ -208,7 +207,7 @@ class ObservationAssembler:
         if OBJECTS_KEY in parts:
             values[OBJECTS_KEY] = parts[OBJECTS_KEY].value
             if self.object_shapes and geometries is not None:
-                values[SHAPES_KEY] = objects_shape(geometries, parts[OBJECTS_KEY].value)
+                values[SHAPE_KEY] = objects_shape(geometries, parts[OBJECTS_KEY].value)
         arm, gripper_rad = joints.value
         low, high = self.gripper_range
         gripper = np.clip((gripper_rad - low) / (high - low), 0.0, 1.0) * self.gripper_units

@@ -61,7 +61,6 @@ from gato_ros.ros.observation import (
     PINCH_KEY,
     PIXELS_SUFFIX,
     PROPRIO_KEYS,
-    SHAPES_KEY,
     TCP_KEY,
     Observation,
     ObservationAssembler,
@@ -70,6 +69,7 @@ from gato_ros.ros.observation import (
 )
 from gato_ros.ros.runtime import run_node
 from gato_ros.ros.sensor_inputs import SensorNode
+from gato_ros.twin.shape import SHAPE_KEY
 
 __all__ = ["ObservationAssembler", "PolicyNode", "placeholder_object_poses", "resolve_device"]
 
@@ -107,9 +107,9 @@ class PolicyNode(SensorNode):
         keys = self.tokenizer.observation_keys
         self.cameras = [k.removesuffix(PIXELS_SUFFIX) for k in keys if k.endswith(PIXELS_SUFFIX)]
         # A state-based checkpoint: OBJECT_POSES is one more part (and the shapes follow from the poses).
-        self.object_shapes = SHAPES_KEY in keys
+        self.object_shapes = SHAPE_KEY in keys
         self.object_poses = OBJECTS_KEY in keys or self.object_shapes
-        provided = (*PROPRIO_KEYS, OBJECTS_KEY, SHAPES_KEY)
+        provided = (*PROPRIO_KEYS, OBJECTS_KEY, SHAPE_KEY)
         unavailable = [k for k in keys if not k.endswith(PIXELS_SUFFIX) and k not in provided]
         if unavailable:
             raise ValueError(f"the checkpoint needs observation keys no ROS topic provides: {unavailable}")
@@ -183,7 +183,7 @@ class PolicyNode(SensorNode):
         if self.object_poses:
             blank[OBJECTS_KEY] = placeholder_object_poses(self.cfg)
         if self.object_shapes:  # only the layout matters for the warm-up
-            blank[SHAPES_KEY] = placeholder_object_shapes(self.cfg)
+            blank[SHAPE_KEY] = placeholder_object_shapes(self.cfg)
         seconds = self.decoder.warmup(blank)
         self.get_logger().info(f"decoder warmed up in {seconds:.2f} s")
 

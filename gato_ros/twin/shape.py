@@ -32,8 +32,11 @@ from gato_ros.twin.scene import body_vertices, posed_vertices
 SHAPE_KEY = "objects/shape"
 FEATURES_PER_OBJECT = 10
 SECTION_ANGLES = 36  # candidate width directions over [0, pi): 5 degree steps
-GRASP_DEPTH = 0.5  # the section sits this fraction of the height below the top...
-MAX_GRASP_DEPTH = 0.035  # ...at most this far (m): where the expert's fingers close (twin.expert)
+# The section sits this fraction of the height below the top, at most this far (m): where the expert's
+# fingers close (twin.expert.grasp_depth / max_grasp_depth). Constants, not read from the config: they define
+# the features, so a trained policy must see the same numbers whatever the expert is tuned to later.
+GRASP_DEPTH = 0.5
+MAX_GRASP_DEPTH = 0.035
 
 
 @dataclass(frozen=True)
