@@ -1,5 +1,5 @@
-"""The recorder on the twin, in-process: takes kept with their labels and metadata, a discarded take leaves
-no trace and gives its number back, and a new recorder continues the numbering."""
+"""The recorder on the twin, in-process: takes kept with their labels, metadata and object shapes, a
+discarded take leaves no trace and gives its number back, and a new recorder continues the numbering."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from gato_ros.ros import contract
 from gato_ros.ros.command_node import CommandNode
 from gato_ros.ros.record_node import RecordNode
 from gato_ros.ros.twin_node import TwinNode
+from gato_ros.twin.shape import object_geometry, objects_shape
 
 
 def spin_until(executor, predicate, timeout_s: float = 60.0, state=lambda: "") -> None:
@@ -47,7 +48,7 @@ def test_takes_are_kept_labelled_discarded_without_a_trace_and_numbered_on(ros_c
             "cameras.width=64",
             "cameras.height=64",
             f"record.out_dir={out}",
-            "record.object_poses=true",
+            "record.object_shapes=true",  # the poses, and the shapes from them and the episode's objects
             "record.reset_seconds=0",
             "record.max_seconds=0",
         ]
@@ -104,6 +105,12 @@ def test_takes_are_kept_labelled_discarded_without_a_trace_and_numbered_on(ros_c
         assert f"{camera}/pixels" in keys
         assert first.observations[f"{camera}/pixels"][0].shape == (64, 64, 3)
     assert {"objects/pose", "sawyer/joints/angle", "sawyer/pinch/pose", "gripper/joints/angle"} <= keys
+    # the shapes: those of the twin's objects in the recorded poses, the objects named in the metadata
+    assert "objects/shape" in keys and meta["object_ids"] == meta["twin_end"]["objects"]
+    geometries = tuple(object_geometry(i) for i in meta["object_ids"])
+    for step in (0, len(first) - 1):
+        expected = objects_shape(geometries, first.observations["objects/pose"][step])
+        np.testing.assert_allclose(first.observations["objects/shape"][step], expected, atol=1e-6)
     low, high = np.asarray(cfg.control.action_low), np.asarray(cfg.control.action_high)
     assert np.all(first.action >= low - 1e-6) and np.all(first.action <= high + 1e-6)
     assert np.all(np.diff(first.timestamp) > 0)  # one step per period, in order

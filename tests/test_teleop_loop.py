@@ -48,7 +48,7 @@ def test_teleop_record_finetune_evaluate(tmp_path: Path) -> None:
     cfg = load_config(stack)
     recorder = [
         sys.executable, "-m", "gato_ros.ros.record_node", *stack, f"record.out_dir={takes}",
-        "record.object_poses=true", "record.auto_start=true", "record.episodes=1",
+        "record.object_shapes=true", "record.auto_start=true", "record.episodes=1",
         f"record.max_seconds={TAKE_SECONDS}", "record.keyboard=false",
     ]  # fmt: skip
     teleop = [
@@ -86,14 +86,15 @@ def test_teleop_record_finetune_evaluate(tmp_path: Path) -> None:
                 operator_process.kill()
             processes.stop(cfg.ros.launch.sigint_wait_s, cfg.ros.launch.sigterm_wait_s)
 
-    # the take: the operator's steps, observations as the state policy sees them
+    # the take: the operator's steps, observations as the default (state + shapes) policy sees them
     dataset = EpisodeDataset(takes)
     assert len(dataset) == 1
     take = dataset[0]
     meta = take.metadata
     assert meta["source"] in ("twin/teleop", "twin/intervention"), meta["source"]
     assert meta["steps_by_source"]["teleop"] > 0
-    assert "objects/pose" in take.observations and "sawyer/pinch/pose" in take.observations
+    assert {"objects/pose", "objects/shape", "sawyer/pinch/pose"} <= set(take.observations)
+    assert meta["object_ids"] == meta["twin_end"]["objects"]  # the twin's objects gave the shapes
     operator_steps = [i for first, last in meta["operator_steps"] for i in range(first, last + 1)]
     np.testing.assert_allclose(take.action[operator_steps[-1]], operator[0], atol=1e-6)
 

@@ -319,8 +319,11 @@ def test_device_names_resolve_to_this_ranks_gpu() -> None:
     assert resolve_device("auto", rank1) == expected
 
 
-def write_state_episodes(root: Path, episodes: int = 3, steps: int = 10, seed: int = 0) -> None:
-    """State-policy episodes (proprioception + object poses, no frames) in the recorded format."""
+def write_state_episodes(
+    root: Path, episodes: int = 3, steps: int = 10, seed: int = 0, shapes: bool = False
+) -> None:
+    """State-policy episodes (proprioception + object poses, and with `shapes` the objects' shapes; no
+    frames) in the recorded format."""
     rng = np.random.default_rng(seed)
     with EpisodeWriter(root / "rgb_stacking_sim_state", 20.0, "test/synthetic", background=False) as writer:
         for _ in range(episodes):
@@ -333,6 +336,8 @@ def write_state_episodes(root: Path, episodes: int = 3, steps: int = 10, seed: i
                     "sawyer/pinch/pose": rng.uniform(-1, 1, 7).astype(np.float32),
                     "sawyer/tcp/pose": rng.uniform(-1, 1, 7).astype(np.float32),
                 }
+                if shapes:
+                    obs["objects/shape"] = rng.uniform(-1, 1, 30).astype(np.float32)
                 writer.add_step(obs, rng.uniform(-0.05, 0.05, 5), timestamp=0.05 * t)
             writer.end_episode(success=True)
 
@@ -419,10 +424,10 @@ def test_init_from_fine_tunes_a_shipped_policy_with_a_fresh_optimizer(tmp_path, 
     starts from its weights at step 0 with a fresh optimizer, and continues its own state on resume."""
     from gato_ros.tools import train as train_tool
 
-    shipped = load_policy("default")
-    write_state_episodes(tmp_path / "data", episodes=2)
+    shipped = load_policy("default")  # the state policy with the objects' shapes
+    write_state_episodes(tmp_path / "data", episodes=2, shapes=True)
     overrides = [
-        "+experiment=state_policy",
+        "+experiment=state_shape_policy",
         "model=tiny",  # replaced by the shipped policy's own
         "training.init_from=default",
         "training.data.prompt.max_tokens=0",

@@ -79,17 +79,20 @@ class ObservationAssembler:
         object_poses: bool = False,
         image_size: tuple[int, int] | None = None,
         object_shapes: bool = False,
+        object_ids: Sequence[str] = (),
     ) -> None:
         """`object_poses`: the observation also needs ``objects/pose`` (a state-based checkpoint), one
         pose per ``twin.object_colors`` entry, from `add_object_poses`. `image_size`: (width, height) the
         policy was trained at (default ``cfg.cameras``). `object_shapes`: also ``objects/shape``, computed
-        from those poses and the meshes of the objects named by `set_object_ids` (implies `object_poses`)."""
+        from those poses and the meshes of the objects named by `object_ids` (a real cell names the triplet it
+        has loaded: fixed) or else by each twin episode (`follow_episode_status`); implies `object_poses`."""
         self.cameras = list(cameras)
         self.object_shapes = object_shapes
         self.object_poses = object_poses or object_shapes
         self.geometries: tuple[ObjectGeometry, ...] | None = None
         self.object_ids: tuple[str, ...] | None = None
         self.num_objects = len(cfg.twin.object_colors)
+        self.fixed_object_ids = bool(object_ids)
         self.width, self.height = image_size if image_size is not None else policy_image_size(cfg)
         self.gripper_range = np.asarray(cfg.robot.gripper.driver_range, dtype=float)
         self.gripper_units = float(cfg.robot.gripper.command_range[1])
@@ -106,6 +109,8 @@ class ObservationAssembler:
         self.last_used: dict[str, float] = {}  # stamp of each part in the last observation acted on
         self.last_now_s: float | None = None  # the clock at the last assembly, to notice it going back
         self._lock = threading.Lock()
+        if object_shapes and object_ids:
+            self.set_object_ids(object_ids)
 
     def add_image(self, camera: str, pixels: np.ndarray, stamp_s: float, received_s: float) -> None:
         with self._lock:
@@ -140,6 +145,19 @@ class ObservationAssembler:
         geometries = tuple(object_geometry(i) for i in ids)
         with self._lock:
             self.object_ids, self.geometries = ids, geometries
+
+    def follow_episode_status(self, status: Any) -> str | None:
+        """Take the object ids of a twin episode's status (its ``objects``) for the shapes, unless the
+        cell named its objects; an error line (and the old ids kept) when it names unknown ones."""
+        if not self.object_shapes or self.fixed_object_ids or not isinstance(status, dict):
+            return None
+        if not status.get("objects"):
+            return None
+        try:
+            self.set_object_ids(status["objects"])
+        except (KeyError, TypeError) as err:
+            return f"episode status names unknown objects, no shapes: {err}"
+        return None
 
     def reset(self) -> None:
         """Forget what was acted on (a new episode may restart the sensors' stamps)."""

@@ -126,11 +126,9 @@ class PolicyNode(SensorNode):
             object_poses=self.object_poses,
             image_size=policy_image_size(trained),
             object_shapes=self.object_shapes,
+            # a real cell names its objects (the triplet it has loaded); the twin's come with each episode
+            object_ids=[str(i) for i in cfg.policy.get("object_ids", None) or []],
         )
-        # A real cell names its objects (the triplet it has loaded); the twin's come with each episode.
-        self.fixed_object_ids = [str(i) for i in cfg.policy.get("object_ids", None) or []]
-        if self.object_shapes and self.fixed_object_ids:
-            self.assembler.set_object_ids(self.fixed_object_ids)
         self.log_period_s = float(cfg.policy.stale_log_period_s)
         self.episode: int | None = None
         self.steps = 0
@@ -197,14 +195,9 @@ class PolicyNode(SensorNode):
             episode = int(status["episode"])
         except (ValueError, KeyError, TypeError):
             return
-        if self.object_shapes and not self.fixed_object_ids and status.get("objects"):
-            try:
-                self.assembler.set_object_ids(status["objects"])
-            except (KeyError, TypeError) as err:
-                self.get_logger().error(
-                    f"episode status names unknown objects, no shapes: {err}",
-                    throttle_duration_sec=self.log_period_s,
-                )
+        error = self.assembler.follow_episode_status(status)
+        if error:
+            self.get_logger().error(error, throttle_duration_sec=self.log_period_s)
         if episode != self.episode:
             if self.episode is not None:
                 self.reset_episode(f"episode {episode}")

@@ -6,7 +6,9 @@ the policy is given. A step's label is the action the arm obeyed next: the newes
 the observation was taken, of the source the command node obeys (ACTION_SOURCE: the policy's ACTION or the
 operator's TELEOP_ACTION). A period without a whole, fresh observation is not recorded and is counted
 (with its reason), as are camera frames repeated from the previous step and the stamp skew between the
-parts of each step.
+parts of each step. ``record.object_poses`` adds the objects' poses, ``record.object_shapes`` the poses and
+the objects' shapes (for a state policy with shapes), the objects named by ``policy.object_ids`` or else by
+each twin episode's status; a take records the ids it used in its metadata (``object_ids``).
 
 Takes. RECORD_START, RECORD_END (success or failure: the operator's label), RECORD_DISCARD (nothing of the
 take is written, its number is reused) and RECORD_STOP, or the keys n / s / f / d / q in the terminal
@@ -108,7 +110,9 @@ class RecordNode(SensorNode):
         self.sim = bool(cfg.ros.use_sim_time)
         self.cell = "twin" if self.sim else "real"
         self.cameras = [str(c) for c in (rec.cameras or cfg.cameras.policy_cameras)]
-        self.object_poses = bool(rec.object_poses)
+        # the shapes follow from the poses and the objects' ids (policy.object_ids, else the twin's episode)
+        self.object_shapes = bool(rec.object_shapes)
+        self.object_poses = bool(rec.object_poses) or self.object_shapes
         self.joint_names = [str(n) for n in cfg.robot.joint_names]
         self.gripper_joint = str(cfg.robot.gripper.joint_name)
         self.log_period_s = float(rec.log_period_s)
@@ -118,6 +122,8 @@ class RecordNode(SensorNode):
             ArmKinematics(cfg.robot),
             object_poses=self.object_poses,
             image_size=policy_image_size(cfg),
+            object_shapes=self.object_shapes,
+            object_ids=[str(i) for i in cfg.policy.get("object_ids", None) or []],
         )
         self.rate_hz = float(cfg.control.rate_hz)
         self.writer = EpisodeWriter(
@@ -166,8 +172,14 @@ class RecordNode(SensorNode):
         self.timer = self.create_timer(1.0 / self.rate_hz, self.on_tick)
         self.get_logger().info(
             f"recording into {self.writer.directory} (next take {self.writer.next_index}), cameras "
-            f"{self.cameras}{', object poses' if self.object_poses else ''}, {self.rate_hz:g} Hz"
+            f"{self.cameras}{', object poses' if self.object_poses else ''}"
+            f"{' and shapes' if self.object_shapes else ''}, {self.rate_hz:g} Hz"
         )
+        if self.object_shapes and not self.sim and self.assembler.object_ids is None:
+            self.get_logger().warning(
+                "record.object_shapes on the real cell: name the loaded objects with policy.object_ids "
+                "(red, green, blue, e.g. [r3,s0,b2]); until then no period is recorded"
+            )
         if self.keys is not None:
             self.get_logger().info(KEY_HELP)
         if self.auto_start:
@@ -192,6 +204,9 @@ class RecordNode(SensorNode):
             self.twin_status = json.loads(msg.data)
         except ValueError:
             return
+        error = self.assembler.follow_episode_status(self.twin_status)
+        if error:
+            self.get_logger().error(error, throttle_duration_sec=self.log_period_s)
         take, status = self.take, self.twin_status
         if take is None or not self.end_on_twin_outcome or not isinstance(status, dict):
             return
@@ -258,6 +273,7 @@ class RecordNode(SensorNode):
             sample_cost_ms=summary(sample),
             twin_end=self.twin_status,
             raw_log=raw_log,
+            **({"object_ids": list(self.assembler.object_ids or [])} if self.object_shapes else {}),
         )
         self.begin_reset()
         if path is None:

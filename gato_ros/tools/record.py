@@ -10,7 +10,7 @@ numbering continues across runs. In this terminal: n starts a take, s / f end it
 
 Examples:
   gato-ros record record.out_dir=data/my_teleop                        # keys in this terminal
-  gato-ros record ros.use_sim_time=true record.object_poses=true record.auto_start=true record.episodes=10
+  gato-ros record ros.use_sim_time=true record.object_shapes=true record.auto_start=true record.episodes=10
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Why: the scripted expert's grasp yaw, grasp point and heights come from the objects' hulls (the narrowest
 section of red, blue's top face), so a state policy that sees poses only cannot tell the right action
-on a new shape (policies/default/README.md, "Object shape"). Body-frame extents did not help a regressor:
+on a new shape (policies/state/README.md, "Object shape"). Body-frame extents did not help a regressor:
 it has to rotate them by the pose itself. These features are the geometry already turned into the world
 frame, per object, relative to its pose position (metres unless noted):
 
