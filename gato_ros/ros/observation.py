@@ -46,6 +46,12 @@ def placeholder_object_poses(cfg: DictConfig) -> np.ndarray:
     return poses.reshape(-1).astype(np.float32)
 
 
+def cell_object_ids(cfg: DictConfig) -> list[str]:
+    """The objects a real cell has loaded (``policy.object_ids``, red, green, blue); empty on the twin, which
+    names them with each episode."""
+    return [str(i) for i in cfg.policy.object_ids or []]
+
+
 def placeholder_object_shapes(cfg: DictConfig) -> np.ndarray:
     """An ``objects/shape`` of the right size (zeros) for warming up the decoder: only its layout matters."""
     return np.zeros(len(cfg.twin.object_colors) * FEATURES_PER_OBJECT, dtype=np.float32)

@@ -64,6 +64,7 @@ from gato_ros.ros.observation import (
     TCP_KEY,
     Observation,
     ObservationAssembler,
+    cell_object_ids,
     placeholder_object_poses,
     placeholder_object_shapes,
 )
@@ -126,8 +127,7 @@ class PolicyNode(SensorNode):
             object_poses=self.object_poses,
             image_size=policy_image_size(trained),
             object_shapes=self.object_shapes,
-            # a real cell names its objects (the triplet it has loaded); the twin's come with each episode
-            object_ids=[str(i) for i in cfg.policy.get("object_ids", None) or []],
+            object_ids=cell_object_ids(cfg),
         )
         self.log_period_s = float(cfg.policy.stale_log_period_s)
         self.episode: int | None = None

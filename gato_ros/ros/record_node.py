@@ -50,7 +50,7 @@ from gato_ros.gato.data import STACKING_TASK, EpisodeWriter
 from gato_ros.gato.images import policy_image_size
 from gato_ros.ros import contract
 from gato_ros.ros.mcap_log import McapTopicLog, recover
-from gato_ros.ros.observation import Observation, ObservationAssembler
+from gato_ros.ros.observation import Observation, ObservationAssembler, cell_object_ids
 from gato_ros.ros.runtime import run_node
 from gato_ros.ros.sensor_inputs import SensorNode
 
@@ -123,7 +123,7 @@ class RecordNode(SensorNode):
             object_poses=self.object_poses,
             image_size=policy_image_size(cfg),
             object_shapes=self.object_shapes,
-            object_ids=[str(i) for i in cfg.policy.get("object_ids", None) or []],
+            object_ids=cell_object_ids(cfg),
         )
         self.rate_hz = float(cfg.control.rate_hz)
         self.writer = EpisodeWriter(
