@@ -606,6 +606,81 @@ def test_an_action_too_soon_after_the_last_tick_is_acted_on_once_the_interval_ha
     command.destroy_node()
 
 
+def test_an_action_that_beats_its_clock_update_counts_from_its_observation_not_a_period_earlier(
+    ros_context,
+) -> None:
+    """The lock-step twin writes a tick's joint state, then its clock; on a loaded machine the policy can
+    take that clock, act, and have its action here before the clock reaches this node. The action answers
+    the new tick's observation, so it is received at that tick's time (the joint state's stamp), not a
+    period earlier: no stale-action hold at the next clock update (eval: 10-30 holds per 400 steps in
+    some launches), and a dead policy is still held two periods after that receipt."""
+    from rosgraph_msgs.msg import Clock
+
+    command, cell, executor = start(ros_context, [*OVERRIDES, "ros.use_sim_time=true"])
+    cell.send_joint_states = False  # the test publishes them, in the twin's order
+    clock_pub = cell.node.create_publisher(Clock, contract.CLOCK.name, contract.CLOCK.qos.profile())
+    period = command.limits.control_period
+    sim_time = 50.0
+
+    def observe(t: float) -> None:
+        """The twin's joint state of the tick at `t` (published before that tick's clock)."""
+        cell.joint_pub.publish(cell.joint_state(stamp=t))
+        spin_until(executor, lambda: command.last_joint_stamp is not None and command.last_joint_stamp >= t)
+
+    def clock(t: float) -> None:
+        """The tick's clock update; returns once the timer has run on it."""
+        nonlocal sim_time
+        sim_time = t
+        before = command.events["timer_ticks"] + command.events["timer_ticks_skipped"]
+        clock_pub.publish(Clock(clock=time_msg(t)))
+        spin_until(executor, lambda: abs(command.now_s() - t) < 1e-9)
+        timer_ran = lambda: command.events["timer_ticks"] + command.events["timer_ticks_skipped"] > before  # noqa: E731
+        spin_until(executor, timer_ran)
+
+    def act() -> None:
+        received = command.events["action_messages"]
+        cell.action_pub.publish(Float64MultiArray(data=list(ACTION)))
+        spin_until(executor, lambda: command.events["action_messages"] > received)
+
+    clock(sim_time)
+    for _ in range(10):  # the usual order: joint state, clock, then the policy's answer
+        observe(sim_time + period)
+        clock(sim_time + period)
+        act()
+    assert moving(cell, 3) and command.events["actions_ahead_of_clock"] == 0
+    holds = len(command.stale_hold_latencies_s)
+    for _ in range(5):  # the answer beats the clock update, every other tick
+        tick = sim_time + period
+        observe(tick)
+        act()  # the node's clock still reads the tick before
+        assert abs(command.now_s() - (tick - period)) < 1e-9
+        assert abs(command.latest_action[1] - tick) < 1e-9 and abs(command.last_tick_s - tick) < 1e-9
+        clock(tick)
+        observe(sim_time + period)
+        clock(sim_time + period)  # a period after the receipt: no hold (before: stale, held)
+        assert len(command.stale_hold_latencies_s) == holds and not holding(cell, 1)
+        act()
+    assert command.events["actions_ahead_of_clock"] == 5 and moving(cell, 3)
+    assert Reason.INVALID_TIME_STEP not in command.supervisor.counters
+    # the policy dies after an early answer: held two periods after that receipt, in the cell's time
+    tick = sim_time + period
+    observe(tick)
+    act()
+    receipt = command.latest_action[1]
+    clock(tick)
+    observe(sim_time + period)
+    clock(sim_time + period)
+    assert len(command.stale_hold_latencies_s) == holds
+    observe(sim_time + period)
+    clock(sim_time + period)
+    assert len(command.stale_hold_latencies_s) == holds + 1, "no hold two periods after the last action"
+    assert abs(sim_time - receipt - 2 * period) < 1e-9
+    assert abs(command.stale_hold_latencies_s[-1] - 2 * period) < 1e-9
+    spin_until(executor, lambda: holding(cell, 1))
+    assert_commands_in_limits(cell, command.limits)
+    command.destroy_node()
+
+
 def test_settings_are_read_only_ros_parameters_and_ros_overrides_apply(ros_context) -> None:
     """`ros2 param get /command_node safety.stale_after_periods` shows the effective setting; `--ros-args
     -p safety.stale_after_periods:=1.5` overrides the config like the hydra override does; set is refused."""

@@ -16,6 +16,9 @@ first; one arriving less than `MIN_ARRIVAL_INTERVAL_PERIODS` after the last tick
 acted on once that interval has passed (a one-shot timer). So a flood of actions cannot raise the command
 rate above one per interval, or one per clock reading, and a policy that runs late on one step does not
 push its next action a whole period back. Without act-on-arrival, the timer alone ticks, every period.
+Under sim time the node's time is the cell's as far as it can tell (`CommandNode.cell_now_s`): its clock,
+or the newest joint state's stamp when that leads it, since an action can arrive before the clock update
+of the observation it answers.
 
 Never crashes on input: a malformed action or joint state (wrong length, NaN, missing joint names, a
 stamp going back) is logged (rate-limited) and holds the arm until a valid one arrives; a joint state that
@@ -121,6 +124,7 @@ class CommandNode(GatoNode):
         if not (math.isfinite(lead_periods) and 0.0 <= lead_periods <= 2.0):
             raise SafetyConfigError(f"safety.max_stamp_lead_periods must be in [0, 2], got {lead_periods!r}")
         self.max_stamp_lead_s = lead_periods * self.limits.control_period
+        self.sim_time = bool(self.get_parameter("use_sim_time").value)
         self.supervisor = SafetySupervisor(
             self.limits,
             lambda q: kinematics.tool_state(q).position,
@@ -188,6 +192,27 @@ class CommandNode(GatoNode):
             f"command node up: {rate:g} Hz, {self.command_interface} interface, commands {trigger}, {state}"
         )
 
+    # -- time --------------------------------------------------------------------------------------
+    def cell_now_s(self) -> float:
+        """The cell's time as far as this node can tell: its clock, or under sim time the newest accepted
+        joint state's stamp where that leads the clock (within ``max_stamp_lead_periods``).
+
+        Under sim time the clock is a message too. The twin writes each tick's observation, then one
+        /clock message to every subscriber in turn; on a loaded machine the policy (real-time priority)
+        can take the clock, act and have its action here before the twin's write of the clock reaches
+        this node. Stamped with the clock, that answer to the tick's observation read a period old, and
+        the watchdog held the arm a period later (hold_stale_action in some eval launches, 10-30 per
+        400 steps). The joint state of that same observation came before it, so its stamp is a lower
+        bound of the cell's time. Ticks, receipts and holds all use this time, so the watchdog's two
+        periods are counted in the cell's time. Under wall time (a real cell) the node's clock is the
+        cell's: a driver's stamp never moves it."""
+        now = self.now_s()
+        if self.sim_time and self.last_joint_stamp is not None:
+            lead = self.last_joint_stamp - now
+            if 0.0 < lead <= self.max_stamp_lead_s:  # more: the clock went back (a restarted twin)
+                return self.last_joint_stamp
+        return now
+
     # -- logging -----------------------------------------------------------------------------------
     def should_log(self, key: str) -> bool:
         """At most one line per `key` per safety.log_period_s (wall time): floods stay readable."""
@@ -230,7 +255,7 @@ class CommandNode(GatoNode):
             self.events[f"{source}_actions_ignored"] += 1
             return
         try:
-            now = self.now_s()
+            now = self.cell_now_s()
             action = parse_action(msg.data)
         except Exception as err:
             self.latest_action = None
@@ -241,6 +266,8 @@ class CommandNode(GatoNode):
         self.latest_action, self.action_fault = (action, now), None
         self.action_pending = True
         self.events["action_messages"] += 1
+        if now > self.now_s():
+            self.events["actions_ahead_of_clock"] += 1
         if self.act_on_arrival:
             # The watchdog's period counts from this receipt: without a newer action the timer ticks at
             # one period (skipped) and at two, where the action is stale: the hold lands at 2 periods.
@@ -282,7 +309,7 @@ class CommandNode(GatoNode):
     def on_timer(self) -> None:
         """The control-period timer: every tick without act-on-arrival; with it, only when no action was
         acted on for TIMER_COVER_PERIODS (the watchdog's hold, a late policy) or one waits (deferred)."""
-        now = self.now_s()
+        now = self.cell_now_s()
         if self.act_on_arrival and not self.action_pending and self.last_action_tick_s is not None:
             since = now - self.last_action_tick_s
             # Never skip the tick where the newest action turns stale: the hold is due now. (An action
@@ -297,7 +324,7 @@ class CommandNode(GatoNode):
     def tick(self, kind: str) -> None:
         """One tick of `kind` (counted as ``{kind}_ticks``), undone if a newer action comes at its reading."""
         self._tick_undo = TickUndo(
-            self.now_s(), kind, self.supervisor.snapshot(), self.last_tick_s, self.last_action_tick_s
+            self.cell_now_s(), kind, self.supervisor.snapshot(), self.last_tick_s, self.last_action_tick_s
         )
         self.on_tick()
         self.events[f"{kind}_ticks"] += 1
@@ -357,13 +384,13 @@ class CommandNode(GatoNode):
         except Exception as err:  # unreadable: treat it as asserted, the safe reading
             asserted = True
             self.warn_throttled("estop_topic_malformed", f"malformed e-stop message, latching: {err!r}")
-        self.supervisor.set_estop_input(asserted, self.now_s())
+        self.supervisor.set_estop_input(asserted, self.cell_now_s())
         if asserted:
             self.warn_throttled("estop_topic", f"e-stop latched by {contract.ESTOP_REQUEST.name}")
         self.publish_estop_state()
 
     def on_estop_service(self, _request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
-        self.supervisor.request_estop(self.now_s())
+        self.supervisor.request_estop(self.cell_now_s())
         self.get_logger().warning(f"e-stop latched by {contract.ESTOP_SERVICE.name}")
         self.publish_estop_state()
         response.success, response.message = True, "e-stop latched"
@@ -371,7 +398,7 @@ class CommandNode(GatoNode):
 
     def on_release_service(self, _request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         try:
-            ok, message = self.supervisor.release_estop(self.now_s())
+            ok, message = self.supervisor.release_estop(self.cell_now_s())
         except Exception as err:
             ok, message = False, f"release failed, e-stop stays latched: {err!r}"
         self.log_outcome(ok, f"e-stop release: {message}")
@@ -411,9 +438,9 @@ class CommandNode(GatoNode):
             enable = request.data
             if not isinstance(enable, bool):
                 raise TypeError(f"enable data must be a bool, got {enable!r}")
-            ok, message = self.supervisor.set_enabled(enable, self.now_s())
+            ok, message = self.supervisor.set_enabled(enable, self.cell_now_s())
         except Exception as err:  # refused: a failed enable must not leave the arm enabled
-            self.supervisor.set_enabled(False, self.now_s())
+            self.supervisor.set_enabled(False, self.cell_now_s())
             ok, message = False, f"enable request failed, disabled: {err!r}"
         self.log_outcome(ok, f"enable({request.data!r}): {message}")
         response.success, response.message = ok, message
@@ -422,7 +449,7 @@ class CommandNode(GatoNode):
     # -- control tick ------------------------------------------------------------------------------
     def on_tick(self) -> None:
         """Compute and publish this tick's command; whatever fails, a hold is published."""
-        now = self.now_s()
+        now = self.cell_now_s()
         self.last_tick_s = now
         if self.action_pending:  # this tick acts on a fresh action (on arrival, or deferred to the timer)
             self.last_action_tick_s = now
@@ -586,14 +613,15 @@ class CommandNode(GatoNode):
     def publish_diagnostics(self) -> None:
         try:
             msg = DiagnosticArray(status=[self.diagnostic_status()])
-            msg.header.stamp = time_msg(self.now_s())
+            msg.header.stamp = time_msg(self.cell_now_s())
             self.diagnostics_pub.publish(msg)
         except Exception as err:
             self.warn_throttled("diagnostics", f"could not publish diagnostics: {err!r}")
 
     def close(self) -> None:
         """On shutdown, leave the arm with a zero-velocity command."""
-        self.publish_command(self.supervisor.emergency_hold(self.now_s(), Reason.DISABLED), self.now_s())
+        now = self.cell_now_s()
+        self.publish_command(self.supervisor.emergency_hold(now, Reason.DISABLED), now)
 
 
 def main(argv: list[str] | None = None) -> int:
