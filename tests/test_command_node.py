@@ -136,6 +136,11 @@ def call(executor: SingleThreadedExecutor, client, request):
     return future.result()
 
 
+def timer_runs(command: CommandNode) -> int:
+    """How often the period timer has run (ticked or skipped): a test waits for it after a clock step."""
+    return command.events["timer_ticks"] + command.events["timer_ticks_skipped"]
+
+
 def moving(cell: Cell, count: int = 3) -> bool:
     return len(cell.velocity) >= count and all(
         np.any(np.array(m.data) != 0.0) for m in cell.velocity[-count:]
@@ -505,10 +510,10 @@ def test_a_late_action_replaces_the_tick_at_its_reading_and_is_held_two_periods_
         """One discrete clock step, as the lock-step twin makes them; returns once the timer has run."""
         nonlocal sim_time
         sim_time += period
-        before = command.events["timer_ticks"] + command.events["timer_ticks_skipped"]
+        before = timer_runs(command)
         clock_pub.publish(Clock(clock=time_msg(sim_time)))
         spin_until(executor, lambda: abs(command.now_s() - sim_time) < 1e-9)
-        timer_ran = lambda: command.events["timer_ticks"] + command.events["timer_ticks_skipped"] > before  # noqa: E731
+        timer_ran = lambda: timer_runs(command) > before  # noqa: E731
         spin_until(executor, lambda: timer_ran() and command.latest_joints is not None)
         spin_until(executor, lambda: command.latest_joints.stamp >= sim_time - 1e-9)
 
@@ -631,10 +636,10 @@ def test_an_action_that_beats_its_clock_update_counts_from_its_observation_not_a
         """The tick's clock update; returns once the timer has run on it."""
         nonlocal sim_time
         sim_time = t
-        before = command.events["timer_ticks"] + command.events["timer_ticks_skipped"]
+        before = timer_runs(command)
         clock_pub.publish(Clock(clock=time_msg(t)))
         spin_until(executor, lambda: abs(command.now_s() - t) < 1e-9)
-        timer_ran = lambda: command.events["timer_ticks"] + command.events["timer_ticks_skipped"] > before  # noqa: E731
+        timer_ran = lambda: timer_runs(command) > before  # noqa: E731
         spin_until(executor, timer_ran)
 
     def act() -> None:
