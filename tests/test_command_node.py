@@ -686,6 +686,58 @@ def test_an_action_that_beats_its_clock_update_counts_from_its_observation_not_a
     command.destroy_node()
 
 
+def test_joint_states_before_the_first_clock_message_are_named_as_such_and_the_start_holds_nothing(
+    ros_context, capfd
+) -> None:
+    """Under sim time this node's /clock subscription can match the twin's writer after its joint-state
+    one (discovery order): the twin's first readings then arrive while ROS time still reads 0. They were
+    dropped as "stamped 0.200 s ahead of this node's clock" (one eval launch in 50, read as a clock lag);
+    they are dropped as readings before the first clock, and once the clock runs the stack starts with
+    no stale hold."""
+    from rosgraph_msgs.msg import Clock
+
+    command, cell, executor = start(ros_context, [*OVERRIDES, "ros.use_sim_time=true"])
+    cell.send_joint_states = False  # the test publishes them, in the twin's order
+    clock_pub = cell.node.create_publisher(Clock, contract.CLOCK.name, contract.CLOCK.qos.profile())
+    period = command.limits.control_period
+
+    def observe(t: float, before_clock: bool = False) -> None:
+        """The twin's joint state of the tick at `t` (published before that tick's clock)."""
+        dropped = command.events["joint_states_before_clock"]
+        cell.joint_pub.publish(cell.joint_state(stamp=t))
+        if before_clock:
+            spin_until(executor, lambda: command.events["joint_states_before_clock"] > dropped)
+        else:
+            spin_until(executor, lambda: abs((command.last_joint_stamp or 0.0) - t) < 1e-9)
+
+    def clock(t: float) -> None:
+        before = timer_runs(command)
+        clock_pub.publish(Clock(clock=time_msg(t)))
+        spin_until(executor, lambda: abs(command.now_s() - t) < 1e-9 and timer_runs(command) > before)
+
+    def act() -> None:
+        received = command.events["action_messages"]
+        cell.action_pub.publish(Float64MultiArray(data=list(ACTION)))
+        spin_until(executor, lambda: command.events["action_messages"] > received)
+
+    for tick in range(4):  # ticks 0-3 of the twin: joint states only, this node's clock not matched yet
+        observe((tick + 1) * period, before_clock=True)
+    assert command.now_s() == 0.0 and command.last_joint_stamp is None
+    assert command.events["future_joint_state_stamps"] == 0 and not cell.velocity
+    err = capfd.readouterr().err
+    assert "came before this node's first /clock message" in err and "ahead of this node's clock" not in err
+    clock(4 * period)  # tick 3's clock reaches it at last
+    for tick in range(5, 13):  # then the twin's order: joint state, clock, the policy's answer
+        observe(tick * period)
+        clock(tick * period)
+        act()
+    assert moving(cell, 3) and not command.stale_hold_latencies_s
+    assert command.events["joint_states_before_clock"] == 4
+    assert command.events["future_joint_state_stamps"] == 0
+    assert_commands_in_limits(cell, command.limits)
+    command.destroy_node()
+
+
 def test_settings_are_read_only_ros_parameters_and_ros_overrides_apply(ros_context) -> None:
     """`ros2 param get /command_node safety.stale_after_periods` shows the effective setting; `--ros-args
     -p safety.stale_after_periods:=1.5` overrides the config like the hydra override does; set is refused."""

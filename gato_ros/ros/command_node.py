@@ -333,6 +333,18 @@ class CommandNode(GatoNode):
         try:
             now = self.now_s()
             stamp = contract.stamp_to_seconds(msg.header.stamp)
+            if self.sim_time and now == 0.0:
+                # Under sim time ROS reads 0 as "no clock message yet": this node's /clock subscription
+                # can match the twin's writer after its joint-state subscription does (discovery order),
+                # so the first readings may come before any clock. Nothing to judge them by; the twin
+                # sends a new one every tick, so this one is dropped (and named for what it is).
+                self.events["joint_states_before_clock"] += 1
+                self.warn_throttled(
+                    "joint_state_before_clock",
+                    f"joint state stamped {stamp:.3f} s came before this node's first {contract.CLOCK.name} "
+                    "message (use_sim_time): dropped until the clock starts",
+                )
+                return
             if is_real_scalar(stamp) and stamp - now > self.max_stamp_lead_s:
                 # From the future (a bogus or foreign clock): dropped, and never the reference the
                 # monotonicity check holds later readings to; the last good reading ages on.
