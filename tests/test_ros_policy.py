@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rclpy
+from omegaconf import OmegaConf
 from rclpy.executors import SingleThreadedExecutor
 from rosgraph_msgs.msg import Clock
 from std_msgs.msg import String
@@ -377,8 +378,21 @@ def test_shape_policy_takes_the_object_ids_from_the_episode_status(ros_default_c
     fixed = PolicyNode(load_config([*overrides, "policy.object_ids=[r3,s0,b2]"]))
     try:
         assert fixed.assembler.object_ids == ("r3", "s0", "b2")
+        assert fixed.assembler.shape_version == 2  # the checkpoint's own features
     finally:
         fixed.destroy_node()
+    # a checkpoint from before twin.shape_version was trained on version 1 and is fed version 1
+    older = OmegaConf.to_container(cfg, resolve=True)
+    del older["twin"]["shape_version"]
+    older = OmegaConf.create(older)
+    old_checkpoint = save_checkpoint(tmp_path / "random_tiny_shape_v1", build_model(older), older)
+    old = PolicyNode(
+        load_config([*overrides, f"policy.checkpoint={old_checkpoint}", "policy.object_ids=[r3,s0,b2]"])
+    )
+    try:
+        assert old.assembler.shape_version == 1
+    finally:
+        old.destroy_node()
     cfg = load_config(overrides)
     policy = PolicyNode(cfg)
     assert policy.object_shapes and policy.object_poses and policy.assembler.object_ids is None

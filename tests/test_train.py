@@ -30,6 +30,7 @@ from gato_ros.gato.train import (
     sequence_nll,
     train,
 )
+from gato_ros.twin.shape import SHAPE_VERSION, shape_metadata
 
 DATASET = "rgb_stacking_sim"  # the default mixture's source
 
@@ -320,14 +321,20 @@ def test_device_names_resolve_to_this_ranks_gpu() -> None:
 
 
 def write_state_episodes(
-    root: Path, episodes: int = 3, steps: int = 10, seed: int = 0, shapes: bool = False
+    root: Path,
+    episodes: int = 3,
+    steps: int = 10,
+    seed: int = 0,
+    shapes: bool = False,
+    shape_version: int = SHAPE_VERSION,
 ) -> None:
-    """State-policy episodes (proprioception + object poses, and with `shapes` the objects' shapes; no
-    frames) in the recorded format."""
+    """State-policy episodes (proprioception + object poses, and with `shapes` the objects' shapes, said to
+    be of `shape_version`; no frames) in the recorded format."""
     rng = np.random.default_rng(seed)
+    metadata = shape_metadata(shape_version) if shapes else {}
     with EpisodeWriter(root / "rgb_stacking_sim_state", 20.0, "test/synthetic", background=False) as writer:
         for _ in range(episodes):
-            writer.begin_episode(task="stack red on blue")
+            writer.begin_episode(task="stack red on blue", **metadata)
             for t in range(steps):
                 obs = {
                     "gripper/joints/angle": np.array([255.0 * (t > steps // 2)], dtype=np.float32),
@@ -447,3 +454,22 @@ def test_init_from_fine_tunes_a_shipped_policy_with_a_fresh_optimizer(tmp_path, 
     assert train_tool.main([*more, "training.resume=auto"]) == 0
     assert "initialised from" not in capsys.readouterr().out
     assert load_policy(latest_checkpoint(tmp_path / "run")).step == 3
+
+
+def test_training_refuses_shapes_of_another_version_than_the_runs(tmp_path) -> None:
+    """Episodes whose `objects/shape` was written in version 1 (the narrowest width) would teach a version-2
+    run (the expert's grasp criterion) features its policy is never fed: refused, with the way out."""
+    from gato_ros.tools import train as train_tool
+
+    write_state_episodes(tmp_path / "data", episodes=2, shapes=True, shape_version=1)
+    overrides = [
+        "+experiment=state_shape_policy",
+        "model=tiny",
+        "training.data.prompt.max_tokens=0",
+        *small_run_overrides(tmp_path, steps=1, sequence_length=79),
+    ]
+    with pytest.raises(ValueError, match=r"version \[1\].*add_shape_features.py SRC DST --shape-version 2"):
+        train_tool.main(overrides)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    assert train_tool.main([*overrides, "twin.shape_version=1"]) == 0  # a version-1 run takes them
+    assert load_policy(latest_checkpoint(tmp_path / "run")).cfg.twin.shape_version == 1

@@ -13,8 +13,18 @@ import pytest
 from gato_ros.config import load_config
 from gato_ros.gato.data import EpisodeWriter, load_episode
 from gato_ros.twin.env import StackingTwin
+from gato_ros.twin.expert import ScriptedExpert, wrap_angle
 from gato_ros.twin.scene import body_vertices
-from gato_ros.twin.shape import FEATURES_PER_OBJECT, SHAPE_KEY, object_geometry, shape_features, shape_track
+from gato_ros.twin.shape import (
+    FEATURES_PER_OBJECT,
+    SHAPE_KEY,
+    SHAPE_VERSION,
+    object_geometry,
+    objects_shape,
+    shape_features,
+    shape_track,
+    shape_version,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -84,6 +94,46 @@ def test_upright_box_features() -> None:
     assert features[4] <= np.ptp(xy, axis=0).min() + 1e-6
 
 
+def closing_direction(features: np.ndarray) -> float:
+    """The closing direction a (mod pi) from an object's cos 2a, sin 2a."""
+    return 0.5 * float(np.arctan2(features[3], features[2]))
+
+
+def test_version_2_points_where_the_expert_grasps_triplet_1s_prism_and_version_1_did_not() -> None:
+    """Triplet 1's red r3 is a prism: its narrowest width (version 1) runs across slanted faces the expert
+    will not squeeze, so it grasps 90 degrees from there; version 2 scores the directions as the expert does
+    and points where it closes. (Under version 1 every student turned to the wrong yaw on triplet 1.)"""
+    cfg = load_config(["twin.render=false", "twin.objects=triplet", "twin.triplet=1"])
+    env = StackingTwin(cfg, render=False)
+    expert = ScriptedExpert(cfg)
+    agree = {1: 0, 2: 0}
+    try:
+        for seed in range(12):
+            env.reset(seed=seed)
+            expert.reset()
+            expert.act(env)
+            if expert.grasp_yaw is None:  # a tip-over plan first
+                continue
+            closing = expert.grasp_yaw - np.pi / 2  # the fingers close along the tool y axis
+            geometries = tuple(object_geometry(i) for i in env.object_ids)
+            by_version = {v: objects_shape(geometries, env.object_poses(), v) for v in (1, 2)}
+            for version, features in by_version.items():
+                off = abs(wrap_angle(2.0 * (closing - closing_direction(features[:FEATURES_PER_OBJECT])))) / 2
+                agree[version] += off < np.radians(15.0)
+            np.testing.assert_allclose(by_version[1][:2], by_version[2][:2])  # heights: the same in both
+            np.testing.assert_allclose(by_version[1][7:10], by_version[2][7:10])  # and the top face
+    finally:
+        env.close()
+    assert agree[2] >= 10 and agree[1] <= 3, agree  # measured: 11 and 2 of 12
+
+
+def test_shape_version_of_a_config_and_of_an_older_checkpoints() -> None:
+    assert shape_version(load_config()) == SHAPE_VERSION == 2
+    assert shape_version({"twin": {"shape_observations": True}}) == 1  # a checkpoint from before the key
+    with pytest.raises(ValueError, match="shape_version"):
+        shape_version({"twin": {"shape_version": 3}})
+
+
 def test_add_shape_features_script_adds_the_key(tmp_path, twin) -> None:
     """A recording without shapes gains the same features the twin publishes, from its poses and ids."""
     source, target = tmp_path / "src", tmp_path / "dst"
@@ -117,3 +167,25 @@ def test_add_shape_features_script_adds_the_key(tmp_path, twin) -> None:
     )
     assert "0 episodes written" in rerun.stdout  # resumable: what exists is kept
     assert episode.metadata["object_ids"] == list(twin.object_ids)
+    assert episode.metadata["shape_version"] == SHAPE_VERSION
+    # an older version on request; a dataset that has the key gets it rewritten
+    older = tmp_path / "v1"
+    subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "add_shape_features.py"),
+            str(target),
+            str(older),
+            "--shape-version",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    episode_v1 = load_episode(older / "episode_000000.npz")
+    assert episode_v1.metadata["shape_version"] == 1
+    poses = np.asarray(episode.observations["objects/pose"])
+    np.testing.assert_allclose(
+        np.asarray(episode_v1.observations[SHAPE_KEY]), shape_track(twin.object_ids, poses, 1), atol=1e-6
+    )

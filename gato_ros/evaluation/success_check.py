@@ -230,7 +230,7 @@ class CheckpointRunner:
         from gato_ros.gato.decoder import ActionDecoder
         from gato_ros.gato.images import policy_image_size
         from gato_ros.gato.tokenizer import ObservationTokenizer
-        from gato_ros.twin.shape import SHAPE_KEY
+        from gato_ros.twin.shape import SHAPE_KEY, shape_version
 
         device = "cuda" if torch.cuda.is_available() and str(self.cfg.training.device) != "cpu" else "cpu"
         dtype = model_dtype(str(self.cfg.policy.get("dtype", "float32")))
@@ -241,6 +241,7 @@ class CheckpointRunner:
         self.needs_images = any(k.endswith("/pixels") for k in tokenizer.observation_keys)
         # A checkpoint that reads the objects' shapes gets them from the twin (gato_ros/twin/shape.py).
         OmegaConf.update(self.cfg, "twin.shape_observations", SHAPE_KEY in tokenizer.observation_keys)
+        OmegaConf.update(self.cfg, "twin.shape_version", shape_version(policy.cfg))
 
     def _twin(self, episode_mode: str) -> Any:
         if self.twin is None or bool(self.twin.render_images) != self.needs_images:

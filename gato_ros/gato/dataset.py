@@ -141,13 +141,13 @@ def mixture_size(cfg: Any) -> tuple[int, int]:
     """(episodes, steps) the sampler draws from: usable episodes of every source with positive weight."""
     episodes = steps = 0
     for source in mixture_sources(cfg):
-        dataset = _source_dataset(source)
+        dataset = source_dataset(source)
         episodes += len(dataset)
         steps += dataset.total_steps
     return episodes, steps
 
 
-def _source_dataset(source: DatasetSource) -> EpisodeDataset:
+def source_dataset(source: DatasetSource) -> EpisodeDataset:
     dataset = EpisodeDataset(source.path, successful_only=source.successful_only)
     if source.max_episodes is not None:
         dataset.paths = dataset.paths[: source.max_episodes]
@@ -180,7 +180,7 @@ class _IndexedSource:
 
     def __init__(self, source: DatasetSource, prompt_successful_only: bool) -> None:
         self.source = source
-        self.dataset = _source_dataset(source)
+        self.dataset = source_dataset(source)
         if len(self.dataset) == 0:
             raise ValueError(f"dataset {source.name} at {source.path} holds no usable episodes")
         steps = np.array([self.dataset.num_steps(i) for i in range(len(self.dataset))], dtype=np.float64)

@@ -16,7 +16,14 @@ from omegaconf import DictConfig
 from gato_ros.control.kinematics import OBJECT_REFERENCE_WXYZ, ArmKinematics, canonical_quat
 from gato_ros.gato.images import fit_image, policy_image_size
 from gato_ros.ros.messages import POSE_SIZE
-from gato_ros.twin.shape import FEATURES_PER_OBJECT, SHAPE_KEY, ObjectGeometry, object_geometry, objects_shape
+from gato_ros.twin.shape import (
+    FEATURES_PER_OBJECT,
+    SHAPE_KEY,
+    ObjectGeometry,
+    object_geometry,
+    objects_shape,
+    shape_version,
+)
 
 PIXELS_SUFFIX = "/pixels"
 GRIPPER_KEY = "gripper/joints/angle"
@@ -86,14 +93,17 @@ class ObservationAssembler:
         image_size: tuple[int, int] | None = None,
         object_shapes: bool = False,
         object_ids: Sequence[str] = (),
+        shape_features_version: int | None = None,
     ) -> None:
         """`object_poses`: the observation also needs ``objects/pose`` (a state-based checkpoint), one
         pose per ``twin.object_colors`` entry, from `add_object_poses`. `image_size`: (width, height) the
         policy was trained at (default ``cfg.cameras``). `object_shapes`: also ``objects/shape``, computed
         from those poses and the meshes of the objects named by `object_ids` (a real cell names the triplet it
-        has loaded: fixed) or else by each twin episode (`follow_episode_status`); implies `object_poses`."""
+        has loaded: fixed) or else by each twin episode (`follow_episode_status`); implies `object_poses`.
+        `shape_features_version`: the features' version the policy was trained on (default ``cfg``'s)."""
         self.cameras = list(cameras)
         self.object_shapes = object_shapes
+        self.shape_version = shape_version(cfg) if shape_features_version is None else shape_features_version
         self.object_poses = object_poses or object_shapes
         self.geometries: tuple[ObjectGeometry, ...] | None = None
         self.object_ids: tuple[str, ...] | None = None
@@ -231,7 +241,7 @@ class ObservationAssembler:
         if OBJECTS_KEY in parts:
             values[OBJECTS_KEY] = parts[OBJECTS_KEY].value
             if self.object_shapes and geometries is not None:
-                values[SHAPE_KEY] = objects_shape(geometries, parts[OBJECTS_KEY].value)
+                values[SHAPE_KEY] = objects_shape(geometries, parts[OBJECTS_KEY].value, self.shape_version)
         arm, gripper_rad = joints.value
         low, high = self.gripper_range
         gripper = np.clip((gripper_rad - low) / (high - low), 0.0, 1.0) * self.gripper_units

@@ -70,7 +70,7 @@ from gato_ros.ros.observation import (
 )
 from gato_ros.ros.runtime import run_node
 from gato_ros.ros.sensor_inputs import SensorNode
-from gato_ros.twin.shape import SHAPE_KEY
+from gato_ros.twin.shape import SHAPE_KEY, shape_version
 
 __all__ = ["ObservationAssembler", "PolicyNode", "placeholder_object_poses", "resolve_device"]
 
@@ -128,6 +128,7 @@ class PolicyNode(SensorNode):
             image_size=policy_image_size(trained),
             object_shapes=self.object_shapes,
             object_ids=cell_object_ids(cfg),
+            shape_features_version=shape_version(trained),  # what the checkpoint was trained on
         )
         self.log_period_s = float(cfg.policy.stale_log_period_s)
         self.episode: int | None = None

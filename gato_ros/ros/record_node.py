@@ -53,6 +53,7 @@ from gato_ros.ros.mcap_log import McapTopicLog, recover
 from gato_ros.ros.observation import Observation, ObservationAssembler, cell_object_ids
 from gato_ros.ros.runtime import run_node
 from gato_ros.ros.sensor_inputs import SensorNode
+from gato_ros.twin.shape import shape_metadata
 
 POLICY, TELEOP = "policy", "teleop"
 KEY_HELP = "keys: n new take, s end as success, f end as failure, d discard the take, q quit"
@@ -231,8 +232,13 @@ class RecordNode(SensorNode):
     def start_take(self) -> str:
         if self.take is not None:
             return f"take {self.take.index} is already being recorded"
+        shapes = shape_metadata(self.assembler.shape_version) if self.object_shapes else {}
         index = self.writer.begin_episode(
-            task=self.task, calibration=self.calibration, operator_label=None, twin_start=self.twin_status
+            task=self.task,
+            calibration=self.calibration,
+            operator_label=None,
+            twin_start=self.twin_status,
+            **shapes,
         )
         self.take = Take(index, self.twin_status)
         if self.mcap:

@@ -179,7 +179,7 @@ class LearnerPolicy:
         from gato_ros.gato.decoder import ActionDecoder
         from gato_ros.gato.images import fit_observation, policy_image_size
         from gato_ros.gato.tokenizer import ObservationTokenizer
-        from gato_ros.twin.shape import SHAPE_KEY
+        from gato_ros.twin.shape import SHAPE_KEY, shape_version
 
         self.beta = float(cfg.collection.beta)
         if not 0.0 <= self.beta <= 1.0:
@@ -195,6 +195,13 @@ class LearnerPolicy:
             raise ValueError(
                 f"collection.policy={cfg.collection.policy} reads {SHAPE_KEY}: "
                 "set twin.shape_observations=true (+experiment=state_shape_policy)"
+            )
+        learner_version = shape_version(checkpoint.cfg)
+        if SHAPE_KEY in tokenizer.observation_keys and learner_version != shape_version(cfg):
+            raise ValueError(
+                f"collection.policy={cfg.collection.policy} was trained on {SHAPE_KEY} version "
+                f"{learner_version}: set twin.shape_version={learner_version} (the episodes can be given "
+                "the current version later: scripts/add_shape_features.py)"
             )
         self.decoder = ActionDecoder(checkpoint.model, tokenizer, cfg)
         self.image_size = policy_image_size(checkpoint.cfg)  # the twin may render at another size
@@ -419,6 +426,7 @@ def collect(cfg: DictConfig) -> dict[str, Any]:
 def _write_episode(writer: Any, episode: ExpertEpisode, cfg: DictConfig) -> str | None:
     from gato_ros.gato.data import STACKING_TASK
     from gato_ros.twin import TWIN_VERSION
+    from gato_ros.twin.shape import shape_metadata, shape_version
 
     triplet = int(cfg.twin.triplet) if str(cfg.twin.objects) == "triplet" else None
     writer.begin_episode(
@@ -432,6 +440,7 @@ def _write_episode(writer: Any, episode: ExpertEpisode, cfg: DictConfig) -> str 
         episode_mode=str(cfg.twin.episode.mode),
         noise_scale=float(cfg.collection.noise_scale),
         expert="feedback" if bool(cfg.twin.expert.feedback) else "staged",
+        **(shape_metadata(shape_version(cfg)) if cfg.twin.get("shape_observations", False) else {}),
         **dagger_metadata(cfg.collection),
     )
     for t in range(episode.steps):

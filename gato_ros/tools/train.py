@@ -18,7 +18,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from gato_ros.config import load_config
-from gato_ros.gato.train import DistContext, check_training_config, train
+from gato_ros.gato.train import DistContext, adopt_init_architecture, check_training_config, train
 
 DEFAULT_EVAL_DIR = "outputs/eval"  # evaluation.out_dir's default: redirected into the run directory
 
@@ -48,9 +48,32 @@ def success_check_hook(cfg: DictConfig):
     return SuccessCheck(cfg, data_episodes=episodes, data_steps=steps)
 
 
+def check_shape_versions(cfg: DictConfig) -> None:
+    """Refuse episodes whose `objects/shape` has another version than the run's `twin.shape_version`: the
+    policy would learn from features it is never fed (scripts/add_shape_features.py rewrites them)."""
+    from gato_ros.gato.dataset import mixture_sources, source_dataset
+    from gato_ros.gato.tokenizer import ObservationTokenizer
+    from gato_ros.twin.shape import SHAPE_KEY, episode_shape_version, shape_version
+
+    run = adopt_init_architecture(cfg) if cfg.training.get("init_from") else cfg
+    if SHAPE_KEY not in ObservationTokenizer(run).observation_keys:
+        return
+    wanted = shape_version(run)
+    for source in mixture_sources(run):
+        found = sorted({episode_shape_version(m) for m in source_dataset(source).metadata} - {wanted})
+        if found:
+            raise ValueError(
+                f"training.data.mixture.{source.name} ({source.path}) holds {SHAPE_KEY} of version {found}, "
+                f"the run twin.shape_version={wanted}: rewrite them (python scripts/add_shape_features.py "
+                f"SRC DST --shape-version {wanted}) or train with twin.shape_version={found[0]}"
+            )
+
+
 def main(argv: list[str]) -> int:
     cfg = load_config(argv)
     check_training_config(cfg.training)  # before any dataset is opened
+    if DistContext.from_env().is_main:
+        check_shape_versions(cfg)
     check = success_check_hook(cfg)
     try:
         result = train(cfg, on_checkpoint=check)

@@ -26,7 +26,7 @@ from gato_ros.control.kinematics import (
 from gato_ros.twin.assets import select_objects
 from gato_ros.twin.rendering import CameraRenderer
 from gato_ros.twin.scene import OUT_OF_VIEW_GROUP, SceneIndex, build_scene
-from gato_ros.twin.shape import SHAPE_KEY, ObjectGeometry, object_geometry, objects_shape
+from gato_ros.twin.shape import SHAPE_KEY, ObjectGeometry, object_geometry, objects_shape, shape_version
 from gato_ros.twin.success import EpisodeJudge, check_stack, touching_geoms
 
 MAX_RESET_TRIES = 100
@@ -284,7 +284,7 @@ class StackingTwin:
             poses = self.object_poses()
             obs["objects/pose"] = poses.reshape(-1).astype(np.float32)
             if self.cfg.twin.get("shape_observations", False):
-                obs[SHAPE_KEY] = objects_shape(self.object_geometries(), poses)
+                obs[SHAPE_KEY] = objects_shape(self.object_geometries(), poses, shape_version(self.cfg))
         return dict(sorted(obs.items()))
 
     # -- rendering -----------------------------------------------------------------------------------------

@@ -7,10 +7,17 @@ it has to rotate them by the pose itself. These features are the geometry alread
 frame, per object, relative to its pose position (metres unless noted):
 
     bottom, top          lowest and highest point (z)
-    cos 2a, sin 2a       a = direction of the narrowest width of the section at grasp height (pi-periodic)
-    width                that narrowest width
+    cos 2a, sin 2a       a = the grasp's closing direction across the section at grasp height (pi-periodic)
+    width                the section's width along it
     centre x, y          middle of that section along and across that direction
     normal x, y, z       unit outward normal of the most upward-facing hull face (blue's top: tilted or not)
+
+The closing direction has two versions (`twin.shape_version`; a checkpoint without the key read version 1):
+1, the narrowest width; 2 (current), the expert's criterion: width plus `TAPER_WEIGHT` times the taper (how
+fast the width changes `TAPER_BAND` above and below), wider than `MAX_GRASP_WIDTH` only as a last resort.
+Squeezed, tapered sides push an object out of the fingers, so the expert grasps a narrow prism (triplet 1's
+red r3) across its vertical faces, 90 degrees from its narrowest width in 93 % of triplet-1 episodes: under
+version 1 every student turned to the wrong yaw there (10 % success; policies/default/README.md).
 
 A real cell has them too when it knows its objects: the RGB objects are a fixed set of meshes, so a pose
 estimator that names the object (the operator loads a known triplet) gives the same numbers from mesh and
@@ -21,6 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cache
+from typing import Any
 
 import mujoco
 import numpy as np
@@ -37,6 +45,33 @@ SECTION_ANGLES = 36  # candidate width directions over [0, pi): 5 degree steps
 # the features, so a trained policy must see the same numbers whatever the expert is tuned to later.
 GRASP_DEPTH = 0.5
 MAX_GRASP_DEPTH = 0.035
+# Version 2's grasp criterion: the expert's defaults (twin.expert.taper_band, taper_weight, max_grasp_width),
+# constants for the same reason.
+TAPER_BAND = 0.008
+TAPER_WEIGHT = 0.05
+MAX_GRASP_WIDTH = 0.075
+SHAPE_VERSION = 2  # what the twin, the recorder and scripts/add_shape_features.py write by default
+SHAPE_VERSIONS = (1, 2)
+
+
+def shape_version(cfg: Any) -> int:
+    """The features' version a config asks for (`twin.shape_version`): a checkpoint's config written before
+    the key existed read version 1."""
+    twin = cfg.get("twin") or {}
+    version = int(twin.get("shape_version", 1))
+    if version not in SHAPE_VERSIONS:
+        raise ValueError(f"twin.shape_version must be one of {SHAPE_VERSIONS}, got {version}")
+    return version
+
+
+def shape_metadata(version: int) -> dict[str, int]:
+    """What an episode that records `objects/shape` says of it (the training sampler checks it)."""
+    return {"shape_version": int(version)}
+
+
+def episode_shape_version(metadata: dict[str, Any]) -> int:
+    """The version of an episode's recorded `objects/shape` (episodes from before the key: 1)."""
+    return int(metadata.get("shape_version", 1))
 
 
 @dataclass(frozen=True)
@@ -68,7 +103,28 @@ _ANGLES = np.linspace(0.0, np.pi, SECTION_ANGLES, endpoint=False)
 _DIRECTIONS = np.stack([np.cos(_ANGLES), np.sin(_ANGLES)], axis=1)
 
 
-def shape_features(geometry: ObjectGeometry, pose: np.ndarray) -> np.ndarray:
+def _section_widths(world: np.ndarray, edges: np.ndarray, z: float) -> np.ndarray:
+    """(SECTION_ANGLES,) widths of the hull's section at height z along each candidate direction."""
+    section = hull_slice(world, edges, z)
+    if len(section) < 2:
+        return np.zeros(SECTION_ANGLES)
+    along = section @ _DIRECTIONS.T
+    return along.max(axis=0) - along.min(axis=0)
+
+
+def _grasp_scores(world: np.ndarray, edges: np.ndarray, z: float, widths: np.ndarray) -> np.ndarray:
+    """Version 2: per direction the width plus TAPER_WEIGHT x taper (the width's change per metre within
+    TAPER_BAND above or below), plus 1 where wider than the open fingers (`ScriptedExpert._grasp_plan`)."""
+    bottom, top = float(world[:, 2].min()), float(world[:, 2].max())
+    band = min(TAPER_BAND, 0.45 * (top - bottom))
+    middle = float(np.clip(z, bottom + band, top - band))
+    at = _section_widths(world, edges, middle)
+    above, below = _section_widths(world, edges, middle + band), _section_widths(world, edges, middle - band)
+    taper = np.maximum(np.abs(above - at), np.abs(at - below)) / max(band, 1e-6)
+    return widths + TAPER_WEIGHT * taper + (widths > MAX_GRASP_WIDTH)
+
+
+def shape_features(geometry: ObjectGeometry, pose: np.ndarray, version: int = SHAPE_VERSION) -> np.ndarray:
     """(FEATURES_PER_OBJECT,) features of one object at a pose (x, y, z, qw, qx, qy, qz); see the module."""
     pose = np.asarray(pose, dtype=float)
     position = pose[:3]
@@ -81,7 +137,7 @@ def shape_features(geometry: ObjectGeometry, pose: np.ndarray) -> np.ndarray:
         section = world[:, :2]
     along = section @ _DIRECTIONS.T  # (K, A)
     widths = along.max(axis=0) - along.min(axis=0)
-    best = int(np.argmin(widths))
+    best = int(np.argmin(widths if version == 1 else _grasp_scores(world, geometry.edges, z, widths)))
     direction = _DIRECTIONS[best]
     across = np.array([-direction[1], direction[0]])
     side = section @ across
@@ -107,14 +163,16 @@ def shape_features(geometry: ObjectGeometry, pose: np.ndarray) -> np.ndarray:
     )
 
 
-def objects_shape(geometries: tuple[ObjectGeometry, ...], poses: np.ndarray) -> np.ndarray:
+def objects_shape(
+    geometries: tuple[ObjectGeometry, ...], poses: np.ndarray, version: int = SHAPE_VERSION
+) -> np.ndarray:
     """(3 * FEATURES_PER_OBJECT,) red, green, blue features for (3, 7) poses (the `objects/shape` value)."""
     poses = np.asarray(poses, dtype=float).reshape(len(geometries), 7)
-    return np.concatenate([shape_features(g, p) for g, p in zip(geometries, poses, strict=True)])
+    return np.concatenate([shape_features(g, p, version) for g, p in zip(geometries, poses, strict=True)])
 
 
-def shape_track(object_ids: tuple[str, ...], poses: np.ndarray) -> np.ndarray:
+def shape_track(object_ids: tuple[str, ...], poses: np.ndarray, version: int = SHAPE_VERSION) -> np.ndarray:
     """(T, 3 * FEATURES_PER_OBJECT) features of a recorded episode from its object ids and (T, 21) poses."""
     geometries = tuple(object_geometry(str(i)) for i in object_ids)
     poses = np.asarray(poses, dtype=float).reshape(len(poses), -1)
-    return np.stack([objects_shape(geometries, p) for p in poses]).astype(np.float32)
+    return np.stack([objects_shape(geometries, p, version) for p in poses]).astype(np.float32)
