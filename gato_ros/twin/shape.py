@@ -65,7 +65,7 @@ def shape_version(cfg: Any) -> int:
 
 
 def shape_metadata(version: int) -> dict[str, int]:
-    """What an episode that records `objects/shape` says of it (the training sampler checks it)."""
+    """What an episode that records `objects/shape` says of it (`gato-ros train` checks it)."""
     return {"shape_version": int(version)}
 
 
