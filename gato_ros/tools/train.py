@@ -50,16 +50,16 @@ def success_check_hook(cfg: DictConfig):
 
 def check_shape_versions(cfg: DictConfig) -> None:
     """Refuse episodes whose `objects/shape` has another version than the run's `twin.shape_version`: the
-    policy would learn from features it is never fed (scripts/add_shape_features.py rewrites them)."""
+    policy would learn from features it is never fed (scripts/add_shape_features.py rewrites them). `cfg`
+    is the run's: with `training.init_from`, after `adopt_init_architecture` (its tokenizer decides)."""
     from gato_ros.gato.dataset import mixture_sources, source_dataset
     from gato_ros.gato.tokenizer import ObservationTokenizer
     from gato_ros.twin.shape import SHAPE_KEY, episode_shape_version, shape_version
 
-    run = adopt_init_architecture(cfg) if cfg.training.get("init_from") else cfg
-    if SHAPE_KEY not in ObservationTokenizer(run).observation_keys:
+    if SHAPE_KEY not in ObservationTokenizer(cfg).observation_keys:
         return
-    wanted = shape_version(run)
-    for source in mixture_sources(run):
+    wanted = shape_version(cfg)
+    for source in mixture_sources(cfg):
         found = sorted({episode_shape_version(m) for m in source_dataset(source).metadata} - {wanted})
         if found:
             raise ValueError(
@@ -72,6 +72,9 @@ def check_shape_versions(cfg: DictConfig) -> None:
 def main(argv: list[str]) -> int:
     cfg = load_config(argv)
     check_training_config(cfg.training)  # before any dataset is opened
+    if cfg.training.get("init_from"):
+        # Once, here: train() adopting it again finds nothing left to change and says nothing.
+        cfg = adopt_init_architecture(cfg)
     if DistContext.from_env().is_main:
         check_shape_versions(cfg)
     check = success_check_hook(cfg)

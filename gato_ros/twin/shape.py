@@ -103,13 +103,19 @@ _ANGLES = np.linspace(0.0, np.pi, SECTION_ANGLES, endpoint=False)
 _DIRECTIONS = np.stack([np.cos(_ANGLES), np.sin(_ANGLES)], axis=1)
 
 
+def _section_along(section: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A section's (K, 2) points projected on each candidate direction (K, SECTION_ANGLES), and its widths
+    along them (SECTION_ANGLES,)."""
+    along = section @ _DIRECTIONS.T
+    return along, along.max(axis=0) - along.min(axis=0)
+
+
 def _section_widths(world: np.ndarray, edges: np.ndarray, z: float) -> np.ndarray:
     """(SECTION_ANGLES,) widths of the hull's section at height z along each candidate direction."""
     section = hull_slice(world, edges, z)
     if len(section) < 2:
         return np.zeros(SECTION_ANGLES)
-    along = section @ _DIRECTIONS.T
-    return along.max(axis=0) - along.min(axis=0)
+    return _section_along(section)[1]
 
 
 def _grasp_scores(world: np.ndarray, edges: np.ndarray, z: float, widths: np.ndarray) -> np.ndarray:
@@ -135,8 +141,7 @@ def shape_features(geometry: ObjectGeometry, pose: np.ndarray, version: int = SH
     section = hull_slice(world, geometry.edges, z)
     if len(section) < 3:  # a degenerate cut (a vertex or an edge at that height): the whole outline
         section = world[:, :2]
-    along = section @ _DIRECTIONS.T  # (K, A)
-    widths = along.max(axis=0) - along.min(axis=0)
+    along, widths = _section_along(section)
     best = int(np.argmin(widths if version == 1 else _grasp_scores(world, geometry.edges, z, widths)))
     direction = _DIRECTIONS[best]
     across = np.array([-direction[1], direction[0]])
