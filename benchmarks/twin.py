@@ -10,11 +10,17 @@ grasps), with and without rendering both policy cameras. Success: the episode ru
 (default: the benchmark's, the sparse reward at the last of 400 steps), seeds 0..episodes-1 per triplet,
 with a Wilson 95 % interval; time to success is when the successful stack first stood. Divergences: episodes
 MuJoCo reset for a bad acceleration (never a success). Trailing key=value arguments are hydra overrides.
+
+`--explain` also prints, per failed episode, the objects and the expert's stages as runs (`CARRY:13` = 13
+control steps in CARRY), and counts the failures by their first setback: red lost while grasped or carried
+(`lost red after LIFT`), the stack coming apart after the release, or no setback at all (time ran out, named
+by the stage the episode ended in). That is where to look when improving the expert.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import multiprocessing as mp
 import os
 import sys
@@ -51,6 +57,37 @@ def measure_speed(overrides: list[str], render: bool, steps: int, seed: int) -> 
     return simulated / wall
 
 
+HOLDING_STAGES = ("CLOSE", "LIFT", "CARRY", "LOWER")  # red in the fingers
+PLACED_STAGES = ("RELEASE", "RETREAT", "DONE")
+RETRY_STAGES = ("RECOVER", "APPROACH", "DESCEND", "TIP_APPROACH", "TIP_DESCEND", "TIP_PUSH")
+
+
+def stage_runs(stages: list[str]) -> list[tuple[str, int]]:
+    """Consecutive equal stages collapsed into (stage, steps)."""
+    runs: list[tuple[str, int]] = []
+    for stage in stages:
+        if runs and runs[-1][0] == stage:
+            runs[-1] = (stage, runs[-1][1] + 1)
+        else:
+            runs.append((stage, 1))
+    return runs
+
+
+def first_setback(runs: list[tuple[str, int]]) -> str:
+    """Why a failed episode failed, as far as the stage sequence shows: the first time the expert went back
+    to grasping red after holding it (lost it) or after releasing it (the stack came apart), else the stage
+    it was still in when the episode ended."""
+    closed = False  # the fingers closed on red since the last retry (a brief LIFT after a tip push is not)
+    for (stage, _), (following, _) in itertools.pairwise(runs):
+        closed = closed or stage == "CLOSE"
+        if following in RETRY_STAGES and stage in HOLDING_STAGES and closed:
+            return f"lost red after {stage}"
+        if following in RETRY_STAGES and stage in PLACED_STAGES:
+            return "stack came apart after the release"
+        closed = closed and following not in RETRY_STAGES
+    return f"time ran out in {runs[-1][0]}" if runs else "no steps"
+
+
 def run_episode(job: tuple[list[str], str, int]) -> dict:
     overrides, triplet, seed = job
     objects = ["twin.objects=train"] if triplet == "train" else [f"twin.triplet={triplet}"]
@@ -61,8 +98,10 @@ def run_episode(job: tuple[list[str], str, int]) -> dict:
         twin.reset(seed=seed)
         expert.reset()
         result = None
+        stages = []
         for _ in range(twin.max_steps):
             result = twin.step(expert.act(twin))
+            stages.append(expert.stage.name)
             if result.done:
                 break
     return {
@@ -73,6 +112,8 @@ def run_episode(job: tuple[list[str], str, int]) -> dict:
         "attempts": min(expert.attempts, int(cfg.twin.expert.max_attempts)),
         "unstable": bool(result.info["physics_unstable"]),
         "wall": time.perf_counter() - start,
+        "objects": list(twin.object_ids or ()),
+        "stage_runs": stage_runs(stages),
     }
 
 
@@ -86,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--speed-steps", type=int, default=400, help="control steps per speed measurement")
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--skip-expert", action="store_true")
+    parser.add_argument("--explain", action="store_true", help="stage runs and setbacks of failed episodes")
     args, overrides = parser.parse_known_args(argv)
     print(f"cpu cores visible: {os.cpu_count()}  (other processes may share them)")
     cfg = load_config(overrides)
@@ -126,6 +168,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"(95 % CI {100 * low:.1f}-{100 * high:.1f}), mean time to success {mean_time:.1f} s, "
                 f"divergences {unstable}, failed seeds {failed[:12]}{' ...' if len(failed) > 12 else ''}"
             )
+        if args.explain:
+            explain(results)
         n = len(results)
         low, high = wilson_interval(total, n)
         divergences = sum(r["unstable"] for r in results)
@@ -134,6 +178,21 @@ def main(argv: list[str] | None = None) -> int:
             f"physics divergences {divergences}/{n}"
         )
     return 0
+
+
+def explain(results: list[dict]) -> None:
+    """Each failed episode's stage runs, then the failures counted by their first setback."""
+    failed = [r for r in results if not r["success"]]
+    print(f"  failed episodes ({len(failed)}): triplet, seed, red/green/blue, stage runs")
+    reasons: dict[str, int] = {}
+    for r in failed:
+        runs = r["stage_runs"]
+        reason = first_setback(runs)
+        reasons[reason] = reasons.get(reason, 0) + 1
+        text = " ".join(f"{stage}:{steps}" for stage, steps in runs)
+        print(f"    {r['triplet']} seed {r['seed']} {'/'.join(r['objects'])} ({reason}): {text}")
+    for reason, count in sorted(reasons.items(), key=lambda item: -item[1]):
+        print(f"  {count:3d} x {reason}")
 
 
 if __name__ == "__main__":

@@ -119,3 +119,26 @@ def test_before_after_rows_read_their_figures_from_the_runs() -> None:
     before, after = (c.strip() for c in large.strip("|").split("|")[1:])
     assert before.startswith("50.2 ms (`decode_cpu.json`") and after.startswith("24.3 ms (`decode_cpu.json`")
     assert "| GPU | 42.6 ms | not measured |" in text
+
+
+def test_the_twin_benchmark_names_a_failed_episodes_first_setback() -> None:
+    """`benchmarks/twin.py --explain`: stages collapse into runs; the first return to grasping after holding
+    red is a lost grasp, after releasing it a stack that came apart, and without either the time ran out."""
+    twin = _benchmark_module("twin")
+    runs = twin.stage_runs(["APPROACH", "APPROACH", "DESCEND", "CLOSE", "LIFT", "LIFT", "CARRY", "RECOVER"])
+    assert runs == [("APPROACH", 2), ("DESCEND", 1), ("CLOSE", 1), ("LIFT", 2), ("CARRY", 1), ("RECOVER", 1)]
+    assert twin.first_setback(runs) == "lost red after CARRY"
+    # A tip ends in RECOVER by design: not a setback; the stack falling after the release is one.
+    placed = twin.stage_runs(
+        ["TIP_PUSH", "RECOVER", "APPROACH", "CLOSE", "LOWER", "RELEASE", "RETREAT", "APPROACH"]
+    )
+    assert twin.first_setback(placed) == "stack came apart after the release"
+    assert (
+        twin.first_setback(twin.stage_runs(["TIP_APPROACH", "TIP_PUSH", "TIP_PUSH"]))
+        == "time ran out in TIP_PUSH"
+    )
+    assert twin.first_setback([]) == "no steps"
+    # Fingers closed by a tip push read as holding for a step or two: no grasp, no loss.
+    blip = twin.stage_runs(["TIP_PUSH", "RECOVER", "LIFT", "RECOVER", "APPROACH", "CLOSE", "LIFT", "RECOVER"])
+    assert twin.first_setback(blip) == "lost red after LIFT"
+    assert twin.first_setback(blip[:5]) == "time ran out in APPROACH"
