@@ -25,6 +25,7 @@ import multiprocessing as mp
 import os
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 os.environ.setdefault("MUJOCO_GL", "egl")
@@ -32,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gato_ros.config import load_config
 from gato_ros.evaluation.stats import wilson_interval
-from gato_ros.twin import TWIN_VERSION, ScriptedExpert, StackingTwin
+from gato_ros.twin import TWIN_VERSION, ScriptedExpert, StackingTwin, Stage
 
 
 def measure_speed(overrides: list[str], render: bool, steps: int, seed: int) -> float:
@@ -57,9 +58,20 @@ def measure_speed(overrides: list[str], render: bool, steps: int, seed: int) -> 
     return simulated / wall
 
 
-HOLDING_STAGES = ("CLOSE", "LIFT", "CARRY", "LOWER")  # red in the fingers
-PLACED_STAGES = ("RELEASE", "RETREAT", "DONE")
-RETRY_STAGES = ("RECOVER", "APPROACH", "DESCEND", "TIP_APPROACH", "TIP_DESCEND", "TIP_PUSH")
+# Stage names as `expert.stage.name` gives them (from the enum: a renamed stage fails here, not silently).
+HOLDING_STAGES = tuple(s.name for s in (Stage.CLOSE, Stage.LIFT, Stage.CARRY, Stage.LOWER))  # red held
+PLACED_STAGES = tuple(s.name for s in (Stage.RELEASE, Stage.RETREAT, Stage.DONE))
+RETRY_STAGES = tuple(
+    s.name
+    for s in (
+        Stage.RECOVER,
+        Stage.APPROACH,
+        Stage.DESCEND,
+        Stage.TIP_APPROACH,
+        Stage.TIP_DESCEND,
+        Stage.TIP_PUSH,
+    )
+)
 
 
 def stage_runs(stages: list[str]) -> list[tuple[str, int]]:
@@ -79,7 +91,7 @@ def first_setback(runs: list[tuple[str, int]]) -> str:
     it was still in when the episode ended."""
     closed = False  # the fingers closed on red since the last retry (a brief LIFT after a tip push is not)
     for (stage, _), (following, _) in itertools.pairwise(runs):
-        closed = closed or stage == "CLOSE"
+        closed = closed or stage == Stage.CLOSE.name
         if following in RETRY_STAGES and stage in HOLDING_STAGES and closed:
             return f"lost red after {stage}"
         if following in RETRY_STAGES and stage in PLACED_STAGES:
@@ -184,14 +196,14 @@ def explain(results: list[dict]) -> None:
     """Each failed episode's stage runs, then the failures counted by their first setback."""
     failed = [r for r in results if not r["success"]]
     print(f"  failed episodes ({len(failed)}): triplet, seed, red/green/blue, stage runs")
-    reasons: dict[str, int] = {}
+    reasons: Counter[str] = Counter()
     for r in failed:
         runs = r["stage_runs"]
         reason = first_setback(runs)
-        reasons[reason] = reasons.get(reason, 0) + 1
+        reasons[reason] += 1
         text = " ".join(f"{stage}:{steps}" for stage, steps in runs)
         print(f"    {r['triplet']} seed {r['seed']} {'/'.join(r['objects'])} ({reason}): {text}")
-    for reason, count in sorted(reasons.items(), key=lambda item: -item[1]):
+    for reason, count in reasons.most_common():
         print(f"  {count:3d} x {reason}")
 
 
