@@ -20,7 +20,6 @@ by the stage the episode ended in). That is where to look when improving the exp
 from __future__ import annotations
 
 import argparse
-import itertools
 import multiprocessing as mp
 import os
 import sys
@@ -32,8 +31,9 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gato_ros.config import load_config
+from gato_ros.evaluation.setbacks import first_setback, format_runs, stage_runs
 from gato_ros.evaluation.stats import wilson_interval
-from gato_ros.twin import TWIN_VERSION, ScriptedExpert, StackingTwin, Stage
+from gato_ros.twin import EXPERT_VERSION, TWIN_VERSION, ScriptedExpert, StackingTwin
 
 
 def measure_speed(overrides: list[str], render: bool, steps: int, seed: int) -> float:
@@ -56,48 +56,6 @@ def measure_speed(overrides: list[str], render: bool, steps: int, seed: int) -> 
                 twin.reset(seed=seed)
                 expert.reset()
     return simulated / wall
-
-
-# Stage names as `expert.stage.name` gives them (from the enum: a renamed stage fails here, not silently).
-HOLDING_STAGES = tuple(s.name for s in (Stage.CLOSE, Stage.LIFT, Stage.CARRY, Stage.LOWER))  # red held
-PLACED_STAGES = tuple(s.name for s in (Stage.RELEASE, Stage.RETREAT, Stage.DONE))
-RETRY_STAGES = tuple(
-    s.name
-    for s in (
-        Stage.RECOVER,
-        Stage.APPROACH,
-        Stage.DESCEND,
-        Stage.TIP_APPROACH,
-        Stage.TIP_DESCEND,
-        Stage.TIP_PUSH,
-    )
-)
-
-
-def stage_runs(stages: list[str]) -> list[tuple[str, int]]:
-    """Consecutive equal stages collapsed into (stage, steps)."""
-    runs: list[tuple[str, int]] = []
-    for stage in stages:
-        if runs and runs[-1][0] == stage:
-            runs[-1] = (stage, runs[-1][1] + 1)
-        else:
-            runs.append((stage, 1))
-    return runs
-
-
-def first_setback(runs: list[tuple[str, int]]) -> str:
-    """Why a failed episode failed, as far as the stage sequence shows: the first time the expert went back
-    to grasping red after holding it (lost it) or after releasing it (the stack came apart), else the stage
-    it was still in when the episode ended."""
-    closed = False  # the fingers closed on red since the last retry (a brief LIFT after a tip push is not)
-    for (stage, _), (following, _) in itertools.pairwise(runs):
-        closed = closed or stage == Stage.CLOSE.name
-        if following in RETRY_STAGES and stage in HOLDING_STAGES and closed:
-            return f"lost red after {stage}"
-        if following in RETRY_STAGES and stage in PLACED_STAGES:
-            return "stack came apart after the release"
-        closed = closed and following not in RETRY_STAGES
-    return f"time ran out in {runs[-1][0]}" if runs else "no steps"
 
 
 def run_episode(job: tuple[list[str], str, int]) -> dict:
@@ -144,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"cpu cores visible: {os.cpu_count()}  (other processes may share them)")
     cfg = load_config(overrides)
     print(
-        f"twin {TWIN_VERSION}: episode mode {cfg.twin.episode.mode}, "
+        f"twin {TWIN_VERSION}, expert {EXPERT_VERSION}: episode mode {cfg.twin.episode.mode}, "
         f"{cfg.control.episode_seconds:g} s episodes, noslip iterations "
         f"{cfg.twin.physics.noslip_iterations}, timestep {cfg.twin.physics.timestep:g} s"
     )
@@ -201,8 +159,7 @@ def explain(results: list[dict]) -> None:
         runs = r["stage_runs"]
         reason = first_setback(runs)
         reasons[reason] += 1
-        text = " ".join(f"{stage}:{steps}" for stage, steps in runs)
-        print(f"    {r['triplet']} seed {r['seed']} {'/'.join(r['objects'])} ({reason}): {text}")
+        print(f"    {r['triplet']} seed {r['seed']} {'/'.join(r['objects'])} ({reason}): {format_runs(runs)}")
     for reason, count in reasons.most_common():
         print(f"  {count:3d} x {reason}")
 

@@ -149,3 +149,53 @@ def test_command_limited_step_passes_actions_through_the_command_nodes_limits() 
             assert np.array_equal(twin.data.ctrl[twin.index.arm_actuators], step.previous)
         assert np.all(np.abs(np.diff(np.array(commands), axis=0)) <= per_tick + 1e-9)
         assert step.limiter.counters[Reason.ACCELERATION] > 0
+
+
+def test_explain_reads_each_failed_episode_through_the_shadow_expert(tmp_path: Path, capsys) -> None:
+    """`check.explain`: per failed episode the expert's stage runs, the first setback and |action - label| per
+    dimension; the expert's own row differs from its labels by nothing."""
+    cfg = load_config(["+experiment=state_policy", "model=tiny", "model.init_std=0.3"])
+    checkpoint = save_checkpoint(tmp_path / "ckpt", build_model(cfg), cfg, step=1)
+    out = tmp_path / "check"
+    argv = [
+        "+experiment=state_policy",
+        "model=tiny",
+        f"check.checkpoints=[{checkpoint}]",
+        f"check.out_dir={out}",
+        "check.explain=true",
+        "evaluation.baselines=[expert]",
+        "evaluation.groups=[train]",
+        "evaluation.episodes_per_group=1",
+        "evaluation.first_seed=3",
+        "evaluation.workers=1",
+        "control.episode_seconds=0.5",  # 10 steps: nobody stacks, every episode is explained
+    ]
+    assert check_tool.main(argv) == 0
+    result = json.loads((out / "check.json").read_text())
+    for name in ("ckpt", "expert"):
+        (failed,) = result["failures"][name]["train"]
+        assert failed["seed"] == 3 and not failed["success"]
+        assert failed["setback"].startswith("time ran out in ")
+        steps = [int(run.split(":")[1]) for run in failed["stage_runs"].split()]
+        assert sum(steps) == 10 and len(failed["action_error"]) == 5
+    assert result["failures"]["expert"]["train"][0]["action_error"] == [0.0] * 5
+    assert max(result["failures"]["ckpt"]["train"][0]["action_error"]) > 0.0
+    printed = capsys.readouterr().out
+    assert "ckpt: failed episodes" in printed and "train seed 3 (time ran out in " in printed
+
+
+def test_an_episode_explanation_collapses_stages_and_averages_the_label_error() -> None:
+    import numpy as np
+
+    from gato_ros.evaluation.setbacks import EpisodeExplanation
+
+    stages = ["APPROACH", "APPROACH", "DESCEND", "CLOSE", "LIFT", "RECOVER"]
+    actions = np.zeros((6, 5))
+    labels = np.zeros((6, 5))
+    labels[:, 2] = 0.06  # the policy never moved up or down where the expert would have
+    labels[3, 4] = 1.0
+    explanation = EpisodeExplanation.from_trace(7, False, stages, actions, labels)
+    assert explanation.runs == [("APPROACH", 2), ("DESCEND", 1), ("CLOSE", 1), ("LIFT", 1), ("RECOVER", 1)]
+    assert explanation.setback == "lost red after LIFT"
+    assert explanation.action_error == pytest.approx([0.0, 0.0, 0.06, 0.0, 1.0 / 6], abs=1e-4)
+    assert explanation.record()["stage_runs"] == "APPROACH:2 DESCEND:1 CLOSE:1 LIFT:1 RECOVER:1"

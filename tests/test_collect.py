@@ -18,7 +18,7 @@ import pytest
 from gato_ros.config import load_config
 from gato_ros.gato.data import EpisodeDataset, load_episode, read_metadata
 from gato_ros.tools.collect import LEDGER_NAME, collect, done_seeds
-from gato_ros.twin import TWIN_VERSION
+from gato_ros.twin import EXPERT_VERSION, TWIN_VERSION
 
 pytestmark = pytest.mark.usefixtures("egl")
 
@@ -134,6 +134,7 @@ def test_a_successful_expert_episode_is_written_for_training(tmp_path: Path) -> 
     episode = dataset[0]
     assert episode.metadata["seed"] == 100001 and episode.succeeded
     assert episode.metadata["twin_version"] == TWIN_VERSION
+    assert episode.metadata["expert_version"] == EXPERT_VERSION
     assert episode.metadata["episode_mode"] == "early_stop"
     assert episode.metadata["expert"] == ("feedback" if load_config([]).twin.expert.feedback else "staged")
     assert episode.success[-1] and not episode.success[:-1].any()

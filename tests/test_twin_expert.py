@@ -11,10 +11,34 @@ from gato_ros.twin.expert import (
     BLUE,
     box_vertices,
     hull_facets,
+    reachable_grasp_yaw,
     stack_anchor_offset,
     support_gap,
     top_support,
 )
+
+
+def test_the_grasp_yaw_depends_on_the_closing_direction_not_its_sign() -> None:
+    # The fingers are symmetric: yaw and yaw + pi close alike, so they must give the same wrist target,
+    # also in the wrist's gap near +-pi/2 where no equivalent is within the limits.
+    limit = np.pi / 2 - 0.1
+    for yaw in np.linspace(-np.pi, np.pi, 721):
+        for current in (-1.2, -0.3, 0.4, 1.3):
+            target = reachable_grasp_yaw(yaw, current, limit)
+            assert -limit <= target <= limit
+            assert target == pytest.approx(reachable_grasp_yaw(yaw + np.pi, current, limit))
+            off = abs((target - yaw + np.pi / 2) % np.pi - np.pi / 2)  # from the direction, mod pi
+            assert off <= np.pi - 2 * limit + 1e-9  # at most the gap's width
+
+
+def test_in_the_wrists_gap_the_grasp_yaw_is_the_end_nearer_the_current_yaw() -> None:
+    limit = np.pi / 2 - 0.1
+    for yaw in (np.pi / 2 - 0.05, np.pi / 2 + 0.05, -np.pi / 2 + 0.05):
+        assert reachable_grasp_yaw(yaw, -0.4, limit) == pytest.approx(-limit)
+        assert reachable_grasp_yaw(yaw, 0.4, limit) == pytest.approx(limit)
+    # Outside the gap there is one reachable equivalent, wherever the wrist is.
+    assert reachable_grasp_yaw(1.3, -1.0, limit) == pytest.approx(1.3)
+    assert reachable_grasp_yaw(1.3 + np.pi, 1.0, limit) == pytest.approx(1.3)
 
 
 @pytest.mark.parametrize(("triplet", "seed"), [("1", 0), ("4", 3)])

@@ -21,13 +21,16 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from gato_ros.evaluation.stats import wilson_interval
 from gato_ros.gato.curves import SUCCESS_LOG_NAME, SUCCESS_PLOT_NAME, plot_success_log, read_log
+
+if TYPE_CHECKING:
+    from gato_ros.evaluation.setbacks import EpisodeExplanation
 
 log = logging.getLogger(__name__)
 
@@ -196,10 +199,13 @@ class CheckpointRunner:
         group: int | str,
         expert_dims: Sequence[int] = (),
         policy: Callable[[dict[str, np.ndarray]], np.ndarray] | None = None,
+        explain: bool = False,
     ) -> None:
         """`expert_dims`: action dimensions a shadow scripted expert supplies instead of the checkpoint
         (`check.expert_dims`, a diagnosis: which dimensions keep the policy from stacking). `policy`: an
-        observation -> action callable driving instead of a checkpoint (a state-only baseline)."""
+        observation -> action callable driving instead of a checkpoint (a state-only baseline).
+        `explain`: the shadow expert's stage and label at every step of every episode are kept, summed up
+        per episode in `explanations` (`check.explain`: where and how a policy's episodes fail)."""
         self.cfg = cfg.copy()
         for key, value in group_overrides(group).items():
             OmegaConf.update(self.cfg, key, value)
@@ -212,10 +218,13 @@ class CheckpointRunner:
         self.policy = policy
         self.expert_dims = sorted({int(d) for d in expert_dims})
         self.command_limits = bool(cfg.check.command_limits)
+        self.explain = bool(explain)
+        self.explanations: list[EpisodeExplanation] = []
+        self._trace: list[tuple[str, np.ndarray, np.ndarray]] = []
         action_dim = len(cfg.control.action_low)
         if any(not 0 <= d < action_dim for d in self.expert_dims):
             raise ValueError(f"expert_dims must lie in 0..{action_dim - 1}, got {list(expert_dims)}")
-        if (checkpoint is None and policy is None) or self.expert_dims:
+        if (checkpoint is None and policy is None) or self.expert_dims or self.explain:
             from gato_ros.twin import ScriptedExpert
 
             self.expert = ScriptedExpert(self.cfg)
@@ -256,6 +265,7 @@ class CheckpointRunner:
 
     def episodes(self, seeds: list[int], episode_mode: str) -> tuple[list[bool], int]:
         """Success of each seed's episode, and how many ended on a decoder error (counted as failures)."""
+        from gato_ros.evaluation.setbacks import EpisodeExplanation
         from gato_ros.gato.decoder import NonFiniteLogitsError
         from gato_ros.twin.rollout import CommandLimitedStep, run_episode
 
@@ -267,26 +277,40 @@ class CheckpointRunner:
                 self.expert.reset()
             if self.decoder is not None:
                 self.decoder.reset()
+            self._trace = []
             try:
                 outcomes.append(bool(run_episode(twin, self._act, seed, stepper=stepper).success))
             except NonFiniteLogitsError as err:
                 log.warning("%s, seed %d: %s", self.group, seed, err)
                 outcomes.append(False)
                 errors += 1
+            if self.explain:
+                stages = [stage for stage, _, _ in self._trace]
+                actions = np.array([action for _, action, _ in self._trace])
+                labels = np.array([label for _, _, label in self._trace])
+                explanation = EpisodeExplanation.from_trace(seed, outcomes[-1], stages, actions, labels)
+                self.explanations.append(explanation)
         return outcomes, errors
 
     def _act(self, twin: Any, observation: dict[str, np.ndarray]) -> np.ndarray:
+        # The expert follows every state (feedback), so it can label or take over any dimension; asked
+        # once per step.
+        label = None
+        if self.expert is not None:
+            label = np.asarray(self.expert.act(twin), dtype=np.float64)
         if self.policy is not None:
             action = np.array(self.policy(observation), dtype=np.float64)
         elif self.decoder is None:
-            return self.expert.act(twin)
+            action = label.copy()
         else:
             from gato_ros.gato.images import fit_observation
 
             fitted = fit_observation(observation, *self.image_size)
             action = np.array(self.decoder.act(fitted), dtype=np.float64)
-        if self.expert_dims:  # the expert follows every state (feedback), so it can take over any dimension
-            action[self.expert_dims] = np.asarray(self.expert.act(twin), dtype=np.float64)[self.expert_dims]
+        if self.expert_dims:
+            action[self.expert_dims] = label[self.expert_dims]
+        if self.explain:
+            self._trace.append((self.expert.stage.name, action.copy(), label))
         return action
 
     def close(self) -> None:

@@ -11,6 +11,9 @@ the twin, which clips it to the action bounds). Use `gato-ros eval` for numbers 
 
 ``check.expert_dims=[0,1,2,3]`` lets a shadow scripted expert supply those action dimensions (x, y, z, yaw,
 gripper) while the checkpoint supplies the rest: which parts of the behaviour keep a policy from stacking.
+``check.explain=true`` has the shadow expert read every failed episode: its stage runs, the first setback
+(lost red, the stack came apart, or the stage the time ran out in) and the mean |action - expert label| per
+dimension, printed and kept in ``check.json`` (``failures``), with the setbacks counted per policy.
 
 Prints a Markdown table (Wilson 95 % intervals) and writes ``check.json`` and ``check.md`` to
 ``check.out_dir``.
@@ -22,6 +25,7 @@ import json
 import multiprocessing
 import os
 import time
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -39,7 +43,12 @@ AVERAGE_COLUMN = "Average"
 
 
 def _run_job(
-    plain_cfg: dict[str, Any], checkpoint: str | None, group: Any, seeds: list[int], expert_dims: list[int]
+    plain_cfg: dict[str, Any],
+    checkpoint: str | None,
+    group: Any,
+    seeds: list[int],
+    expert_dims: list[int],
+    explain: bool = False,
 ) -> dict:
     os.environ.setdefault("MUJOCO_GL", "egl")
     import torch
@@ -48,12 +57,14 @@ def _run_job(
 
     torch.set_num_threads(1)  # one process per core
     cfg = OmegaConf.create(plain_cfg)
-    runner = CheckpointRunner(cfg, checkpoint, group, expert_dims)  # the expert row ignores expert_dims
+    # The expert row ignores expert_dims.
+    runner = CheckpointRunner(cfg, checkpoint, group, expert_dims, explain=explain)
     try:
         outcomes, errors = runner.episodes(seeds, str(cfg.twin.episode.mode))
     finally:
         runner.close()
-    return {"group": group, "seeds": seeds, "outcomes": outcomes, "errors": errors}
+    failures = [e.record() for e in runner.explanations if not e.success]
+    return {"group": group, "seeds": seeds, "outcomes": outcomes, "errors": errors, "failures": failures}
 
 
 def policy_name(path: Any) -> str:
@@ -70,6 +81,7 @@ def parse_groups(cfg: DictConfig) -> list[int | str]:
 def check(cfg: DictConfig) -> dict[str, Any]:
     """Run every (policy, group) job; returns {policy: {column: summary}} plus the raw outcomes."""
     expert_dims = [int(d) for d in cfg.check.get("expert_dims") or []]
+    explain = bool(cfg.check.get("explain", False))
     suffix = f" + expert {expert_dims}" if expert_dims else ""
     policies: list[tuple[str, str | None]] = [
         (policy_name(p) + suffix, str(p)) for p in cfg.check.checkpoints or []
@@ -98,16 +110,20 @@ def check(cfg: DictConfig) -> dict[str, Any]:
     context = multiprocessing.get_context("spawn")  # no torch/MuJoCo state forked into the workers
     with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=die_with_parent) as pool:
         futures = [
-            (name, pool.submit(_run_job, plain, ckpt, group, seeds, expert_dims))
+            (name, pool.submit(_run_job, plain, ckpt, group, seeds, expert_dims, explain))
             for name, ckpt, group, seeds in jobs
         ]
         results = [(name, future.result()) for name, future in futures]
     outcomes: dict[str, dict[str, dict[int, bool]]] = {}
     errors: dict[str, int] = {}
+    failures: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for name, result in results:
-        per_group = outcomes.setdefault(name, {}).setdefault(group_label(result["group"]), {})
+        label = group_label(result["group"])
+        per_group = outcomes.setdefault(name, {}).setdefault(label, {})
         per_group.update(zip(result["seeds"], result["outcomes"], strict=True))
         errors[name] = errors.get(name, 0) + int(result["errors"])
+        if explain:
+            failures.setdefault(name, {}).setdefault(label, []).extend(result["failures"])
     summary: dict[str, dict[str, Any]] = {}
     triplets = [group_label(g) for g in groups if isinstance(g, int)]
     for name, per_group in outcomes.items():
@@ -127,6 +143,7 @@ def check(cfg: DictConfig) -> dict[str, Any]:
         },
         "decoder_errors": errors,
         "expert_dims": expert_dims,
+        **({"failures": failures} if explain else {}),
         "wall_seconds": round(time.perf_counter() - start, 1),
     }
 
@@ -145,6 +162,23 @@ def markdown(result: dict[str, Any], groups: list[int | str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def explanation_lines(result: dict[str, Any]) -> list[str]:
+    """Per policy: each failed episode (group, seed, first setback, |action - label| per dimension, stage
+    runs), then the failures counted by first setback."""
+    lines = []
+    for name, per_group in result.get("failures", {}).items():
+        lines.append(f"{name}: failed episodes: group, seed, setback, |action - expert label|, stage runs")
+        reasons: Counter[str] = Counter()
+        for group, failed in per_group.items():
+            for episode in failed:
+                reasons[episode["setback"]] += 1
+                error = " ".join(f"{e:.3g}" for e in episode["action_error"])
+                where = f"{group} seed {episode['seed']} ({episode['setback']})"
+                lines.append(f"  {where} [{error}]: {episode['stage_runs']}")
+        lines.extend(f"  {count:3d} x {reason}" for reason, count in reasons.most_common())
+    return lines
+
+
 def main(argv: list[str]) -> int:
     cfg = load_config(argv)
     try:
@@ -158,5 +192,7 @@ def main(argv: list[str]) -> int:
     (out_dir / "check.json").write_text(json.dumps(result, indent=2) + "\n")
     (out_dir / "check.md").write_text(table)
     print(table)
+    for line in explanation_lines(result):
+        print(line)
     print(f"{result['wall_seconds']:.0f} s; {out_dir / 'check.json'}, {out_dir / 'check.md'}")
     return 0

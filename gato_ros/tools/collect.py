@@ -425,7 +425,7 @@ def collect(cfg: DictConfig) -> dict[str, Any]:
 
 def _write_episode(writer: Any, episode: ExpertEpisode, cfg: DictConfig) -> str | None:
     from gato_ros.gato.data import STACKING_TASK
-    from gato_ros.twin import TWIN_VERSION
+    from gato_ros.twin import EXPERT_VERSION, TWIN_VERSION
     from gato_ros.twin.shape import shape_metadata, shape_version
 
     triplet = int(cfg.twin.triplet) if str(cfg.twin.objects) == "triplet" else None
@@ -440,6 +440,7 @@ def _write_episode(writer: Any, episode: ExpertEpisode, cfg: DictConfig) -> str 
         episode_mode=str(cfg.twin.episode.mode),
         noise_scale=float(cfg.collection.noise_scale),
         expert="feedback" if bool(cfg.twin.expert.feedback) else "staged",
+        expert_version=EXPERT_VERSION,
         **(shape_metadata(shape_version(cfg)) if cfg.twin.get("shape_observations", False) else {}),
         **dagger_metadata(cfg.collection),
     )

@@ -30,6 +30,10 @@ from gato_ros.control.kinematics import tool_yaw
 from gato_ros.twin.scene import body_vertices, posed_vertices
 
 RED, GREEN, BLUE = 0, 1, 2
+# The expert's labelling rule, recorded with every collected episode beside the twin's version: data labelled
+# by different revisions disagree on the same states, so do not mix them. 1: up to 2026-12-06; 2: in the
+# wrist's gap the grasp yaw is the end nearer the current yaw (`reachable_grasp_yaw`), not a clip.
+EXPERT_VERSION = 2
 WIDTH_SEARCH_ANGLES = 36  # candidate closing directions over [0, pi) for the narrowest-width grasp
 LANDED_TILT_DEG = 3.0  # blue's lowest face this close to level: it lies on a face, not on an edge
 
@@ -236,6 +240,21 @@ def wrap_angle(angle: float) -> float:
     return float((angle + np.pi) % (2 * np.pi) - np.pi)
 
 
+def reachable_grasp_yaw(yaw: float, current_yaw: float, limit: float) -> float:
+    """The wrist yaw within +-`limit` that closes the fingers along `yaw`'s direction (pi-periodic: the
+    fingers are symmetric), the one nearest `current_yaw`.
+
+    Where no equivalent of `yaw` lies within the limits (the wrist's gap around +-pi/2, pi - 2 limit wide),
+    either end closes within that gap of the direction, and the one nearer the current yaw is taken: the
+    choice follows the state and keeps itself as the wrist turns toward it. Clipping the wrapped angle
+    instead picked +limit or -limit by which side of pi/2 red's direction fell, a degree apart, which a
+    student that sees the direction pi-periodically (`objects/shape`) cannot tell: a coin toss of full
+    left or full right turns that it learned as both, and dithered between.
+    """
+    candidates = [c for c in (yaw + k * np.pi for k in (-2, -1, 0, 1, 2)) if -limit <= c <= limit]
+    return float(min(candidates or [-limit, limit], key=lambda c: abs(c - current_yaw)))
+
+
 class ScriptedExpert:
     """Stacks red on blue. `act(twin_or_obs)` -> (5,) action; call `reset()` at each episode start.
 
@@ -402,9 +421,7 @@ class ScriptedExpert:
         # Fingers close along the tool y axis, which points along yaw - pi/2.
         yaw = wrap_angle(float(angles[best]) + np.pi / 2)
         limit = self.yaw_limit - float(cfg.yaw_limit_margin)
-        candidates = [yaw + k * np.pi for k in (-2, -1, 0, 1, 2)]
-        candidates = [c for c in candidates if -limit <= c <= limit] or [float(np.clip(yaw, -limit, limit))]
-        scene._plans[key] = (float(min(candidates, key=lambda c: abs(c - current_yaw))), centre)
+        scene._plans[key] = (reachable_grasp_yaw(yaw, current_yaw, limit), centre)
         return scene._plans[key]
 
     @staticmethod
