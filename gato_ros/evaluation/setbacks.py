@@ -6,7 +6,6 @@ reading works whoever drives."""
 from __future__ import annotations
 
 import itertools
-from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -90,7 +89,3 @@ class EpisodeExplanation:
             "stage_runs": format_runs(self.runs),
             "action_error": self.action_error,
         }
-
-
-def count_setbacks(failed: Iterable[EpisodeExplanation]) -> Counter[str]:
-    return Counter(e.setback for e in failed)
