@@ -49,6 +49,7 @@ def test_takes_are_kept_labelled_discarded_without_a_trace_and_numbered_on(ros_c
             "cameras.height=64",
             f"record.out_dir={out}",
             "record.object_shapes=true",  # the poses, and the shapes from them and the episode's objects
+            "record.gripper_velocity=true",  # the twin's joint states carry it
             "record.reset_seconds=0",
             "record.max_seconds=0",
         ]
@@ -105,6 +106,8 @@ def test_takes_are_kept_labelled_discarded_without_a_trace_and_numbered_on(ros_c
         assert f"{camera}/pixels" in keys
         assert first.observations[f"{camera}/pixels"][0].shape == (64, 64, 3)
     assert {"objects/pose", "sawyer/joints/angle", "sawyer/pinch/pose", "gripper/joints/angle"} <= keys
+    speed = first.observations["gripper/joints/velocity"]
+    assert speed.shape == (len(first), 1) and np.all(np.isfinite(speed))
     # the shapes: those of the twin's objects in the recorded poses, the objects named in the metadata
     assert "objects/shape" in keys and meta["object_ids"] == meta["twin_end"]["objects"]
     geometries = tuple(object_geometry(i) for i in meta["object_ids"])

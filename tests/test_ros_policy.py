@@ -20,6 +20,7 @@ from gato_ros.gato.images import fit_image
 from gato_ros.gato.model import build_model
 from gato_ros.ros import contract
 from gato_ros.ros.messages import image_msg, joint_state_msg, pose_array_msg, time_msg
+from gato_ros.ros.observation import GRIPPER_VELOCITY_PART
 from gato_ros.ros.policy_node import ObservationAssembler, PolicyNode, placeholder_object_poses
 
 T0 = 100.0  # sim time at the start of the test
@@ -185,10 +186,42 @@ def test_observation_matches_the_twin() -> None:
         assert not isinstance(mine, str), mine
         for key in ("gripper/joints/angle", "sawyer/joints/angle", "sawyer/pinch/pose", "sawyer/tcp/pose"):
             np.testing.assert_allclose(mine.values[key], obs[key], atol=1e-4, err_msg=key)
+        assert "gripper/joints/velocity" not in mine.values  # not asked for
         # the same stamp is not acted on twice
         assert assembler.assemble(now_s=1.0).startswith("no new observation since the last action")
         assembler.add_joints(twin.joint_positions(), gripper_rad, stamp_s=1.05, received_s=0.05)
         assert not isinstance(assembler.assemble(now_s=1.05), str)
+    finally:
+        twin.close()
+
+
+def test_gripper_velocity_from_joint_states_matches_the_twin() -> None:
+    """The gripper's speed the twin observes, sent as a joint state's velocity (rad/s), comes back on the
+    twin's scale; a policy that observes it gets no observation from joint states without it."""
+    from gato_ros.twin.env import StackingTwin
+
+    cfg = load_config()
+    twin = StackingTwin(cfg, render=False)
+    try:
+        twin.reset(seed=3)
+        for _ in range(4):  # close the fingers: the driver moves
+            obs = twin.step(np.array([0.0, 0.0, 0.0, 0.0, 1.0])).observation
+        speed = float(obs["gripper/joints/velocity"][0])
+        assert speed > 10.0, speed  # units per second, positive closing
+        low, high = cfg.robot.gripper.driver_range
+        units = cfg.robot.gripper.command_range[1]
+        gripper_rad = low + (high - low) * float(obs["gripper/joints/angle"][0]) / units
+        gripper_rad_s = (high - low) * speed / units
+        assembler = ObservationAssembler(cfg, [], ArmKinematics(cfg.robot), gripper_velocity=True)
+        assembler.add_joints(twin.joint_positions(), gripper_rad, 1.0, 0.0, gripper_rad_s=gripper_rad_s)
+        mine = assembler.assemble(now_s=1.0)
+        assert not isinstance(mine, str), mine
+        for key in ("gripper/joints/angle", "gripper/joints/velocity"):
+            np.testing.assert_allclose(mine.values[key], obs[key], rtol=1e-4, atol=1e-3, err_msg=key)
+        for missing in (None, float("nan")):
+            assembler.add_joints(twin.joint_positions(), gripper_rad, 1.05, 0.05, gripper_rad_s=missing)
+            reason = assembler.assemble(now_s=1.05)
+            assert reason == f"joint states without {GRIPPER_VELOCITY_PART} (the policy observes it)"
     finally:
         twin.close()
 
@@ -217,11 +250,12 @@ class StateCell:
         topic = contract.ACTION
         self.node.create_subscription(topic.msg_type, topic.name, self.actions.append, topic.qos.profile())
         self.object_poses = placeholder_object_poses(cfg).reshape(3, 7)
+        self.velocities: list[float] = [0.0] * 8  # arm joints, gripper (rad/s); [] as drivers may send
 
     def publish_joints(self, stamp: float) -> None:
         q = np.asarray(self.cfg.robot.nominal_posture)
         names = [*self.cfg.robot.joint_names, self.cfg.robot.gripper.joint_name]
-        self.joints.publish(joint_state_msg(names, [*q, 0.4], [0.0] * 8, time_msg(stamp)))
+        self.joints.publish(joint_state_msg(names, [*q, 0.4], self.velocities, time_msg(stamp)))
 
     def publish_poses(
         self, stamp: float, poses: np.ndarray | None = None, frame: str = contract.WORLD_FRAME
@@ -407,6 +441,34 @@ def test_shape_policy_takes_the_object_ids_from_the_episode_status(ros_default_c
         status.publish(String(data='{"episode": 0, "objects": ["r5", "g2", "b3"]}'))
         spin_for(executor, 0.1)
         assert policy.assembler.object_ids == ("r5", "g2", "b3")
+        cell.ticks(executor, now, 6, pose_lag=0.0)
+        spin_for(executor, 0.2)
+        assert cell.actions, policy._last_reason
+    finally:
+        executor.shutdown()
+        policy.destroy_node()
+        cell.node.destroy_node()
+
+
+def test_velocity_policy_holds_without_the_gripper_velocity(ros_default_context, tmp_path) -> None:
+    """A checkpoint that observes ``gripper/joints/velocity`` (state_velocity_policy) holds while the joint
+    states carry no finite gripper velocity (an empty field, a NaN), and acts once they do."""
+    cfg = load_config(["+experiment=state_velocity_policy", "model=tiny", "model.context_length=80"])
+    checkpoint = save_checkpoint(tmp_path / "random_tiny_velocity", build_model(cfg), cfg)
+    overrides = ["ros.use_sim_time=true", f"policy.checkpoint={checkpoint}", "policy.device=cpu"]
+    cfg = load_config([*overrides, "policy.object_ids=[r3,s0,b2]"])
+    policy = PolicyNode(cfg)
+    assert policy.assembler.gripper_velocity and policy.object_shapes
+    cell = StateCell(cfg)
+    executor = connected_executor(policy, cell.node, [cell.clock, cell.poses])
+    try:
+        cell.velocities = []
+        now = cell.ticks(executor, T0, 4, pose_lag=0.0)
+        assert cell.actions == [] and "without a finite velocity of the gripper joint" in policy._last_reason
+        cell.velocities = [0.0] * 7 + [float("nan")]
+        now = cell.ticks(executor, now, 3, pose_lag=0.0)
+        assert cell.actions == [] and "without a finite velocity of the gripper joint" in policy._last_reason
+        cell.velocities = [0.0] * 7 + [0.5]
         cell.ticks(executor, now, 6, pose_lag=0.0)
         spin_for(executor, 0.2)
         assert cell.actions, policy._last_reason

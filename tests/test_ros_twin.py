@@ -157,6 +157,8 @@ def test_twin_publishes_the_cell_and_follows_joint_commands(stack) -> None:
     assert still(), joints[-1].velocity
     state = joints[-1]
     assert list(state.name) == [*cfg.robot.joint_names, cfg.robot.gripper.joint_name]
+    # the gripper's velocity too (policies may observe it: gripper/joints/velocity)
+    assert all(len(m.velocity) == 8 and np.all(np.isfinite(m.velocity)) for m in joints)
     period = 1.0 / cfg.control.rate_hz
     timeout_ticks = round(cfg.ros.twin.command_timeout_s * cfg.control.rate_hz)
     moved = np.array(state.position[:7]) - q_start

@@ -135,6 +135,16 @@ def joint_positions(msg: JointState, names: Sequence[str]) -> np.ndarray | None:
     return np.array([msg.position[index[n]] for n in names], dtype=np.float64)
 
 
+def joint_velocity(msg: JointState, name: str) -> float | None:
+    """The velocity of joint `name`, or None if the message has no velocities for it (drivers may leave
+    the field empty) or it is not finite."""
+    index = {n: i for i, n in enumerate(msg.name)}
+    if name not in index or index[name] >= len(msg.velocity):
+        return None
+    value = float(msg.velocity[index[name]])
+    return value if np.isfinite(value) else None
+
+
 def float_array_msg(values: Sequence[float] | np.ndarray) -> Float64MultiArray:
     return Float64MultiArray(data=[float(x) for x in np.asarray(values, dtype=np.float64).ravel()])
 

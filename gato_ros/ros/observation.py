@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 from gato_ros.control.kinematics import OBJECT_REFERENCE_WXYZ, ArmKinematics, canonical_quat
 from gato_ros.gato.images import fit_image, policy_image_size
 from gato_ros.ros.messages import POSE_SIZE
+from gato_ros.twin.observation_keys import GRIPPER_VELOCITY_KEY
 from gato_ros.twin.shape import (
     FEATURES_PER_OBJECT,
     SHAPE_KEY,
@@ -33,6 +34,7 @@ TCP_KEY = "sawyer/tcp/pose"
 PROPRIO_KEYS = (GRIPPER_KEY, JOINTS_KEY, PINCH_KEY, TCP_KEY)
 OBJECTS_KEY = "objects/pose"  # privileged: red, green, blue poses (x, y, z, qw, qx, qy, qz each)
 OBJECTS_PART = "object poses"  # what the logs call that part
+GRIPPER_VELOCITY_PART = "a finite velocity of the gripper joint"  # what the logs call it
 OBJECT_IDS_PART = "object ids"  # which meshes the shapes come from (policy.object_ids or the twin's episode)
 WAITING_FOR_CLOCK = "observation ahead of the clock, acted on once the clock reaches it"
 # Float slack on stamp comparisons (s): stamps are integer nanoseconds, far below any real lead.
@@ -94,17 +96,21 @@ class ObservationAssembler:
         object_shapes: bool = False,
         object_ids: Sequence[str] = (),
         shape_features_version: int | None = None,
+        gripper_velocity: bool = False,
     ) -> None:
         """`object_poses`: the observation also needs ``objects/pose`` (a state-based checkpoint), one
         pose per ``twin.object_colors`` entry, from `add_object_poses`. `image_size`: (width, height) the
         policy was trained at (default ``cfg.cameras``). `object_shapes`: also ``objects/shape``, computed
         from those poses and the meshes of the objects named by `object_ids` (a real cell names the triplet it
         has loaded: fixed) or else by each twin episode (`follow_episode_status`); implies `object_poses`.
-        `shape_features_version`: the features' version the policy was trained on (default ``cfg``'s)."""
+        `shape_features_version`: the features' version the policy was trained on (default ``cfg``'s).
+        `gripper_velocity`: the observation has ``gripper/joints/velocity`` (joint states without a finite
+        gripper velocity then give none); without it, never (the keys of an episode must not change)."""
         self.cameras = list(cameras)
         self.object_shapes = object_shapes
         self.shape_version = shape_version(cfg) if shape_features_version is None else shape_features_version
         self.object_poses = object_poses or object_shapes
+        self.gripper_velocity = gripper_velocity
         self.geometries: tuple[ObjectGeometry, ...] | None = None
         self.object_ids: tuple[str, ...] | None = None
         self.num_objects = len(cfg.twin.object_colors)
@@ -132,9 +138,19 @@ class ObservationAssembler:
         with self._lock:
             self.images[camera] = Part(pixels, stamp_s, received_s)
 
-    def add_joints(self, arm: np.ndarray, gripper_rad: float, stamp_s: float, received_s: float) -> None:
+    def add_joints(
+        self,
+        arm: np.ndarray,
+        gripper_rad: float,
+        stamp_s: float,
+        received_s: float,
+        gripper_rad_s: float | None = None,
+    ) -> None:
+        """Arm joint angles (rad), the gripper driver's angle (rad) and, where the joint state has it, its
+        velocity (rad/s; None: not reported, or not finite)."""
+        velocity = None if gripper_rad_s is None or not np.isfinite(gripper_rad_s) else float(gripper_rad_s)
         with self._lock:
-            self.joints = Part((arm, gripper_rad), stamp_s, received_s)
+            self.joints = Part((arm, gripper_rad, velocity), stamp_s, received_s)
 
     def add_object_poses(self, poses: np.ndarray, stamp_s: float, received_s: float) -> None:
         """(num_objects, 7) poses in red, green, blue order; a ValueError (and nothing kept) for a wrong
@@ -212,6 +228,8 @@ class ObservationAssembler:
                 missing.append(OBJECT_IDS_PART)
             if missing:
                 return f"no data yet from {', '.join(missing)}"
+            if self.gripper_velocity and self.joints.value[2] is None:
+                return f"joint states without {GRIPPER_VELOCITY_PART} (the policy observes it)"
             parts = {**{f"{c}{PIXELS_SUFFIX}": self.images[c] for c in self.cameras}, "joints": self.joints}
             if self.poses is not None and self.object_poses:
                 parts[OBJECTS_KEY] = self.poses
@@ -242,10 +260,13 @@ class ObservationAssembler:
             values[OBJECTS_KEY] = parts[OBJECTS_KEY].value
             if self.object_shapes and geometries is not None:
                 values[SHAPE_KEY] = objects_shape(geometries, parts[OBJECTS_KEY].value, self.shape_version)
-        arm, gripper_rad = joints.value
+        arm, gripper_rad, gripper_rad_s = joints.value
         low, high = self.gripper_range
         gripper = np.clip((gripper_rad - low) / (high - low), 0.0, 1.0) * self.gripper_units
         values[GRIPPER_KEY] = np.array([gripper], dtype=np.float32)
+        if self.gripper_velocity:  # units per second on the angle's scale, as the twin observes it
+            speed = gripper_rad_s / (high - low) * self.gripper_units
+            values[GRIPPER_VELOCITY_KEY] = np.array([speed], dtype=np.float32)
         values[JOINTS_KEY] = np.asarray(arm, dtype=np.float32)
         values[PINCH_KEY] = self.kinematics.pinch_pose(arm).astype(np.float32)
         values[TCP_KEY] = self.kinematics.tcp_pose(arm).astype(np.float32)

@@ -70,6 +70,7 @@ from gato_ros.ros.observation import (
 )
 from gato_ros.ros.runtime import run_node
 from gato_ros.ros.sensor_inputs import SensorNode
+from gato_ros.twin.observation_keys import GRIPPER_VELOCITY_KEY
 from gato_ros.twin.shape import SHAPE_KEY, shape_version
 
 __all__ = ["ObservationAssembler", "PolicyNode", "placeholder_object_poses", "resolve_device"]
@@ -110,7 +111,7 @@ class PolicyNode(SensorNode):
         # A state-based checkpoint: OBJECT_POSES is one more part (and the shapes follow from the poses).
         self.object_shapes = SHAPE_KEY in keys
         self.object_poses = OBJECTS_KEY in keys or self.object_shapes
-        provided = (*PROPRIO_KEYS, OBJECTS_KEY, SHAPE_KEY)
+        provided = (*PROPRIO_KEYS, GRIPPER_VELOCITY_KEY, OBJECTS_KEY, SHAPE_KEY)
         unavailable = [k for k in keys if not k.endswith(PIXELS_SUFFIX) and k not in provided]
         if unavailable:
             raise ValueError(f"the checkpoint needs observation keys no ROS topic provides: {unavailable}")
@@ -129,6 +130,7 @@ class PolicyNode(SensorNode):
             object_shapes=self.object_shapes,
             object_ids=cell_object_ids(cfg),
             shape_features_version=shape_version(trained),  # what the checkpoint was trained on
+            gripper_velocity=GRIPPER_VELOCITY_KEY in keys,
         )
         self.log_period_s = float(cfg.policy.stale_log_period_s)
         self.episode: int | None = None
@@ -176,6 +178,8 @@ class PolicyNode(SensorNode):
         q = np.asarray(self.cfg.robot.nominal_posture, dtype=float)
         kinematics = self.assembler.kinematics
         blank[GRIPPER_KEY] = np.zeros(1, np.float32)
+        if self.assembler.gripper_velocity:
+            blank[GRIPPER_VELOCITY_KEY] = np.zeros(1, np.float32)
         blank[JOINTS_KEY] = q.astype(np.float32)
         blank[PINCH_KEY] = kinematics.pinch_pose(q).astype(np.float32)
         blank[TCP_KEY] = kinematics.tcp_pose(q).astype(np.float32)

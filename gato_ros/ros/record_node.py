@@ -125,6 +125,7 @@ class RecordNode(SensorNode):
             image_size=policy_image_size(cfg),
             object_shapes=self.object_shapes,
             object_ids=cell_object_ids(cfg),
+            gripper_velocity=bool(rec.gripper_velocity),
         )
         self.rate_hz = float(cfg.control.rate_hz)
         self.writer = EpisodeWriter(

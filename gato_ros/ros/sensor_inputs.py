@@ -13,7 +13,7 @@ from geometry_msgs.msg import PoseArray
 from sensor_msgs.msg import Image, JointState
 
 from gato_ros.ros import contract
-from gato_ros.ros.messages import image_array, joint_positions, pose_array
+from gato_ros.ros.messages import image_array, joint_positions, joint_velocity, pose_array
 from gato_ros.ros.observation import ObservationAssembler
 from gato_ros.ros.runtime import GatoNode
 
@@ -64,7 +64,11 @@ class SensorNode(GatoNode):
             )
             return
         self.assembler.add_joints(
-            arm, float(gripper[0]), contract.stamp_to_seconds(msg.header.stamp), received
+            arm,
+            float(gripper[0]),
+            contract.stamp_to_seconds(msg.header.stamp),
+            received,
+            gripper_rad_s=joint_velocity(msg, self.gripper_joint),
         )
         self.on_sensor_input()
 

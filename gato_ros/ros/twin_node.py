@@ -61,6 +61,7 @@ from gato_ros.ros.messages import (
 )
 from gato_ros.ros.runtime import GatoNode, run_node
 from gato_ros.twin.env import StackingTwin, TwinStep
+from gato_ros.twin.observation_keys import GRIPPER_VELOCITY_KEY
 
 LOCKSTEP = 0.0
 # ros.twin.action_source: who publishes ACTION. "policy" is the policy node; the others are the twin itself.
@@ -429,11 +430,12 @@ class TwinNode(GatoNode):
         low, high = self.gripper_range
         gripper_units = float(obs["gripper/joints/angle"][0])
         gripper_rad = low + (high - low) * gripper_units / self.gripper_command_max
+        gripper_rad_s = (high - low) * float(obs[GRIPPER_VELOCITY_KEY][0]) / self.gripper_command_max
         self.joint_pub.publish(
             joint_state_msg(
                 [*self.joint_names, self.gripper_joint],
                 [*q, gripper_rad],
-                [*self.twin.joint_velocities(), 0.0],
+                [*self.twin.joint_velocities(), gripper_rad_s],
                 stamp,
             )
         )

@@ -24,6 +24,7 @@ from gato_ros.control.kinematics import (
     rotation_to_quat_wxyz,
 )
 from gato_ros.twin.assets import select_objects
+from gato_ros.twin.observation_keys import GRIPPER_VELOCITY_KEY
 from gato_ros.twin.rendering import CameraRenderer
 from gato_ros.twin.scene import OUT_OF_VIEW_GROUP, SceneIndex, build_scene
 from gato_ros.twin.shape import SHAPE_KEY, ObjectGeometry, object_geometry, objects_shape, shape_version
@@ -273,6 +274,7 @@ class StackingTwin:
     def observation(self) -> dict[str, np.ndarray]:
         obs = {
             "gripper/joints/angle": np.array([self.gripper_position()], dtype=np.float32),
+            GRIPPER_VELOCITY_KEY: np.array([self.gripper_velocity()], dtype=np.float32),
             "sawyer/joints/angle": self.joint_positions().astype(np.float32),
             "sawyer/pinch/pose": self.pinch_pose().astype(np.float32),
             "sawyer/tcp/pose": self.tcp_pose().astype(np.float32),

@@ -27,6 +27,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from gato_ros.control.kinematics import tool_yaw
+from gato_ros.twin.observation_keys import GRIPPER_VELOCITY_KEY
 from gato_ros.twin.scene import body_vertices, posed_vertices
 
 RED, GREEN, BLUE = 0, 1, 2
@@ -321,6 +322,7 @@ class ScriptedExpert:
                 pinch_position=pinch[:3],
                 pinch_rotation=rotation.reshape(3, 3),
                 gripper=float(np.asarray(source["gripper/joints/angle"]).reshape(-1)[0]),
+                gripper_velocity=float(np.asarray(source.get(GRIPPER_VELOCITY_KEY, [0.0])).reshape(-1)[0]),
                 vertices=(box, box, box),
                 centres_of_mass=poses[:, :3].copy(),
                 edges=(edges, edges, edges),
