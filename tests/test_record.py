@@ -219,7 +219,7 @@ def test_a_killed_recorder_loses_only_its_take_in_progress_and_resumes(tmp_path)
     cfg = load_config(stack)
     recorder = [
         sys.executable, "-m", "gato_ros.ros.record_node", *stack, f"record.out_dir={out}",
-        "record.auto_start=true", "record.reset_seconds=0", "record.max_seconds=2.5", "record.keyboard=false",
+        "record.auto_start=true", "record.reset_seconds=0", "record.max_seconds=6", "record.keyboard=false",
     ]  # fmt: skip
 
     def wait_for(predicate, timeout_s: float = 120.0) -> None:
@@ -242,9 +242,11 @@ def test_a_killed_recorder_loses_only_its_take_in_progress_and_resumes(tmp_path)
             from gato_ros.ros.mcap_log import recover
 
             def mid_take() -> bool:
-                """Two takes are on disk and the next one (2.5 sim s long) already holds messages that a
+                """Two takes are on disk and the next one (6 sim s long) already holds messages that a
                 recovery would keep: its raw log was flushed (every 1 sim s), well before its end. Judged by
-                the file, not by wall time: a loaded machine runs the twin slower than real time."""
+                the file, not by wall time: a loaded machine runs the twin slower than real time. The take
+                is long so that it cannot end between this look (a copy and a recovery: slow under load)
+                and the kill: the next take's log would not exist yet."""
                 if not out.exists():
                     return False
                 finished = episode_indices(out)
