@@ -52,6 +52,7 @@ def test_reset_is_seeded_and_observation_has_the_contract_keys() -> None:
         "basket_front_left/pixels": ((128, 128, 3), np.uint8),
         "basket_front_right/pixels": ((128, 128, 3), np.uint8),
         "gripper/joints/angle": ((1,), np.float32),
+        "gripper/joints/velocity": ((1,), np.float32),
         "sawyer/joints/angle": ((7,), np.float32),
         "sawyer/pinch/pose": ((7,), np.float32),
         "sawyer/tcp/pose": ((7,), np.float32),
