@@ -162,6 +162,27 @@ def test_value_mean_decodes_the_bin_nearest_each_distributions_mean(setup, kv_ca
     assert differs_from_argmax  # a spread distribution's mean is not its mode
 
 
+@pytest.mark.parametrize("kv_cache", [True, False])
+def test_value_median_decodes_the_bin_where_half_the_mass_is_reached(setup, kv_cache: bool) -> None:
+    """`value_median`: per dimension, the first bin whose cumulative probability (from the logits the model
+    produced in that context) reaches one half; the same with and without the cache."""
+    model, tokenizer = setup
+    cache = f"policy.decoder.kv_cache={str(kv_cache).lower()}"
+    decoder = make_decoder(model, tokenizer, "policy.decoder.value_median=true", cache)
+    rng = np.random.default_rng(6)
+    differs_from_argmax = False
+    for _ in range(3):
+        result = decoder.step(random_observation(rng))
+        probs = torch.softmax(torch.from_numpy(result.logits).double(), dim=-1).numpy()
+        cumulative = np.cumsum(probs, axis=1)
+        expected = (cumulative < 0.5).sum(axis=1) + 32000
+        np.testing.assert_array_equal(result.token_ids, expected)
+        differs_from_argmax |= bool(np.any(result.token_ids != result.logits.argmax(axis=1) + 32000))
+    assert differs_from_argmax  # a spread distribution's median is not its mode
+    with pytest.raises(ValueError, match="exclude each other"):
+        make_decoder(model, tokenizer, "policy.decoder.value_median=true", "policy.decoder.value_mean=true")
+
+
 def test_reset_forgets_the_episode(setup) -> None:
     model, tokenizer = setup
     decoder = make_decoder(model, tokenizer)

@@ -119,6 +119,9 @@ class ActionDecoder:
         self.temperature = float(dcfg.temperature)
         self.greedy = bool(dcfg.greedy)
         self.value_mean = bool(dcfg.get("value_mean", False))
+        self.value_median = bool(dcfg.get("value_median", False))
+        if self.value_mean and self.value_median:
+            raise ValueError("policy.decoder: value_mean and value_median exclude each other")
         self.use_kv_cache = bool(dcfg.kv_cache)
         self.trim_keep_fraction = float(dcfg.trim_keep_fraction)
         if not self.greedy and self.temperature <= 0:
@@ -303,6 +306,11 @@ class ActionDecoder:
         if self.value_mean:  # the distribution's mean, as the nearest bin (the token the context gets)
             mean = torch.softmax(logits, dim=-1) @ self._bin_values
             index = torch.argmin((self._bin_values - mean).abs())
+        elif self.value_median:  # the first bin where the distribution's cumulative mass reaches one half
+            cumulative = torch.cumsum(torch.softmax(logits, dim=-1), dim=-1)
+            index = torch.clamp(
+                torch.searchsorted(cumulative, cumulative.new_tensor([0.5])), max=len(logits) - 1
+            )[0]
         elif self.greedy:
             index = torch.argmax(logits)
         else:
