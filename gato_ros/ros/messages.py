@@ -137,12 +137,11 @@ def joint_positions(msg: JointState, names: Sequence[str]) -> np.ndarray | None:
 
 def joint_velocity(msg: JointState, name: str) -> float | None:
     """The velocity of joint `name`, or None if the message has no velocities for it (drivers may leave
-    the field empty) or it is not finite."""
+    the field empty); a non-finite one is passed on (`ObservationAssembler.add_joints` refuses it)."""
     index = {n: i for i, n in enumerate(msg.name)}
     if name not in index or index[name] >= len(msg.velocity):
         return None
-    value = float(msg.velocity[index[name]])
-    return value if np.isfinite(value) else None
+    return float(msg.velocity[index[name]])
 
 
 def float_array_msg(values: Sequence[float] | np.ndarray) -> Float64MultiArray:
