@@ -224,3 +224,39 @@ def test_serialize_steps_rejects_mismatched_actions(serializer: EpisodeSerialize
     steps = serializer.tokenizer.tokenize_steps(demo.observations)
     with pytest.raises(ValueError):
         serialize_steps(steps, np.zeros((2, 5), dtype=np.int64) + 32000, serializer.action_obs_index)
+
+
+def test_auxiliary_targets_end_the_window_with_the_last_steps_object_poses() -> None:
+    cfg = small_cfg("training.data.auxiliary.keys=[objects/pose]", "training.data.auxiliary.weight=0.25")
+    ser = EpisodeSerializer(cfg)
+    demo = small_episode(12, seed=4)
+    rng = np.random.default_rng(5)
+    poses = rng.uniform(-0.5, 0.5, (12, 21)).astype(np.float32)
+    pinch = rng.uniform(-0.5, 0.5, (12, 7)).astype(np.float32)
+    demo = Demonstration(
+        {**demo.observations, "objects/pose": poses, "sawyer/pinch/pose": pinch}, demo.actions
+    )
+    seq = ser.training_sequence(demo, np.random.default_rng(6))
+    body = len(seq) - 21
+    assert len(seq) <= ser.context_length and body % STEP == 0 and body // STEP == (64 - 21) // STEP
+    # the window itself is unchanged: whole steps, actions the only targets
+    assert seq.loss_mask[:body].tolist() == [0, 0, 0, 0, 0, 1, 1, 1, 1, 1] * (body // STEP)
+    full = ser.serialize(demo)
+    starts = [
+        lo for lo in range(12) if np.array_equal(full.tokens[lo * STEP : lo * STEP + body], seq.tokens[:body])
+    ]
+    assert len(starts) == 1
+    last = starts[0] + body // STEP - 1
+    # then the last step's object positions relative to the pinch point, orientations as they are
+    relative = poses[last].reshape(3, 7).copy()
+    relative[:, :3] -= pinch[last, :3]
+    expected = ser.tokenizer.tokenize_values(
+        {"objects/pose": relative.reshape(-1)}, ("objects/pose",), "world"
+    )
+    np.testing.assert_array_equal(seq.tokens[body:], expected)
+    assert np.all(seq.loss_mask[body:] == 0.25) and not seq.image_mask[body:].any()
+    top = cfg.model.max_obs_tokens
+    np.testing.assert_array_equal(seq.obs_pos[body:], np.arange(top - 21, top))
+    # an episode without the key says which one is missing
+    with pytest.raises(KeyError, match="objects/pose"):
+        ser.training_sequence(small_episode(5), np.random.default_rng(0))

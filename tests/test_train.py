@@ -119,6 +119,13 @@ def test_fast_masked_loss_equals_loss_from_full_logits() -> None:
         reference, ref_count = sequence_nll(model, batch)
     assert count == ref_count == 15
     torch.testing.assert_close(fast, reference)
+    # weighted targets (auxiliary ones): the loss is the weighted mean over them
+    loss_mask[0, 160:170] = 0.25
+    with torch.no_grad():
+        fast, count = masked_nll(model, batch)
+        reference, ref_count = sequence_nll(model, batch)
+    assert count == ref_count == 15 + 2.5
+    torch.testing.assert_close(fast, reference)
 
 
 def test_loss_falls_on_recorded_episodes_through_the_train_tool(tmp_path, capsys) -> None:

@@ -370,19 +370,22 @@ class GatoModel(nn.Module):
         patch_pos: torch.Tensor,
         obs_pos: torch.Tensor,
         loss_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor | tuple[torch.Tensor, int]:
+    ) -> torch.Tensor | tuple[torch.Tensor, float]:
         """Serialized batch -> logits [B, T, vocab]; logits at t predict the token at t + 1.
 
-        With `loss_mask`, returns (summed NLL over the target tokens, their count) instead, computing the
-        head only where a target is predicted (training goes through here so that DDP's hooks fire).
+        With `loss_mask`, returns (the NLL over the target tokens summed with the mask's weights, the
+        weights' sum: the target count when all are 1) instead, computing the head only where a target is
+        predicted (training goes through here so that DDP's hooks fire).
         """
         h = self.hidden(self.embed(tokens, image_mask, patches, patch_pos, obs_pos))
         if loss_mask is None:
             return self.head(h)
-        predicts = loss_mask[:, 1:] > 0
+        weights = loss_mask[:, 1:]
+        predicts = weights > 0
         logits = self.head(h[:, :-1][predicts])
-        nll = F.cross_entropy(logits.float(), tokens[:, 1:][predicts], reduction="sum")
-        return nll, int(predicts.sum())
+        nll = F.cross_entropy(logits.float(), tokens[:, 1:][predicts], reduction="none")
+        target_weights = weights[predicts].float()
+        return (nll * target_weights).sum(), float(target_weights.sum())
 
     def new_kv_cache(self, batch: int = 1, device=None, dtype=None) -> torch.Tensor:
         """A pre-allocated static KV cache for the whole context window."""

@@ -14,6 +14,9 @@ steps, each ``observation tokens, separator, action tokens`` (156 tokens for the
   The window's first step is drawn so that every step of an episode is covered by equally many windows
   (windows overhanging either end are clipped to the episode), instead of under-sampling the last steps,
   which hold the stacking itself.
+- Auxiliary targets (``training.data.auxiliary``, off by default; not in the paper): a window may end with
+  its last step's privileged values (the object poses) as extra targets of a smaller loss weight, so that
+  an image policy learns where the objects are; they come after the last action and never reach a policy.
 - Prompt conditioning (paper, section 3): a fraction of sequences are prefixed with a demonstration of
   the same task, half taken from a demonstration's end (goal conditioning), half from a uniformly drawn
   window; its tokens are context only (loss 0). The prompt budget defaults to the deployment decoder's
@@ -25,13 +28,14 @@ steps, each ``observation tokens, separator, action tokens`` (156 tokens for the
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from gato_ros.gato.tokenizer import ObservationTokenizer, StepTokens
+from gato_ros.gato.tokenizer import PINCH_POSE_KEY, ObservationTokenizer, StepTokens
 
 
 @dataclass
@@ -174,6 +178,38 @@ class PromptSettings:
 
 
 @dataclass(frozen=True)
+class AuxiliaryTargets:
+    """Training-only targets (``training.data.auxiliary``): after a window's last action, that step's
+    privileged values (e.g. the object poses, which an image policy never reads) as value tokens with loss
+    weight ``weight`` each. They sit after the last action, so nothing the policy decodes ever follows them;
+    their gradient teaches the image tokens where the objects are. Local positions: the top ``len`` rows of
+    the observation-position table, which no observation of this model reaches (checked)."""
+
+    keys: tuple[str, ...] = ()
+    frame: str = "pinch"  # world | pinch (object positions as offsets from the pinch point)
+    weight: float = 0.2
+
+    @classmethod
+    def from_config(cls, node: Any) -> AuxiliaryTargets:
+        if node is None:
+            return cls()
+        settings = cls(
+            keys=tuple(str(k) for k in (node.get("keys") or ())),
+            frame=str(node.get("frame", cls.frame)),
+            weight=float(node.get("weight", cls.weight)),
+        )
+        if settings.frame not in ("world", "pinch"):
+            raise ValueError(f"training.data.auxiliary.frame must be world or pinch, not {settings.frame}")
+        if not (math.isfinite(settings.weight) and settings.weight > 0.0):
+            raise ValueError(f"training.data.auxiliary.weight must be > 0, got {settings.weight}")
+        return settings
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.keys)
+
+
+@dataclass(frozen=True)
 class Demonstration:
     """What serialization needs of an episode: observation arrays (T, ...), actions (T, A), task text."""
 
@@ -204,6 +240,7 @@ class EpisodeSerializer:
         text_tokenizer: Any | None = None,
         context_length: int | None = None,
         prompt: PromptSettings | None = None,
+        auxiliary: AuxiliaryTargets | None = None,
     ) -> None:
         self.tokenizer = tokenizer if tokenizer is not None else ObservationTokenizer(cfg, text_tokenizer)
         self.max_obs_tokens = int(cfg.model.max_obs_tokens)
@@ -218,6 +255,9 @@ class EpisodeSerializer:
             text_tokenizer = TextTokenizer.from_config(cfg)
         self.text_tokenizer = text_tokenizer
         self.prompt = prompt if prompt is not None else PromptSettings.from_config(cfg.training.data.prompt)
+        if auxiliary is None:
+            auxiliary = AuxiliaryTargets.from_config(cfg.training.data.get("auxiliary"))
+        self.auxiliary = auxiliary
         p = self.tokenizer.layout.patch_size
         self.patch_shape = (3, p, p)
 
@@ -263,6 +303,34 @@ class EpisodeSerializer:
         if not targets:
             prefix = prefix.without_targets()
         return TokenSequence.concat([prefix, body]) if len(prefix) else body
+
+    def auxiliary_length(self, demo: Demonstration) -> int:
+        """Auxiliary target tokens per window (0 unless ``training.data.auxiliary.keys``), from shapes."""
+        missing = [key for key in self.auxiliary.keys if key not in demo.observations]
+        if missing:
+            raise KeyError(
+                f"the episode lacks keys {missing} (auxiliary targets); it has {sorted(demo.observations)}"
+            )
+        return sum(int(np.prod(np.shape(demo.observations[key])[1:])) for key in self.auxiliary.keys)
+
+    def auxiliary_targets(self, demo: Demonstration, step: int, observation_tokens: int) -> TokenSequence:
+        """Step ``step``'s auxiliary target tokens, after a step of ``observation_tokens`` observation tokens
+        (whose local positions they must not share)."""
+        aux = self.auxiliary
+        needed = (*aux.keys, PINCH_POSE_KEY) if aux.frame == "pinch" else aux.keys
+        # only these keys: indexing a camera key would decode (and augment) a frame for nothing
+        observation = {key: demo.observations[key][step] for key in needed if key in demo.observations}
+        ids = self.tokenizer.tokenize_values(observation, aux.keys, aux.frame)
+        first = self.max_obs_tokens - len(ids)
+        if observation_tokens > first:
+            raise ValueError(
+                f"{len(ids)} auxiliary targets after a {observation_tokens}-token observation need "
+                f"model.max_obs_tokens >= {observation_tokens + len(ids)}, not {self.max_obs_tokens}"
+            )
+        sequence = TokenSequence.from_actions(ids, 0, self.patch_shape)
+        sequence.obs_pos = np.arange(first, self.max_obs_tokens, dtype=np.int64)
+        sequence.loss_mask = np.full(len(ids), aux.weight, dtype=np.float32)
+        return sequence
 
     # -- windows -------------------------------------------------------------------------------------
 
@@ -324,7 +392,8 @@ class EpisodeSerializer:
             raise ValueError(f"unknown prompt mode {prompt_mode!r}")
         step_len = self.step_length(demo)
         prefix = self.text_prefix(demo.task)
-        budget = self.context_length - len(prefix)
+        auxiliary_length = self.auxiliary_length(demo)
+        budget = self.context_length - len(prefix) - auxiliary_length
         parts = [prefix] if len(prefix) else []
         if prompt_demo is not None and prompt_mode is not None:
             # leave room for at least one step of the episode itself
@@ -339,10 +408,13 @@ class EpisodeSerializer:
         if window == 0:
             raise ValueError(
                 f"a {step_len}-token step does not fit a context of {self.context_length} tokens "
-                f"after a {len(prefix)}-token text prefix"
+                f"after a {len(prefix)}-token text prefix and {auxiliary_length} auxiliary targets"
             )
         lo, hi = self.sample_window(len(demo), window, rng)
         parts.append(self.serialize_steps(demo, lo, hi, targets=True))
+        if auxiliary_length:
+            observation_tokens = step_len - int(np.shape(demo.actions)[1])
+            parts.append(self.auxiliary_targets(demo, hi - 1, observation_tokens))
         sequence = TokenSequence.concat(parts)
         if len(sequence) > self.context_length:
             raise AssertionError("serialized sequence overflows the context")

@@ -311,6 +311,20 @@ OBJECT_POSES_KEY = "objects/pose"  # (3 x 7,) red, green, blue: x, y, z, qw, qx,
 PINCH_POSE_KEY = "sawyer/pinch/pose"  # (7,) the gripper's pinch point: x, y, z, qw, qx, qy, qz
 
 
+def in_privileged_frame(obs: Mapping[str, Any], frame: str) -> Mapping[str, Any]:
+    """``obs`` with its object poses in ``frame``: ``world`` as given, ``pinch`` with the positions as
+    offsets from the gripper's pinch point (world axes; orientations unchanged)."""
+    if frame not in ("world", "pinch"):
+        raise ValueError(f"the privileged frame must be world or pinch, not {frame}")
+    if frame != "pinch" or OBJECT_POSES_KEY not in obs:
+        return obs
+    poses = np.asarray(obs[OBJECT_POSES_KEY], dtype=np.float32)
+    pinch = np.asarray(obs[PINCH_POSE_KEY], dtype=np.float32)[..., None, :3]
+    relative = poses.reshape(*poses.shape[:-1], -1, 7).copy()
+    relative[..., :3] -= pinch
+    return {**obs, OBJECT_POSES_KEY: relative.reshape(poses.shape)}
+
+
 class ObservationTokenizer:
     """Turns observation dicts and actions into Gato tokens, as configured by ``cfg.tokenizer``.
 
@@ -339,6 +353,7 @@ class ObservationTokenizer:
             kind = "discrete" if key in discrete else "continuous"
             plans.append(_KeyPlan(key, kind, companding=key in companded and kind == "continuous"))
         self.plans: tuple[_KeyPlan, ...] = tuple(plans)
+        self.companded_keys = frozenset(companded)
         self.action_low = np.asarray(cfg.control.action_low, dtype=np.float64)
         self.action_high = np.asarray(cfg.control.action_high, dtype=np.float64)
         if self.action_low.shape != self.action_high.shape or np.any(self.action_high <= self.action_low):
@@ -393,13 +408,22 @@ class ObservationTokenizer:
         """With ``privileged_frame: pinch``, object positions become offsets from the gripper's pinch point
         (world axes; orientations unchanged): near zero, where mu-law bins are finest, and the direction to
         move is one token's sign instead of a comparison of two tokens."""
-        if self.privileged_frame != "pinch" or OBJECT_POSES_KEY not in obs:
-            return obs
-        poses = np.asarray(obs[OBJECT_POSES_KEY], dtype=np.float32)
-        pinch = np.asarray(obs[PINCH_POSE_KEY], dtype=np.float32)[..., None, :3]
-        relative = poses.reshape(*poses.shape[:-1], -1, 7).copy()
-        relative[..., :3] -= pinch
-        return {**obs, OBJECT_POSES_KEY: relative.reshape(poses.shape)}
+        return in_privileged_frame(obs, self.privileged_frame)
+
+    def tokenize_values(self, obs: Mapping[str, Any], keys: tuple[str, ...], frame: str) -> np.ndarray:
+        """The values of ``keys`` in one observation, flattened in the given order, as value ids: companded
+        as ``companded_keys`` says, object poses in ``frame`` (world | pinch). Keys need not be observation
+        keys of this tokenizer: training's auxiliary targets (``training.data.auxiliary``) use this for
+        privileged state that an image policy predicts but never reads."""
+        framed = in_privileged_frame(obs, frame)
+        missing = [key for key in keys if key not in framed]
+        if missing:
+            raise KeyError(f"the episode lacks keys {missing} (auxiliary targets); it has {sorted(obs)}")
+        parts = [
+            tokenize_continuous(np.asarray(framed[key]).reshape(-1), key in self.companded_keys, self.layout)
+            for key in keys
+        ]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
     def tokenize_steps(self, observations: Mapping[str, Any]) -> StepTokens:
         """T steps at once from arrays with a leading time axis ``(T, ...)`` (episode files hold these).

@@ -43,8 +43,9 @@ BatchSource = Callable[[int, int], TokenBatch]
 
 
 # ---- loss -----------------------------------------------------------------------------------------
-def masked_nll(model: nn.Module, batch: TokenBatch) -> tuple[torch.Tensor, int]:
-    """Summed NLL over target tokens (loss_mask) divided by their count; logits at t-1 predict token t.
+def masked_nll(model: nn.Module, batch: TokenBatch) -> tuple[torch.Tensor, float]:
+    """NLL over target tokens summed with loss_mask's weights (1 for actions and text), divided by the
+    weights' sum (the target count when all are 1); logits at t-1 predict token t.
 
     Calls the model's forward (so DDP hooks fire) with `loss_mask`, which makes it compute the head only
     at the target positions instead of over the whole [B, T, vocab] grid.
@@ -57,16 +58,18 @@ def masked_nll(model: nn.Module, batch: TokenBatch) -> tuple[torch.Tensor, int]:
         batch.obs_pos,
         loss_mask=batch.loss_mask,
     )
-    return total / max(count, 1), count
+    return total / max(count, 1e-12), count
 
 
-def sequence_nll(gato: GatoModel, batch: TokenBatch) -> tuple[torch.Tensor, int]:
+def sequence_nll(gato: GatoModel, batch: TokenBatch) -> tuple[torch.Tensor, float]:
     """The same loss from full logits: the reference the fast path is tested against."""
     logits = gato(batch.tokens, batch.image_mask, batch.patches, batch.patch_pos, batch.obs_pos)
-    mask = batch.loss_mask[:, 1:] > 0
-    nll = F.cross_entropy(logits[:, :-1][mask].float(), batch.tokens[:, 1:][mask], reduction="sum")
-    count = int(mask.sum())
-    return nll / max(count, 1), count
+    weights = batch.loss_mask[:, 1:].float()
+    nll = F.cross_entropy(
+        logits[:, :-1].float().flatten(0, 1), batch.tokens[:, 1:].flatten(), reduction="none"
+    ).view_as(weights)
+    count = float(weights.sum())
+    return (nll * weights).sum() / max(count, 1e-12), count
 
 
 # ---- optimiser and schedule -----------------------------------------------------------------------
