@@ -416,9 +416,6 @@ class ObservationTokenizer:
         keys of this tokenizer: training's auxiliary targets (``training.data.auxiliary``) use this for
         privileged state that an image policy predicts but never reads."""
         framed = in_privileged_frame(obs, frame)
-        missing = [key for key in keys if key not in framed]
-        if missing:
-            raise KeyError(f"the episode lacks keys {missing} (auxiliary targets); it has {sorted(obs)}")
         parts = [
             tokenize_continuous(np.asarray(framed[key]).reshape(-1), key in self.companded_keys, self.layout)
             for key in keys
