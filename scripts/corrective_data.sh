@@ -55,7 +55,9 @@ collect dart 200000 collection.noise_scale="$NOISE"
 # 2. behaviour cloning
 train bc
 # 3. DAgger round 1: the BC policy drives (the expert's action executed with probability BETA), every
-#    visited state labelled by the expert; failed episodes are kept: their states are the point
+#    visited state labelled by the expert; failed episodes are written and (below) trained on, as DAgger
+#    prescribes, though for this project's one-step students they cost success (policies/default/README.md,
+#    "Failed DAgger episodes hurt these students"): compare with successful_only=true
 collect dagger1 300000 collection.policy="$RUNS/bc/checkpoints/best" collection.beta="$BETA" \
   collection.round=1 collection.keep_failed=true
 # 4. the same recipe on more corrective data
