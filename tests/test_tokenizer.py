@@ -18,9 +18,11 @@ from gato_ros.gato.tokenizer import (
     TokenLayout,
     detokenize_continuous,
     image_to_patches,
+    in_privileged_frame,
     mu_law_decode,
     mu_law_encode,
     patch_positions,
+    pinch_yaw,
     tokenize_continuous,
     tokenize_discrete,
 )
@@ -261,6 +263,54 @@ def test_privileged_poses_relative_to_the_pinch_point() -> None:
         np.testing.assert_array_equal(batched.tokens[t], tok.tokenize_step(single).tokens)
     with pytest.raises(ValueError, match="privileged_frame"):
         ObservationTokenizer(load_config(["tokenizer.observation.privileged_frame=base"]))
+
+
+def test_grasp_directions_as_the_wrist_turn_to_them() -> None:
+    """`pinch_yaw`: positions as in `pinch`, and each object's grasp direction a (cos 2a, sin 2a in
+    `objects/shape`) becomes (t - y, t): t the wrist yaw in [-pi/2, pi/2] whose fingers (the tool y axis)
+    close along a, y the wrist's yaw as `control.kinematics.tool_yaw` reads it. The turn is the expert's
+    (`reachable_grasp_yaw`), the long way round where the short one crosses the wrist's limit; every other
+    shape feature is unchanged and the token count is pinch's."""
+    from gato_ros.control.kinematics import down_rotation, rotation_to_quat_wxyz, tool_yaw
+    from gato_ros.twin.expert import reachable_grasp_yaw
+
+    cfg = load_config(["+experiment=state_shape_policy", "tokenizer.observation.privileged_frame=pinch_yaw"])
+    tok = ObservationTokenizer(cfg)
+    pinch_cfg = load_config(
+        ["+experiment=state_shape_policy", "tokenizer.observation.privileged_frame=pinch"]
+    )
+    rng = np.random.default_rng(7)
+    observations = []
+    # (wrist yaw, closing direction): the second turns -1.70 rad, not the short +1.44 through the limit
+    for wrist, closing in ((0.3, 1.2), (0.57, 0.44), (-1.4, 0.1), (1.3, -1.5), (0.0, 0.3)):
+        rotation = down_rotation(wrist)
+        assert tool_yaw(rotation) == pytest.approx(wrist)
+        obs = rgb_observation(rng)
+        obs["sawyer/pinch/pose"][3:] = -rotation_to_quat_wxyz(rotation)  # either sign of q: the same yaw
+        assert pinch_yaw(obs["sawyer/pinch/pose"]) == pytest.approx(wrist, abs=1e-6)
+        shapes = rng.uniform(-0.05, 0.05, (3, 10)).astype(np.float32)
+        shapes[:, 2:4] = [np.cos(2 * closing), np.sin(2 * closing)]
+        obs["objects/shape"] = shapes.reshape(-1)
+        observations.append(obs)
+        framed = in_privileged_frame(obs, "pinch_yaw")
+        turned = framed["objects/shape"].reshape(3, 10)
+        target = turned[0, 3]
+        fingers = down_rotation(target)[:2, 1]  # the closing axis at the target yaw
+        assert abs(target) <= np.pi / 2
+        assert abs(fingers[0] * np.sin(closing) - fingers[1] * np.cos(closing)) < 1e-5  # parallel to a
+        assert target == pytest.approx(reachable_grasp_yaw(closing + np.pi / 2, wrist, np.pi / 2), abs=1e-5)
+        np.testing.assert_allclose(turned[:, 2:4], [[target - wrist, target]] * 3, atol=1e-6)
+        np.testing.assert_array_equal(np.delete(turned, [2, 3], axis=1), np.delete(shapes, [2, 3], axis=1))
+        np.testing.assert_array_equal(
+            framed["objects/pose"], in_privileged_frame(obs, "pinch")["objects/pose"]
+        )
+        assert len(tok.tokenize_step(obs)) == len(ObservationTokenizer(pinch_cfg).tokenize_step(obs))
+    assert in_privileged_frame(observations[1], "pinch_yaw")["objects/shape"][2] == pytest.approx(
+        -1.70, abs=0.01
+    )
+    batched = tok.tokenize_steps({k: np.stack([o[k] for o in observations]) for k in observations[0]})
+    for t, single in enumerate(observations):  # the episode path and the control-loop path agree
+        np.testing.assert_array_equal(batched.tokens[t], tok.tokenize_step(single).tokens)
 
 
 def test_missing_key_raises_and_extra_keys_are_ignored(tokenizer) -> None:

@@ -463,6 +463,31 @@ def test_init_from_fine_tunes_a_shipped_policy_with_a_fresh_optimizer(tmp_path, 
     assert load_policy(latest_checkpoint(tmp_path / "run")).step == 3
 
 
+def test_init_keep_changes_a_named_setting_of_the_adopted_tokenizer() -> None:
+    """`training.init_keep`: a fine-tuning run keeps the settings it names (here a new frame of the same
+    tokens) and adopts every other model and tokenizer setting of its starting policy; a name outside the
+    adopted groups is refused rather than silently ignored."""
+    from gato_ros.gato.train import adopt_init_architecture
+
+    shipped = load_policy("default")
+    frame = "tokenizer.observation.privileged_frame"
+    theirs = shipped.cfg.tokenizer.observation.privileged_frame
+    ours = "pinch" if theirs != "pinch" else "pinch_yaw"  # another frame of the same tokens
+    overrides = ["+experiment=state_shape_policy", "model=tiny", "training.init_from=default"]
+    adopted = adopt_init_architecture(load_config([*overrides, f"{frame}={ours}"]))
+    assert adopted.tokenizer.observation.privileged_frame == theirs
+    kept = adopt_init_architecture(
+        load_config([*overrides, f"{frame}={ours}", f"training.init_keep=[{frame}]"])
+    )
+    assert kept.tokenizer.observation.privileged_frame == ours != theirs
+    assert kept.model == shipped.cfg.model  # the rest adopted: model=tiny did not win
+    assert list(kept.tokenizer.observation.privileged_keys) == list(
+        shipped.cfg.tokenizer.observation.privileged_keys
+    )
+    with pytest.raises(ValueError, match="init_keep"):
+        adopt_init_architecture(load_config([*overrides, "training.init_keep=[training.lr]"]))
+
+
 def test_training_refuses_shapes_of_another_version_than_the_runs(tmp_path) -> None:
     """Episodes whose `objects/shape` was written in version 1 (the narrowest width) would teach a version-2
     run (the expert's grasp criterion) features its policy is never fed: refused, with the way out."""

@@ -311,18 +311,56 @@ OBJECT_POSES_KEY = "objects/pose"  # (3 x 7,) red, green, blue: x, y, z, qw, qx,
 PINCH_POSE_KEY = "sawyer/pinch/pose"  # (7,) the gripper's pinch point: x, y, z, qw, qx, qy, qz
 
 
+OBJECT_SHAPES_KEY = "objects/shape"  # (3 x 10,) per object, gato_ros/twin/shape.py (privileged)
+SHAPE_FEATURES_PER_OBJECT = 10
+SHAPE_DIRECTION_INDEX = 2  # cos 2a, sin 2a of the grasp's closing direction a (pi-periodic) in each row
+PRIVILEGED_FRAMES = ("world", "pinch", "pinch_yaw")
+
+
+def pinch_yaw(pinch_pose: np.ndarray) -> np.ndarray:
+    """Wrist yaw (..., ) from pinch poses (..., 7: x, y, z, qw, qx, qy, qz): the heading of the tool x axis in
+    the world xy plane, as `gato_ros.control.kinematics.tool_yaw` reads it from the rotation matrix."""
+    pose = np.asarray(pinch_pose, dtype=np.float64)
+    w, x, y, z = pose[..., 3], pose[..., 4], pose[..., 5], pose[..., 6]
+    return np.arctan2(2.0 * (x * y + w * z), 1.0 - 2.0 * (y * y + z * z))
+
+
+def grasp_wrist_yaw(cos_2a: np.ndarray, sin_2a: np.ndarray) -> np.ndarray:
+    """The wrist yaw in [-pi/2, pi/2] whose fingers close along direction a (given as cos 2a, sin 2a): the
+    fingers close along the tool y axis, at yaw - pi/2, and are symmetric (pi-periodic). Within the wrist's
+    +-pi/2 this is the one yaw that closes along a (the expert's `reachable_grasp_yaw`, up to its margin)."""
+    return 0.5 * np.arctan2(-np.asarray(sin_2a, dtype=np.float64), -np.asarray(cos_2a, dtype=np.float64))
+
+
 def in_privileged_frame(obs: Mapping[str, Any], frame: str) -> Mapping[str, Any]:
-    """``obs`` with its object poses in ``frame``: ``world`` as given, ``pinch`` with the positions as
-    offsets from the gripper's pinch point (world axes; orientations unchanged)."""
-    if frame not in ("world", "pinch"):
-        raise ValueError(f"the privileged frame must be world or pinch, not {frame}")
-    if frame != "pinch" or OBJECT_POSES_KEY not in obs:
+    """``obs`` with its object state in ``frame``: ``world`` as given; ``pinch`` with the object positions
+    as offsets from the gripper's pinch point (world axes; orientations unchanged); ``pinch_yaw`` as pinch,
+    and each object's grasp direction in ``objects/shape`` (cos 2a, sin 2a) replaced by the turn to it and
+    its wrist yaw: (t - y, t), t = `grasp_wrist_yaw`, y = the wrist's yaw (`pinch_yaw`), radians.
+
+    Why: the wrist turns within +-pi/2, so the turn to a direction is not its pi-periodic short way round
+    (a student reading cos 2(a - y), sin 2(a - y) turned into the limit); t - y is the expert's yaw error,
+    one token near zero, in its finest mu-law bins, when the wrist is aligned."""
+    if frame not in PRIVILEGED_FRAMES:
+        raise ValueError(f"the privileged frame must be one of {PRIVILEGED_FRAMES}, not {frame}")
+    if frame == "world":
         return obs
-    poses = np.asarray(obs[OBJECT_POSES_KEY], dtype=np.float32)
-    pinch = np.asarray(obs[PINCH_POSE_KEY], dtype=np.float32)[..., None, :3]
-    relative = poses.reshape(*poses.shape[:-1], -1, 7).copy()
-    relative[..., :3] -= pinch
-    return {**obs, OBJECT_POSES_KEY: relative.reshape(poses.shape)}
+    framed = dict(obs)
+    if OBJECT_POSES_KEY in obs:
+        poses = np.asarray(obs[OBJECT_POSES_KEY], dtype=np.float32)
+        pinch = np.asarray(obs[PINCH_POSE_KEY], dtype=np.float32)[..., None, :3]
+        relative = poses.reshape(*poses.shape[:-1], -1, 7).copy()
+        relative[..., :3] -= pinch
+        framed[OBJECT_POSES_KEY] = relative.reshape(poses.shape)
+    if frame == "pinch_yaw" and OBJECT_SHAPES_KEY in obs:
+        shapes = np.asarray(obs[OBJECT_SHAPES_KEY], dtype=np.float32)
+        rows = shapes.reshape(*shapes.shape[:-1], -1, SHAPE_FEATURES_PER_OBJECT).copy()
+        wrist = pinch_yaw(np.asarray(obs[PINCH_POSE_KEY]))[..., None]
+        target = grasp_wrist_yaw(rows[..., SHAPE_DIRECTION_INDEX], rows[..., SHAPE_DIRECTION_INDEX + 1])
+        rows[..., SHAPE_DIRECTION_INDEX] = target - wrist
+        rows[..., SHAPE_DIRECTION_INDEX + 1] = target
+        framed[OBJECT_SHAPES_KEY] = rows.reshape(shapes.shape)
+    return framed
 
 
 class ObservationTokenizer:
@@ -360,9 +398,10 @@ class ObservationTokenizer:
             raise ValueError("control.action_low/high must have equal shapes and low < high")
         self.action_companding = bool(tok_cfg.action.companding)
         self.privileged_frame = str(obs_cfg.get("privileged_frame", "world"))
-        if self.privileged_frame not in ("world", "pinch"):
+        if self.privileged_frame not in PRIVILEGED_FRAMES:
             raise ValueError(
-                f"tokenizer.observation.privileged_frame must be world or pinch, not {self.privileged_frame}"
+                f"tokenizer.observation.privileged_frame must be one of {PRIVILEGED_FRAMES}, "
+                f"not {self.privileged_frame}"
             )
         if text_tokenizer is None and text_keys:
             from gato_ros.gato.text import TextTokenizer  # text imports this module
@@ -407,14 +446,15 @@ class ObservationTokenizer:
     def privileged_in_frame(self, obs: Mapping[str, Any]) -> Mapping[str, Any]:
         """With ``privileged_frame: pinch``, object positions become offsets from the gripper's pinch point
         (world axes; orientations unchanged): near zero, where mu-law bins are finest, and the direction to
-        move is one token's sign instead of a comparison of two tokens."""
+        move is one token's sign instead of a comparison of two tokens. ``pinch_yaw`` also turns the
+        objects' grasp directions into the wrist's yaw frame (`in_privileged_frame`)."""
         return in_privileged_frame(obs, self.privileged_frame)
 
     def tokenize_values(self, obs: Mapping[str, Any], keys: tuple[str, ...], frame: str) -> np.ndarray:
         """The values of ``keys`` in one observation, flattened in the given order, as value ids: companded
-        as ``companded_keys`` says, object poses in ``frame`` (world | pinch). Keys need not be observation
-        keys of this tokenizer: training's auxiliary targets (``training.data.auxiliary``) use this for
-        privileged state that an image policy predicts but never reads."""
+        as ``companded_keys`` says, object state in ``frame`` (`PRIVILEGED_FRAMES`). Keys need not be
+        observation keys of this tokenizer: training's auxiliary targets (``training.data.auxiliary``) use
+        this for privileged state that an image policy predicts but never reads."""
         framed = in_privileged_frame(obs, frame)
         parts = [
             tokenize_continuous(np.asarray(framed[key]).reshape(-1), key in self.companded_keys, self.layout)

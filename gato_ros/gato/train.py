@@ -477,8 +477,10 @@ INIT_ADOPTED_GROUPS = ("model", "tokenizer")  # and the policy's image size, cam
 
 def adopt_init_architecture(cfg: DictConfig) -> DictConfig:
     """Fine-tuning (``training.init_from``): the run takes the starting checkpoint's model, tokenizer and
-    image size, whatever the command line said, so its weights load and its observations mean the same;
-    returns a copy, and says which settings changed."""
+    image size, whatever the command line said, so its weights load and its observations mean the same,
+    except the settings ``training.init_keep`` names (dotted keys the run deliberately changes, such as
+    ``tokenizer.observation.privileged_frame``; the weights must still fit); returns a copy, and says
+    which settings changed."""
     from omegaconf import OmegaConf
 
     from gato_ros.gato.checkpoint import read_checkpoint_config, resolve_checkpoint
@@ -486,11 +488,23 @@ def adopt_init_architecture(cfg: DictConfig) -> DictConfig:
     source = resolve_checkpoint(str(cfg.training.init_from))
     trained = OmegaConf.create(read_checkpoint_config(source)["config"])
     cfg = cfg.copy()
+    missing = object()
+    kept = {
+        str(key): OmegaConf.select(cfg, str(key), default=missing)
+        for key in cfg.training.get("init_keep") or []
+    }
+    for key, value in kept.items():
+        if key.split(".")[0] not in INIT_ADOPTED_GROUPS or value is missing:
+            raise ValueError(
+                f"training.init_keep: {key!r} is not a setting of the adopted {INIT_ADOPTED_GROUPS} groups"
+            )
     changed = []
     for group in INIT_ADOPTED_GROUPS:
         if OmegaConf.to_container(cfg[group], resolve=True) != OmegaConf.to_container(trained[group]):
             changed.append(group)
         OmegaConf.update(cfg, group, OmegaConf.to_container(trained[group]), merge=False)
+    for key, value in kept.items():  # the run's own value: e.g. a new frame of the same tokens
+        OmegaConf.update(cfg, key, value, merge=False)
     for key in ("width", "height"):
         if int(cfg.cameras[key]) != int(trained.cameras[key]):
             changed.append(f"cameras.{key}")

@@ -33,12 +33,14 @@ from typing import Any
 import mujoco
 import numpy as np
 
+from gato_ros.gato.tokenizer import OBJECT_SHAPES_KEY, SHAPE_FEATURES_PER_OBJECT
 from gato_ros.twin.assets import mesh_path
 from gato_ros.twin.expert import hull_edges, hull_facets, hull_slice
 from gato_ros.twin.scene import body_vertices, posed_vertices
 
-SHAPE_KEY = "objects/shape"
-FEATURES_PER_OBJECT = 10
+# The key and row layout are the tokenizer's too (privileged_frame pinch_yaw turns the direction columns).
+SHAPE_KEY = OBJECT_SHAPES_KEY
+FEATURES_PER_OBJECT = SHAPE_FEATURES_PER_OBJECT
 SECTION_ANGLES = 36  # candidate width directions over [0, pi): 5 degree steps
 # The section sits this fraction of the height below the top, at most this far (m): where the expert's
 # fingers close (twin.expert.grasp_depth / max_grasp_depth). Constants, not read from the config: they define
