@@ -446,8 +446,8 @@ class ObservationTokenizer:
     def privileged_in_frame(self, obs: Mapping[str, Any]) -> Mapping[str, Any]:
         """With ``privileged_frame: pinch``, object positions become offsets from the gripper's pinch point
         (world axes; orientations unchanged): near zero, where mu-law bins are finest, and the direction to
-        move is one token's sign instead of a comparison of two tokens. ``pinch_yaw`` also turns the
-        objects' grasp directions into the wrist's yaw frame (`in_privileged_frame`)."""
+        move is one token's sign instead of a comparison of two tokens. ``pinch_yaw`` also gives each
+        object's grasp direction as the wrist's turn to it and its target yaw (`in_privileged_frame`)."""
         return in_privileged_frame(obs, self.privileged_frame)
 
     def tokenize_values(self, obs: Mapping[str, Any], keys: tuple[str, ...], frame: str) -> np.ndarray:
