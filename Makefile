@@ -12,7 +12,7 @@ setup:
 # The stack on the twin: twin, Gato policy node (the shipped default policy, policies/default) and command
 # (safety) node as separate processes, in real time; prints each episode's outcome, the success rate and the
 # pace (says when this machine could not keep up), and writes outputs/demo/stack.mp4: the policy's camera views.
-# Triplet 4 is the shipped policy's best group (80 % of seeds 0-19 through the ROS 2 stack; 47 % on 1-5, see its card).
+# Triplet 4 is one of the shipped policy's two best groups (100 % of seeds 0-19 through the ROS 2 stack; 82 % on 1-5, see its card).
 demo: setup
 	$(PY) -m gato_ros.cli launch stacking sim:=true twin.triplet=4 --episodes 3 --isolated --video outputs/demo/stack.mp4
 

@@ -1,7 +1,7 @@
 """Add `objects/shape` (gato_ros/twin/shape.py) to recorded state episodes, from their object ids and poses.
 
     python scripts/add_shape_features.py SRC_DIR DST_DIR [--workers 2] [--object-ids r3,s0,b2] \
-        [--shape-version 2]
+        [--shape-version 3]
 
 Episodes recorded before the twin published shapes hold `objects/pose` and the episode's object ids
 (`gato-ros collect`: `object_ids`; a take recorded on the twin: its `twin_start` status); the features are a

@@ -179,8 +179,36 @@ def test_value_median_decodes_the_bin_where_half_the_mass_is_reached(setup, kv_c
         np.testing.assert_array_equal(result.token_ids, expected)
         differs_from_argmax |= bool(np.any(result.token_ids != result.logits.argmax(axis=1) + 32000))
     assert differs_from_argmax  # a spread distribution's median is not its mode
-    with pytest.raises(ValueError, match="exclude each other"):
+    with pytest.raises(ValueError, match="value_mean excludes"):
         make_decoder(model, tokenizer, "policy.decoder.value_median=true", "policy.decoder.value_mean=true")
+
+
+@pytest.mark.parametrize("kv_cache", [True, False])
+def test_median_dims_decode_the_named_dimensions_by_their_median_and_the_rest_by_argmax(
+    setup, kv_cache: bool
+) -> None:
+    """`median_dims`: the named action dimensions take their distribution's median, the others their most
+    likely bin, each from the logits the model produced in that context; bad indices are refused."""
+    model, tokenizer = setup
+    cache = f"policy.decoder.kv_cache={str(kv_cache).lower()}"
+    decoder = make_decoder(model, tokenizer, "policy.decoder.median_dims=[1,3]", cache)
+    assert decoder.median_dims == {1, 3}
+    rng = np.random.default_rng(6)
+    medians_differ = False
+    for _ in range(3):
+        result = decoder.step(random_observation(rng))
+        probs = torch.softmax(torch.from_numpy(result.logits).double(), dim=-1).numpy()
+        medians = (np.cumsum(probs, axis=1) < 0.5).sum(axis=1) + 32000
+        argmaxes = result.logits.argmax(axis=1) + 32000
+        expected = argmaxes.copy()
+        expected[[1, 3]] = medians[[1, 3]]
+        np.testing.assert_array_equal(result.token_ids, expected)
+        medians_differ |= bool(np.any(medians[[1, 3]] != argmaxes[[1, 3]]))
+    assert medians_differ  # the named dimensions really were decoded another way than argmax
+    with pytest.raises(ValueError, match="median_dims"):
+        make_decoder(model, tokenizer, "policy.decoder.median_dims=[5]")
+    with pytest.raises(ValueError, match="value_mean excludes"):
+        make_decoder(model, tokenizer, "policy.decoder.median_dims=[0]", "policy.decoder.value_mean=true")
 
 
 def test_reset_forgets_the_episode(setup) -> None:

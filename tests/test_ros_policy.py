@@ -412,7 +412,7 @@ def test_shape_policy_takes_the_object_ids_from_the_episode_status(ros_default_c
     fixed = PolicyNode(load_config([*overrides, "policy.object_ids=[r3,s0,b2]"]))
     try:
         assert fixed.assembler.object_ids == ("r3", "s0", "b2")
-        assert fixed.assembler.shape_version == 2  # the checkpoint's own features
+        assert fixed.assembler.shape_version == 3  # the checkpoint's own features
     finally:
         fixed.destroy_node()
     # a checkpoint from before twin.shape_version was trained on version 1 and is fed version 1

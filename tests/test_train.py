@@ -489,8 +489,8 @@ def test_init_keep_changes_a_named_setting_of_the_adopted_tokenizer() -> None:
 
 
 def test_training_refuses_shapes_of_another_version_than_the_runs(tmp_path) -> None:
-    """Episodes whose `objects/shape` was written in version 1 (the narrowest width) would teach a version-2
-    run (the expert's grasp criterion) features its policy is never fed: refused, with the way out."""
+    """Episodes whose `objects/shape` was written in version 1 (the narrowest width) would teach a version-3
+    run (the expert's grasp plan) features its policy is never fed: refused, with the way out."""
     from gato_ros.tools import train as train_tool
 
     write_state_episodes(tmp_path / "data", episodes=2, shapes=True, shape_version=1)
@@ -500,7 +500,7 @@ def test_training_refuses_shapes_of_another_version_than_the_runs(tmp_path) -> N
         "training.data.prompt.max_tokens=0",
         *small_run_overrides(tmp_path, steps=1, sequence_length=79),
     ]
-    with pytest.raises(ValueError, match=r"version \[1\].*add_shape_features.py SRC DST --shape-version 2"):
+    with pytest.raises(ValueError, match=r"version \[1\].*add_shape_features.py SRC DST --shape-version 3"):
         train_tool.main(overrides)
     assert not (tmp_path / "run" / "checkpoints").exists()
     assert train_tool.main([*overrides, "twin.shape_version=1"]) == 0  # a version-1 run takes them

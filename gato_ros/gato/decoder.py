@@ -109,7 +109,8 @@ class ActionDecoder:
     """Autoregressive action decoding with a KV cache reused across control steps.
 
     `cfg` is the full composed config; the decoder reads `cfg.policy.decoder` (temperature, greedy,
-    kv_cache, trim_keep_fraction, max_prompt_tokens, seed, cuda_graphs, static_prefill).
+    value_mean, value_median, median_dims, kv_cache, trim_keep_fraction, max_prompt_tokens, seed,
+    cuda_graphs, static_prefill).
     """
 
     def __init__(self, model: GatoModel, tokenizer: ObservationTokenizer, cfg: DictConfig) -> None:
@@ -120,8 +121,9 @@ class ActionDecoder:
         self.greedy = bool(dcfg.greedy)
         self.value_mean = bool(dcfg.get("value_mean", False))
         self.value_median = bool(dcfg.get("value_median", False))
-        if self.value_mean and self.value_median:
-            raise ValueError("policy.decoder: value_mean and value_median exclude each other")
+        median_dims = [int(dim) for dim in dcfg.get("median_dims", None) or []]
+        if self.value_mean and (self.value_median or median_dims):
+            raise ValueError("policy.decoder: value_mean excludes value_median and median_dims")
         self.use_kv_cache = bool(dcfg.kv_cache)
         self.trim_keep_fraction = float(dcfg.trim_keep_fraction)
         if not self.greedy and self.temperature <= 0:
@@ -134,6 +136,12 @@ class ActionDecoder:
             )
         self.context_length = model.config.context_length
         self.action_dim = tokenizer.action_dim
+        if any(not 0 <= dim < self.action_dim for dim in median_dims):
+            raise ValueError(
+                f"policy.decoder.median_dims {median_dims}: action dimensions are 0..{self.action_dim - 1}"
+            )
+        # The action dimensions decoded by their median (all of them with value_median).
+        self.median_dims = frozenset(range(self.action_dim) if self.value_median else median_dims)
         self.action_obs_index = model.config.action_obs_index
         self.value_range = tokenizer.layout.value_id_range
         self.patch_shape = (model.config.image_channels, model.config.patch_size, model.config.patch_size)
@@ -298,15 +306,16 @@ class ActionDecoder:
     def _value_logits(self, h_last: torch.Tensor) -> torch.Tensor:
         return self.model.logits(h_last, self.value_range).float().reshape(-1)
 
-    def _choose(self, logits: torch.Tensor) -> torch.Tensor:
-        """Value-range logits of the last position -> one id (tensor, stays on the device)."""
+    def _choose(self, logits: torch.Tensor, dim: int) -> torch.Tensor:
+        """Value-range logits of the last position for action dimension ``dim`` -> one id (tensor, stays
+        on the device)."""
         if self.record_logits:
             self._logits.append(logits)
         self._finite &= torch.isfinite(logits).all()
         if self.value_mean:  # the distribution's mean, as the nearest bin (the token the context gets)
             mean = torch.softmax(logits, dim=-1) @ self._bin_values
             index = torch.argmin((self._bin_values - mean).abs())
-        elif self.value_median:  # the first bin where the distribution's cumulative mass reaches one half
+        elif dim in self.median_dims:  # the first bin where the cumulative mass reaches one half
             cumulative = torch.cumsum(torch.softmax(logits, dim=-1), dim=-1)
             index = torch.clamp(
                 torch.searchsorted(cumulative, cumulative.new_tensor([0.5])), max=len(logits) - 1
@@ -446,7 +455,7 @@ class ActionDecoder:
             new = TokenSequence.concat([pending, observation])
         logits = self._prefill(new)
         for dim in range(self.action_dim):
-            self._ids[dim] = self._choose(logits)
+            self._ids[dim] = self._choose(logits, dim)
             if dim + 1 < self.action_dim:
                 logits = self._encode_action_token(self._ids[dim])
         ids = self._ids.clone()
@@ -463,6 +472,6 @@ class ActionDecoder:
             )
             sequence = TokenSequence.concat([base, actions]) if chosen else base
             h = self.model.hidden(self.model.embed(*model_inputs(sequence, self.device)))
-            self._ids[dim] = self._choose(self._value_logits(h[:, -1]))
+            self._ids[dim] = self._choose(self._value_logits(h[:, -1]), dim)
             chosen.append(int(self._ids[dim]))
         return self._ids.clone(), len(base) + self.action_dim - 1

@@ -256,6 +256,87 @@ def reachable_grasp_yaw(yaw: float, current_yaw: float, limit: float) -> float:
     return float(min(candidates or [-limit, limit], key=lambda c: abs(c - current_yaw)))
 
 
+def plan_grasp(scene: Scene, grasp_z: float, params: Any) -> tuple[float, np.ndarray]:
+    """(closing direction in [0, pi), xy centre) of red's grasp: fingers closing across a pair of red's
+    near-vertical sides at the grasp height, the narrowest such pair the gripper opens around, centred on
+    red's cross-section there, over its centre of mass where the section allows, open fingers clear of
+    green and blue. ``params``: `twin.expert` (taper_band, taper_weight, max_grasp_width, pad_margin,
+    com_offset_weight, grasp_offsets, open_finger_half_span, finger_clearance).
+
+    Per closing direction: the width of red's cross-section at the grasp height, and its taper, how fast
+    that width changes `taper_band` above and below (0 for vertical sides). Squeezing tapered sides (a
+    prism's slanted faces, a cylinder lying on its side) pops the object out of the fingers however narrow
+    it is there; score = width + taper_weight * taper. The expert turns the wrist to it
+    (`ScriptedExpert._grasp_plan`); `objects/shape` version 3 gives it to a student (`gato_ros.twin.shape`).
+    """
+    cfg = params
+    vertices, edges = scene.world_vertices(RED), scene.edges[RED]
+    bottom, top = float(vertices[:, 2].min()), float(vertices[:, 2].max())
+    band = min(float(cfg.taper_band), 0.45 * (top - bottom))
+    z = float(np.clip(grasp_z, bottom + band, top - band))
+    angles = np.linspace(0.0, np.pi, WIDTH_SEARCH_ANGLES, endpoint=False)
+    directions = np.stack([np.cos(angles), np.sin(angles)], axis=1)
+    middle = hull_slice(vertices, edges, z)
+    if len(middle) < 3:  # degenerate cut: fall back to the whole object's outline
+        middle = vertices[:, :2]
+
+    def widths(points: np.ndarray) -> np.ndarray:
+        if len(points) < 2:
+            return np.zeros(len(angles))
+        projections = points @ directions.T
+        return projections.max(axis=0) - projections.min(axis=0)
+
+    width = widths(middle)
+    taper = np.maximum(
+        np.abs(widths(hull_slice(vertices, edges, z + band)) - width),
+        np.abs(width - widths(hull_slice(vertices, edges, z - band))),
+    ) / max(band, 1e-6)
+    score = width + float(cfg.taper_weight) * taper
+    score[width > float(cfg.max_grasp_width)] += 1.0  # wider than the open fingers: last resort
+    # Along the closing direction the fingers centre red themselves. Across it the grasp sits over red's
+    # centre of mass as far as the section allows (`pad_margin` of red beside the pads' middle): held
+    # off its centre of mass, red swings in the fingers when lifted and lands tilted, on an edge. Other
+    # points across the section are fallbacks that keep the open fingers off green and blue.
+    across = np.stack([-directions[:, 1], directions[:, 0]], axis=1)
+    along, side = middle @ directions.T, middle @ across.T  # (K, A)
+    along_mid = 0.5 * (along.max(axis=0) + along.min(axis=0))
+    side_low, side_high = side.min(axis=0), side.max(axis=0)
+    margin = np.minimum(float(cfg.pad_margin), 0.5 * (side_high - side_low))
+    com_side = across @ scene.centres_of_mass[RED, :2]
+    fractions = np.linspace(0.0, 1.0, int(cfg.grasp_offsets))[:, None]
+    sides = np.concatenate(
+        [
+            np.clip(com_side, side_low + margin, side_high - margin)[None],
+            side_low + margin + fractions * (side_high - side_low - 2.0 * margin),
+        ]
+    )  # (J, A)
+    centres = along_mid[None, :, None] * directions[None] + sides[..., None] * across[None]  # (J, A, 2)
+    scores = score[None] + float(cfg.com_offset_weight) * np.abs(sides - com_side[None])
+    # Open fingers that would come down on green or blue: a last resort too.
+    half_span = float(cfg.open_finger_half_span)
+    blocked = np.zeros(sides.shape, dtype=bool)
+    for obj in (GREEN, BLUE):
+        outline = obstacle_outline(scene, obj, z)
+        if outline is None:
+            continue
+        for sign in (1.0, -1.0):
+            fingers = (centres + sign * half_span * directions[None]).reshape(-1, 2)
+            near = outline_distance(fingers, outline) < float(cfg.finger_clearance)
+            blocked |= near.reshape(sides.shape)
+    scores[blocked] += 0.5
+    option, best = np.unravel_index(int(np.argmin(scores)), scores.shape)
+    return float(angles[best]), centres[option, best]
+
+
+def obstacle_outline(scene: Scene, obj: int, z: float) -> np.ndarray | None:
+    """xy outline of the part of an object a fingertip at height z would hit (None: entirely below)."""
+    vertices = scene.world_vertices(obj)
+    above = vertices[vertices[:, 2] > z, :2]
+    if not len(above):
+        return None
+    return np.concatenate([above, hull_slice(vertices, scene.edges[obj], z)])
+
+
 class ScriptedExpert:
     """Stacks red on blue. `act(twin_or_obs)` -> (5,) action; call `reset()` at each episode start.
 
@@ -352,88 +433,15 @@ class ScriptedExpert:
         )
 
     def _grasp_plan(self, scene: Scene, grasp_z: float, current_yaw: float) -> tuple[float, np.ndarray]:
-        """(yaw, xy): fingers closing across a pair of red's near-vertical sides at the grasp height, the
-        narrowest such pair the gripper opens around, centred on red's cross-section there.
-
-        Per closing direction: the width of red's cross-section at the grasp height, and its taper, how
-        fast that width changes `taper_band` above and below (0 for vertical sides). Squeezing tapered
-        sides (a prism's slanted faces, a cylinder lying on its side) pops the object out of the fingers
-        however narrow it is there; score = width + taper_weight * taper.
-        """
+        """(yaw, xy) of red's grasp (`plan_grasp`), the yaw the reachable one nearest ``current_yaw``."""
         key = ("grasp", grasp_z, current_yaw)
-        if key in scene._plans:
-            return scene._plans[key]
-        cfg = self.cfg
-        vertices, edges = scene.world_vertices(RED), scene.edges[RED]
-        bottom, top = float(vertices[:, 2].min()), float(vertices[:, 2].max())
-        band = min(float(cfg.taper_band), 0.45 * (top - bottom))
-        z = float(np.clip(grasp_z, bottom + band, top - band))
-        angles = np.linspace(0.0, np.pi, WIDTH_SEARCH_ANGLES, endpoint=False)
-        directions = np.stack([np.cos(angles), np.sin(angles)], axis=1)
-        middle = hull_slice(vertices, edges, z)
-        if len(middle) < 3:  # degenerate cut: fall back to the whole object's outline
-            middle = vertices[:, :2]
-
-        def widths(points: np.ndarray) -> np.ndarray:
-            if len(points) < 2:
-                return np.zeros(len(angles))
-            projections = points @ directions.T
-            return projections.max(axis=0) - projections.min(axis=0)
-
-        width = widths(middle)
-        taper = np.maximum(
-            np.abs(widths(hull_slice(vertices, edges, z + band)) - width),
-            np.abs(width - widths(hull_slice(vertices, edges, z - band))),
-        ) / max(band, 1e-6)
-        score = width + float(cfg.taper_weight) * taper
-        score[width > float(cfg.max_grasp_width)] += 1.0  # wider than the open fingers: last resort
-        # Along the closing direction the fingers centre red themselves. Across it the grasp sits over red's
-        # centre of mass as far as the section allows (`pad_margin` of red beside the pads' middle): held
-        # off its centre of mass, red swings in the fingers when lifted and lands tilted, on an edge. Other
-        # points across the section are fallbacks that keep the open fingers off green and blue.
-        across = np.stack([-directions[:, 1], directions[:, 0]], axis=1)
-        along, side = middle @ directions.T, middle @ across.T  # (K, A)
-        along_mid = 0.5 * (along.max(axis=0) + along.min(axis=0))
-        side_low, side_high = side.min(axis=0), side.max(axis=0)
-        margin = np.minimum(float(cfg.pad_margin), 0.5 * (side_high - side_low))
-        com_side = across @ scene.centres_of_mass[RED, :2]
-        fractions = np.linspace(0.0, 1.0, int(cfg.grasp_offsets))[:, None]
-        sides = np.concatenate(
-            [
-                np.clip(com_side, side_low + margin, side_high - margin)[None],
-                side_low + margin + fractions * (side_high - side_low - 2.0 * margin),
-            ]
-        )  # (J, A)
-        centres = along_mid[None, :, None] * directions[None] + sides[..., None] * across[None]  # (J, A, 2)
-        scores = score[None] + float(cfg.com_offset_weight) * np.abs(sides - com_side[None])
-        # Open fingers that would come down on green or blue: a last resort too.
-        half_span = float(cfg.open_finger_half_span)
-        blocked = np.zeros(sides.shape, dtype=bool)
-        for obj in (GREEN, BLUE):
-            outline = self._obstacle_outline(scene, obj, z)
-            if outline is None:
-                continue
-            for sign in (1.0, -1.0):
-                fingers = (centres + sign * half_span * directions[None]).reshape(-1, 2)
-                near = outline_distance(fingers, outline) < float(cfg.finger_clearance)
-                blocked |= near.reshape(sides.shape)
-        scores[blocked] += 0.5
-        option, best = np.unravel_index(int(np.argmin(scores)), scores.shape)
-        centre = centres[option, best]
-        # Fingers close along the tool y axis, which points along yaw - pi/2.
-        yaw = wrap_angle(float(angles[best]) + np.pi / 2)
-        limit = self.yaw_limit - float(cfg.yaw_limit_margin)
-        scene._plans[key] = (reachable_grasp_yaw(yaw, current_yaw, limit), centre)
+        if key not in scene._plans:
+            closing, centre = plan_grasp(scene, grasp_z, self.cfg)
+            # Fingers close along the tool y axis, which points along yaw - pi/2.
+            yaw = wrap_angle(float(closing) + np.pi / 2)
+            limit = self.yaw_limit - float(self.cfg.yaw_limit_margin)
+            scene._plans[key] = (reachable_grasp_yaw(yaw, current_yaw, limit), centre)
         return scene._plans[key]
-
-    @staticmethod
-    def _obstacle_outline(scene: Scene, obj: int, z: float) -> np.ndarray | None:
-        """xy outline of the part of an object a fingertip at height z would hit (None: entirely below)."""
-        vertices = scene.world_vertices(obj)
-        above = vertices[vertices[:, 2] > z, :2]
-        if not len(above):
-            return None
-        return np.concatenate([above, hull_slice(vertices, scene.edges[obj], z)])
 
     def _tip_plan(
         self, scene: Scene, budget: bool = True, pusher: np.ndarray | None = None

@@ -12,12 +12,16 @@ frame, per object, relative to its pose position (metres unless noted):
     centre x, y          middle of that section along and across that direction
     normal x, y, z       unit outward normal of the most upward-facing hull face (blue's top: tilted or not)
 
-The closing direction has two versions (`twin.shape_version`; a checkpoint without the key read version 1):
-1, the narrowest width; 2 (current), the expert's criterion: width plus `TAPER_WEIGHT` times the taper (how
+The closing direction has three versions (`twin.shape_version`; a checkpoint without the key read version 1):
+1, the narrowest width; 2, the expert's criterion: width plus `TAPER_WEIGHT` times the taper (how
 fast the width changes `TAPER_BAND` above and below), wider than `MAX_GRASP_WIDTH` only as a last resort.
 Squeezed, tapered sides push an object out of the fingers, so the expert grasps a narrow prism (triplet 1's
 red r3) across its vertical faces, 90 degrees from its narrowest width in 93 % of triplet-1 episodes: under
 version 1 every student turned to the wrong yaw there (10 % success; policies/default/README.md).
+3 (current): as 2, and red's row is the expert's whole grasp plan (`gato_ros.twin.expert.plan_grasp`): its
+closing direction and centre also weigh red's centre of mass and keep the open fingers off green and blue,
+at the expert's grasp height. Under version 2 a student aligned precisely with a direction up to 90 degrees
+(and a centre some millimetres) from where the expert grasps, and the expert's labels said "rise, come again".
 
 A real cell has them too when it knows its objects: the RGB objects are a fixed set of meshes, so a pose
 estimator that names the object (the operator loads a known triplet) gives the same numbers from mesh and
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cache
+from types import SimpleNamespace
 from typing import Any
 
 import mujoco
@@ -35,7 +40,7 @@ import numpy as np
 
 from gato_ros.gato.tokenizer import OBJECT_SHAPES_KEY, SHAPE_FEATURES_PER_OBJECT
 from gato_ros.twin.assets import mesh_path
-from gato_ros.twin.expert import hull_edges, hull_facets, hull_slice
+from gato_ros.twin.expert import RED, Scene, hull_edges, hull_facets, hull_slice, plan_grasp
 from gato_ros.twin.scene import body_vertices, posed_vertices
 
 # The key and row layout are the tokenizer's too (privileged_frame pinch_yaw turns the direction columns).
@@ -52,8 +57,20 @@ MAX_GRASP_DEPTH = 0.035
 TAPER_BAND = 0.008
 TAPER_WEIGHT = 0.05
 MAX_GRASP_WIDTH = 0.075
-SHAPE_VERSION = 2  # what the twin, the recorder and scripts/add_shape_features.py write by default
-SHAPE_VERSIONS = (1, 2)
+SHAPE_VERSION = 3  # what the twin, the recorder and scripts/add_shape_features.py write by default
+SHAPE_VERSIONS = (1, 2, 3)
+# Version 3's grasp plan: the expert's defaults (twin.expert.*) and its grasp height, constants as above.
+MIN_GRASP_HEIGHT = 0.02  # twin.expert.min_grasp_height_above_bottom (m)
+GRASP_PLAN = SimpleNamespace(
+    taper_band=TAPER_BAND,
+    taper_weight=TAPER_WEIGHT,
+    max_grasp_width=MAX_GRASP_WIDTH,
+    pad_margin=0.012,
+    com_offset_weight=1.0,
+    grasp_offsets=5,
+    open_finger_half_span=0.05,
+    finger_clearance=0.012,
+)
 
 
 def shape_version(cfg: Any) -> int:
@@ -78,16 +95,19 @@ def episode_shape_version(metadata: dict[str, Any]) -> int:
 
 @dataclass(frozen=True)
 class ObjectGeometry:
-    """One object's convex hull in its body frame: vertices (N, 3), hull edges (E, 2), hull planes (F, 4)."""
+    """One object's convex hull in its body frame: vertices (N, 3), hull edges (E, 2), hull planes (F, 4),
+    and its centre of mass (3,) (uniform density, as the twin's objects)."""
 
     vertices: np.ndarray
     edges: np.ndarray
     facets: np.ndarray
+    centre_of_mass: np.ndarray
 
     @classmethod
-    def from_vertices(cls, vertices: np.ndarray) -> ObjectGeometry:
+    def from_vertices(cls, vertices: np.ndarray, centre_of_mass: np.ndarray | None = None) -> ObjectGeometry:
         points = np.asarray(vertices, dtype=float)
-        return cls(points, hull_edges(points), hull_facets(points))
+        com = points.mean(axis=0) if centre_of_mass is None else np.asarray(centre_of_mass, dtype=float)
+        return cls(points, hull_edges(points), hull_facets(points), com)
 
 
 @cache
@@ -98,7 +118,8 @@ def object_geometry(object_id: str) -> ObjectGeometry:
     body = spec.worldbody.add_body(name="object", pos=[0.0, 0.0, 0.0])
     body.add_geom(type=mujoco.mjtGeom.mjGEOM_MESH, meshname="mesh")
     model = spec.compile()
-    return ObjectGeometry.from_vertices(body_vertices(model, model.body("object").id))
+    body_id = model.body("object").id
+    return ObjectGeometry.from_vertices(body_vertices(model, body_id), model.body_ipos[body_id].copy())
 
 
 _ANGLES = np.linspace(0.0, np.pi, SECTION_ANGLES, endpoint=False)
@@ -170,12 +191,45 @@ def shape_features(geometry: ObjectGeometry, pose: np.ndarray, version: int = SH
     )
 
 
+def planned_grasp(
+    geometries: tuple[ObjectGeometry, ...], poses: np.ndarray
+) -> tuple[float, np.ndarray, float]:
+    """Version 3: red's grasp as the expert plans it (`plan_grasp`, `GRASP_PLAN`) from the three objects'
+    meshes and (3, 7) poses: (closing direction in [0, pi), world xy centre, section width along it)."""
+    pairs = list(zip(geometries, poses, strict=True))
+    posed = [posed_vertices(g.vertices, p[:3], p[3:]) for g, p in pairs]
+    centres_of_mass = np.stack([posed_vertices(g.centre_of_mass[None], p[:3], p[3:])[0] for g, p in pairs])
+    scene = Scene(
+        object_poses=poses,
+        pinch_position=np.zeros(3),
+        pinch_rotation=np.eye(3),
+        gripper=0.0,
+        vertices=tuple(g.vertices for g in geometries),  # type: ignore[arg-type]
+        centres_of_mass=centres_of_mass,
+        edges=tuple(g.edges for g in geometries),  # type: ignore[arg-type]
+        facets=tuple(g.facets for g in geometries),  # type: ignore[arg-type]
+    )
+    red = posed[RED]
+    bottom, top = float(red[:, 2].min()), float(red[:, 2].max())
+    grasp_z = max(top - min(GRASP_DEPTH * (top - bottom), MAX_GRASP_DEPTH), bottom + MIN_GRASP_HEIGHT)
+    closing, centre = plan_grasp(scene, grasp_z, GRASP_PLAN)
+    section = hull_slice(red, geometries[RED].edges, grasp_z)
+    if len(section) < 2:
+        section = red[:, :2]
+    along = section @ np.array([np.cos(closing), np.sin(closing)])
+    return closing, np.asarray(centre, dtype=float), float(along.max() - along.min())
+
+
 def objects_shape(
     geometries: tuple[ObjectGeometry, ...], poses: np.ndarray, version: int = SHAPE_VERSION
 ) -> np.ndarray:
     """(3 * FEATURES_PER_OBJECT,) red, green, blue features for (3, 7) poses (the `objects/shape` value)."""
     poses = np.asarray(poses, dtype=float).reshape(len(geometries), 7)
-    return np.concatenate([shape_features(g, p, version) for g, p in zip(geometries, poses, strict=True)])
+    rows = [shape_features(g, p, min(version, 2)) for g, p in zip(geometries, poses, strict=True)]
+    if version == 3:  # red's grasp direction, width and centre: the expert's plan
+        closing, centre, width = planned_grasp(geometries, poses)
+        rows[RED][2:7] = [np.cos(2 * closing), np.sin(2 * closing), width, *(centre - poses[RED, :2])]
+    return np.concatenate(rows)
 
 
 def shape_track(object_ids: tuple[str, ...], poses: np.ndarray, version: int = SHAPE_VERSION) -> np.ndarray:
