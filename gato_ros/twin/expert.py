@@ -256,12 +256,12 @@ def reachable_grasp_yaw(yaw: float, current_yaw: float, limit: float) -> float:
     return float(min(candidates or [-limit, limit], key=lambda c: abs(c - current_yaw)))
 
 
-def plan_grasp(scene: Scene, grasp_z: float, params: Any) -> tuple[float, np.ndarray]:
+def plan_grasp(scene: Scene, grasp_z: float, cfg: Any) -> tuple[float, np.ndarray]:
     """(closing direction in [0, pi), xy centre) of red's grasp: fingers closing across a pair of red's
     near-vertical sides at the grasp height, the narrowest such pair the gripper opens around, centred on
     red's cross-section there, over its centre of mass where the section allows, open fingers clear of
-    green and blue. ``params``: `twin.expert` (taper_band, taper_weight, max_grasp_width, pad_margin,
-    com_offset_weight, grasp_offsets, open_finger_half_span, finger_clearance).
+    green and blue. ``cfg``: `twin.expert` or the same keys (taper_band, taper_weight, max_grasp_width,
+    pad_margin, com_offset_weight, grasp_offsets, open_finger_half_span, finger_clearance).
 
     Per closing direction: the width of red's cross-section at the grasp height, and its taper, how fast
     that width changes `taper_band` above and below (0 for vertical sides). Squeezing tapered sides (a
@@ -269,7 +269,6 @@ def plan_grasp(scene: Scene, grasp_z: float, params: Any) -> tuple[float, np.nda
     it is there; score = width + taper_weight * taper. The expert turns the wrist to it
     (`ScriptedExpert._grasp_plan`); `objects/shape` version 3 gives it to a student (`gato_ros.twin.shape`).
     """
-    cfg = params
     vertices, edges = scene.world_vertices(RED), scene.edges[RED]
     bottom, top = float(vertices[:, 2].min()), float(vertices[:, 2].max())
     band = min(float(cfg.taper_band), 0.45 * (top - bottom))
