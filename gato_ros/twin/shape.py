@@ -197,7 +197,6 @@ def planned_grasp(
     """Version 3: red's grasp as the expert plans it (`plan_grasp`, `GRASP_PLAN`) from the three objects'
     meshes and (3, 7) poses: (closing direction in [0, pi), world xy centre, section width along it)."""
     pairs = list(zip(geometries, poses, strict=True))
-    posed = [posed_vertices(g.vertices, p[:3], p[3:]) for g, p in pairs]
     centres_of_mass = np.stack([posed_vertices(g.centre_of_mass[None], p[:3], p[3:])[0] for g, p in pairs])
     scene = Scene(
         object_poses=poses,
@@ -209,7 +208,7 @@ def planned_grasp(
         edges=tuple(g.edges for g in geometries),  # type: ignore[arg-type]
         facets=tuple(g.facets for g in geometries),  # type: ignore[arg-type]
     )
-    red = posed[RED]
+    red = scene.world_vertices(RED)  # posed once, and reused by the plan
     bottom, top = float(red[:, 2].min()), float(red[:, 2].max())
     grasp_z = max(top - min(GRASP_DEPTH * (top - bottom), MAX_GRASP_DEPTH), bottom + MIN_GRASP_HEIGHT)
     closing, centre = plan_grasp(scene, grasp_z, GRASP_PLAN)
