@@ -65,6 +65,33 @@ def test_a_shape_checkpoint_gets_the_shapes_from_the_twin(tmp_path: Path) -> Non
         runner.close()
 
 
+def test_a_state_checkpoint_can_read_object_poses_fitted_to_the_cameras(tmp_path: Path) -> None:
+    """``policy.object_pose_source=cameras``: the twin renders the policy cameras and the checkpoint reads
+    the poses (and shapes) the estimator fits to them, as the policy node would; not the twin's own."""
+    import numpy as np
+
+    from gato_ros.evaluation.success_check import CheckpointRunner
+
+    cfg = load_config(["+experiment=state_shape_policy", "model=tiny"])
+    checkpoint = save_checkpoint(tmp_path / "ckpt", build_model(cfg), cfg, step=1)
+    run_cfg = load_config(["control.episode_seconds=0.25", "policy.object_pose_source=cameras"])
+    runner = CheckpointRunner(run_cfg, checkpoint, 1)
+    seen: list[dict] = []
+    decoder_act = runner.decoder.act
+    runner.decoder.act = lambda observation: seen.append(observation) or decoder_act(observation)
+    try:
+        assert runner.poses_from_cameras and runner.needs_images and not runner.reads_images
+        outcomes, errors = runner.episodes([3], "benchmark")
+        assert len(outcomes) == 1 and errors == 0 and len(seen) == 5
+        truth = runner.twin.object_poses()
+        fed = seen[-1]
+        assert not any(key.endswith("/pixels") for key in fed)  # a state checkpoint's observation
+        assert not np.array_equal(fed["objects/pose"].reshape(3, 7), truth.astype(np.float32))
+        np.testing.assert_allclose(fed["objects/pose"].reshape(3, 7)[:, :3], truth[:, :3], atol=0.01)
+    finally:
+        runner.close()
+
+
 def test_check_without_anything_to_check_says_so(tmp_path: Path, capsys) -> None:
     assert check_tool.main([f"check.out_dir={tmp_path}"]) == 2
     assert "nothing to check" in capsys.readouterr().out

@@ -58,7 +58,11 @@ def test_real_plan_is_one_camera_per_policy_camera_and_never_enabled() -> None:
         assert f"ros.camera.name={camera}" in node.args
     for node in nodes:
         assert "ros.use_sim_time=false" in node.args
+        assert "policy.object_pose_source=cameras" in node.args  # no OBJECT_POSES publisher on a real cell
         assert not any(a.startswith("safety.start_enabled") for a in node.args)  # a real arm waits
+    assert "policy.object_pose_source=cameras" not in plan(True)[1].args  # the twin publishes its poses
+    args = plan(False, "robot.driver_command_timeout_s=0.1", "policy.object_pose_source=topic")[-1].args
+    assert args.index("policy.object_pose_source=topic") > args.index("policy.object_pose_source=cameras")
 
 
 def test_the_real_cell_refuses_to_start_without_a_driver_command_timeout() -> None:

@@ -476,3 +476,56 @@ def test_velocity_policy_holds_without_the_gripper_velocity(ros_default_context,
         executor.shutdown()
         policy.destroy_node()
         cell.node.destroy_node()
+
+
+def test_policy_node_fits_the_object_poses_to_its_camera_frames(ros_default_context, tmp_path) -> None:
+    """``policy.object_pose_source=cameras``: the node subscribes to the policy cameras instead of
+    OBJECT_POSES, holds until every object is seen, then acts on poses fitted to the frames (a real cell
+    names its objects with ``policy.object_ids``)."""
+    from gato_ros.twin.env import StackingTwin
+
+    cfg = load_config([*STATE_TRAINING, "tokenizer.observation.privileged_keys=[objects/pose,objects/shape]"])
+    checkpoint = save_checkpoint(tmp_path / "random_tiny_shape", build_model(cfg), cfg)
+    with StackingTwin(load_config(["twin.objects=triplet", "twin.triplet=1"]), render=True) as twin:
+        twin.reset(seed=2)
+        frames = [twin.render(c) for c in twin.cfg.cameras.policy_cameras]
+        truth, ids = twin.object_poses(), list(twin.object_ids)
+    overrides = [
+        "ros.use_sim_time=true", f"policy.checkpoint={checkpoint}", "policy.device=cpu",
+        "policy.object_pose_source=cameras", f"policy.object_ids=[{','.join(ids)}]",
+    ]  # fmt: skip
+    cfg = load_config(overrides)
+    policy = PolicyNode(cfg)
+    assert policy.cameras == [] and policy.assembler.poses_from_cameras
+    assert policy.assembler.sensor_cameras == list(cfg.cameras.policy_cameras)
+    cell = StateCell(cfg)
+    images = {
+        c: cell.node.create_publisher(
+            contract.camera_image(c).msg_type,
+            contract.camera_image(c).name,
+            contract.camera_image(c).qos.profile(),
+        )
+        for c in cfg.cameras.policy_cameras
+    }
+    executor = connected_executor(policy, cell.node, [cell.clock, *images.values()])
+    try:
+        assert cell.poses.get_subscription_count() == 0  # the object pose topic is not read
+        now = cell.ticks(executor, T0, 3, pose_lag=None)
+        assert cell.actions == [] and "no data yet from basket_front_left" in policy._last_reason
+        period = 1.0 / cfg.control.rate_hz
+        for _ in range(6):
+            now += period
+            cell.publish_joints(now)
+            for camera, frame in zip(cfg.cameras.policy_cameras, frames, strict=True):
+                images[camera].publish(image_msg(frame, time_msg(now), camera))
+            cell.clock.publish(Clock(clock=time_msg(now)))
+            spin_for(executor, 0.3)  # the first frame searches from scratch (~0.4 s on 2 cores)
+        spin_for(executor, 1.0)
+        assert cell.actions, policy._last_reason
+        estimated = policy.assembler._estimator.tracks
+        for track, true in zip(estimated, truth, strict=True):
+            assert np.linalg.norm(track.pose[:3] - true[:3]) < 0.01
+    finally:
+        executor.shutdown()
+        policy.destroy_node()
+        cell.node.destroy_node()

@@ -215,6 +215,11 @@ class CheckpointRunner:
         self.expert: Any = None
         self.image_size = (int(cfg.cameras.width), int(cfg.cameras.height))
         self.needs_images = False
+        self.reads_images = False
+        # `policy.object_pose_source=cameras`: a state checkpoint reads poses fitted to the rendered policy
+        # cameras (gato_ros.perception), as the policy node does then, instead of the twin's own
+        self.poses_from_cameras = False
+        self._estimator: Any = None
         self.policy = policy
         self.expert_dims = sorted({int(d) for d in expert_dims})
         self.command_limits = bool(cfg.check.command_limits)
@@ -247,7 +252,11 @@ class CheckpointRunner:
         tokenizer = ObservationTokenizer(policy.cfg)
         self.decoder = ActionDecoder(policy.model, tokenizer, self.cfg)
         self.image_size = policy_image_size(policy.cfg)
-        self.needs_images = any(k.endswith("/pixels") for k in tokenizer.observation_keys)
+        self.reads_images = any(k.endswith("/pixels") for k in tokenizer.observation_keys)
+        self.poses_from_cameras = str(self.cfg.policy.get("object_pose_source", "topic")) == "cameras" and (
+            "objects/pose" in tokenizer.observation_keys or SHAPE_KEY in tokenizer.observation_keys
+        )
+        self.needs_images = self.reads_images or self.poses_from_cameras
         # A checkpoint that reads the objects' shapes gets them from the twin (gato_ros/twin/shape.py).
         OmegaConf.update(self.cfg, "twin.shape_observations", SHAPE_KEY in tokenizer.observation_keys)
         OmegaConf.update(self.cfg, "twin.shape_version", shape_version(policy.cfg))
@@ -277,6 +286,7 @@ class CheckpointRunner:
                 self.expert.reset()
             if self.decoder is not None:
                 self.decoder.reset()
+            self._estimator = None  # each episode's objects, found from scratch
             self._trace = []
             try:
                 outcomes.append(bool(run_episode(twin, self._act, seed, stepper=stepper).success))
@@ -298,6 +308,10 @@ class CheckpointRunner:
         label = None
         if self.expert is not None:
             label = np.asarray(self.expert.act(twin), dtype=np.float64)
+        if self.poses_from_cameras:
+            observation = self._camera_poses(twin, observation)
+            if observation is None:  # an object not seen yet: the policy node would hold (no action)
+                return np.zeros(len(self.cfg.control.action_low))
         if self.policy is not None:
             action = np.array(self.policy(observation), dtype=np.float64)
         elif self.decoder is None:
@@ -312,6 +326,26 @@ class CheckpointRunner:
         if self.explain:
             self._trace.append((self.expert.stage.name, action.copy(), label))
         return action
+
+    def _camera_poses(self, twin: Any, observation: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+        """The observation with ``objects/pose`` (and the shapes) fitted to its policy camera frames, or None
+        while some object has not been seen."""
+        from gato_ros.perception.object_poses import ObjectPoseEstimator
+        from gato_ros.twin.shape import SHAPE_KEY, objects_shape, shape_version
+
+        if self._estimator is None:
+            self._estimator = ObjectPoseEstimator.from_config(self.cfg, twin.object_geometries())
+        frames = [observation[f"{camera.name}/pixels"] for camera in self._estimator.cameras]
+        poses = self._estimator.update(frames)
+        if poses is None:
+            return None
+        result = dict(observation)
+        result["objects/pose"] = poses.reshape(-1).astype(np.float32)
+        if SHAPE_KEY in result:
+            result[SHAPE_KEY] = objects_shape(twin.object_geometries(), poses, shape_version(self.cfg))
+        if not self.reads_images:
+            result = {k: v for k, v in result.items() if not k.endswith("/pixels")}
+        return result
 
     def close(self) -> None:
         if self.twin is not None:

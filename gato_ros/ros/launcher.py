@@ -67,10 +67,13 @@ def ros_namespace(cfg: DictConfig) -> str:
 def launch_overrides(
     sim: bool, checkpoint: str | None = None, device: str | None = None, extra: Sequence[str] = ()
 ) -> list[str]:
-    """The hydra overrides that the launch arguments (sim, checkpoint, device) stand for, plus `extra`."""
+    """The hydra overrides that the launch arguments (sim, checkpoint, device) stand for, plus `extra`
+    (last, so the user's word wins)."""
     overrides = [f"ros.use_sim_time={str(sim).lower()}"]
     if sim:  # the twin's arm may move as soon as the stack is up; a real arm waits for /safety/enable
         overrides.append("safety.start_enabled=true")
+    else:  # nothing on a real cell publishes OBJECT_POSES: a state policy fits them to its camera frames
+        overrides.append("policy.object_pose_source=cameras")
     if checkpoint:
         overrides.append(f"policy.checkpoint={checkpoint}")
     if device:

@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 
 from gato_ros.control.kinematics import OBJECT_REFERENCE_WXYZ, ArmKinematics, canonical_quat
 from gato_ros.gato.images import fit_image, policy_image_size
+from gato_ros.perception.object_poses import ObjectPoseEstimator
 from gato_ros.ros.messages import POSE_SIZE
 from gato_ros.twin.observation_keys import GRIPPER_VELOCITY_KEY
 from gato_ros.twin.shape import (
@@ -36,6 +37,8 @@ OBJECTS_KEY = "objects/pose"  # privileged: red, green, blue poses (x, y, z, qw,
 OBJECTS_PART = "object poses"  # what the logs call that part
 GRIPPER_VELOCITY_PART = "a finite velocity of the gripper joint"  # what the logs call it
 OBJECT_IDS_PART = "object ids"  # which meshes the shapes come from (policy.object_ids or the twin's episode)
+OBJECT_POSE_SOURCES = ("topic", "cameras")  # policy.object_pose_source
+NOT_SEEN = "object poses from the cameras: not every object seen yet"
 WAITING_FOR_CLOCK = "observation ahead of the clock, acted on once the clock reaches it"
 # Float slack on stamp comparisons (s): stamps are integer nanoseconds, far below any real lead.
 STAMP_TOLERANCE_S = 1e-6
@@ -97,6 +100,7 @@ class ObservationAssembler:
         object_ids: Sequence[str] = (),
         shape_features_version: int | None = None,
         gripper_velocity: bool = False,
+        object_pose_source: str = "topic",
     ) -> None:
         """`object_poses`: the observation also needs ``objects/pose`` (a state-based checkpoint), one
         pose per ``twin.object_colors`` entry, from `add_object_poses`. `image_size`: (width, height) the
@@ -105,11 +109,28 @@ class ObservationAssembler:
         has loaded: fixed) or else by each twin episode (`follow_episode_status`); implies `object_poses`.
         `shape_features_version`: the features' version the policy was trained on (default ``cfg``'s).
         `gripper_velocity`: the observation has ``gripper/joints/velocity`` (joint states without a finite
-        gripper velocity then give none); without it, never (the keys of an episode must not change)."""
-        self.cameras = list(cameras)
+        gripper velocity then give none); without it, never (the keys of an episode must not change).
+        `object_pose_source`: where ``objects/pose`` comes from, ``topic`` (`add_object_poses`: the twin's, or
+        a pose estimator's) or ``cameras``: fitted here to the newest images of ``cameras.policy_cameras``
+        (`gato_ros.perception`), which the observation then waits for too, with the objects' meshes (named
+        as for the shapes)."""
+        if object_pose_source not in OBJECT_POSE_SOURCES:
+            raise ValueError(
+                f"object_pose_source must be one of {OBJECT_POSE_SOURCES}, got {object_pose_source!r}"
+            )
+        self.cfg = cfg
+        self.cameras = list(cameras)  # the policy's images
         self.object_shapes = object_shapes
         self.shape_version = shape_version(cfg) if shape_features_version is None else shape_features_version
         self.object_poses = object_poses or object_shapes
+        self.poses_from_cameras = self.object_poses and object_pose_source == "cameras"
+        self.pose_cameras = [str(c) for c in cfg.cameras.policy_cameras] if self.poses_from_cameras else []
+        # every camera an observation needs: the policy's images and the pose estimator's
+        self.sensor_cameras = list(dict.fromkeys([*self.cameras, *self.pose_cameras]))
+        self.needs_object_ids = object_shapes or self.poses_from_cameras
+        self._estimator: ObjectPoseEstimator | None = None
+        self._estimator_key: tuple[Any, ...] | None = None
+        self._estimator_reset = False
         self.gripper_velocity = gripper_velocity
         self.geometries: tuple[ObjectGeometry, ...] | None = None
         self.object_ids: tuple[str, ...] | None = None
@@ -131,7 +152,7 @@ class ObservationAssembler:
         self.last_used: dict[str, float] = {}  # stamp of each part in the last observation acted on
         self.last_now_s: float | None = None  # the clock at the last assembly, to notice it going back
         self._lock = threading.Lock()
-        if object_shapes and object_ids:
+        if self.needs_object_ids and object_ids:
             self.set_object_ids(object_ids)
 
     def add_image(self, camera: str, pixels: np.ndarray, stamp_s: float, received_s: float) -> None:
@@ -181,7 +202,7 @@ class ObservationAssembler:
     def follow_episode_status(self, status: Any) -> str | None:
         """Take the object ids of a twin episode's status (its ``objects``) for the shapes, unless the
         cell named its objects; an error line (and the old ids kept) when it names unknown ones."""
-        if not self.object_shapes or self.fixed_object_ids or not isinstance(status, dict):
+        if not self.needs_object_ids or self.fixed_object_ids or not isinstance(status, dict):
             return None
         if not status.get("objects"):
             return None
@@ -192,9 +213,11 @@ class ObservationAssembler:
         return None
 
     def reset(self) -> None:
-        """Forget what was acted on (a new episode may restart the sensors' stamps)."""
+        """Forget what was acted on (a new episode may restart the sensors' stamps) and where the objects
+        were (a new episode places them anew)."""
         with self._lock:
             self.last_used = {}
+            self._estimator_reset = True
 
     def expired(self, observation: Observation, now_s: float) -> str | None:
         """Why an action decoded from `observation` must not go out at `now_s` (None if it may): the
@@ -219,22 +242,26 @@ class ObservationAssembler:
                 # from another timeline; parts still stamped ahead of the clock are refused below.
                 self.last_used = {}
             self.last_now_s = now_s
-            missing = [c for c in self.cameras if c not in self.images]
+            missing = [c for c in self.sensor_cameras if c not in self.images]
             if self.joints is None:
                 missing.append("joint states")
-            if self.object_poses and self.poses is None:
+            if self.object_poses and not self.poses_from_cameras and self.poses is None:
                 missing.append(OBJECTS_PART)
-            if self.object_shapes and self.geometries is None:
+            if self.needs_object_ids and self.geometries is None:
                 missing.append(OBJECT_IDS_PART)
             if missing:
                 return f"no data yet from {', '.join(missing)}"
             if self.gripper_velocity and self.joints.value[2] is None:
                 return f"joint states without {GRIPPER_VELOCITY_PART} (the policy observes it)"
-            parts = {**{f"{c}{PIXELS_SUFFIX}": self.images[c] for c in self.cameras}, "joints": self.joints}
-            if self.poses is not None and self.object_poses:
+            parts = {
+                **{f"{c}{PIXELS_SUFFIX}": self.images[c] for c in self.sensor_cameras},
+                "joints": self.joints,
+            }
+            if self.poses is not None and self.object_poses and not self.poses_from_cameras:
                 parts[OBJECTS_KEY] = self.poses
             joints = self.joints
             geometries = self.geometries
+            reset_estimator, self._estimator_reset = self._estimator_reset, False
         stamps = [p.stamp_s for p in parts.values()]
         oldest, newest = min(stamps), max(stamps)
         if newest - now_s > self.max_lead_s:
@@ -254,12 +281,19 @@ class ObservationAssembler:
         repeated = [k for k, p in parts.items() if p.stamp_s <= self.last_used.get(k, -np.inf)]
         if repeated and (all_new or len(repeated) == len(parts)):
             return f"no new observation since the last action ({', '.join(repeated)})"
-        images = {k: p for k, p in parts.items() if k.endswith(PIXELS_SUFFIX)}
+        images = {f"{c}{PIXELS_SUFFIX}": parts[f"{c}{PIXELS_SUFFIX}"] for c in self.cameras}
         values = {k: fit_image(p.value, self.width, self.height) for k, p in images.items()}
-        if OBJECTS_KEY in parts:
-            values[OBJECTS_KEY] = parts[OBJECTS_KEY].value
+        poses = parts[OBJECTS_KEY].value if OBJECTS_KEY in parts else None
+        if self.poses_from_cameras and geometries is not None:
+            frames = [parts[f"{c}{PIXELS_SUFFIX}"].value for c in self.pose_cameras]
+            estimated = self._estimate(geometries, frames, reset_estimator)
+            if estimated is None:
+                return NOT_SEEN
+            poses = estimated
+        if poses is not None:
+            values[OBJECTS_KEY] = poses
             if self.object_shapes and geometries is not None:
-                values[SHAPE_KEY] = objects_shape(geometries, parts[OBJECTS_KEY].value, self.shape_version)
+                values[SHAPE_KEY] = objects_shape(geometries, poses, self.shape_version)
         arm, gripper_rad, gripper_rad_s = joints.value
         low, high = self.gripper_range
         gripper = np.clip((gripper_rad - low) / (high - low), 0.0, 1.0) * self.gripper_units
@@ -274,3 +308,26 @@ class ObservationAssembler:
             self.last_used = {k: p.stamp_s for k, p in parts.items()}
         received = max(p.received_s for p in parts.values())
         return Observation(dict(sorted(values.items())), oldest, newest, received)
+
+    def _estimate(
+        self, geometries: Sequence[ObjectGeometry], frames: Sequence[np.ndarray], reset: bool
+    ) -> np.ndarray | None:
+        """(num_objects * 7,) float32 poses fitted to the cameras' frames, or None while some object has not
+        been seen. The estimator is rebuilt for other objects or another image size, reset per episode."""
+        heights, widths = {f.shape[0] for f in frames}, {f.shape[1] for f in frames}
+        if len(heights) != 1 or len(widths) != 1:
+            raise ValueError(f"pose cameras {self.pose_cameras} deliver images of different sizes")
+        key = (tuple(id(g) for g in geometries), widths.pop(), heights.pop())
+        if self._estimator is None or key != self._estimator_key:
+            self._estimator = ObjectPoseEstimator.from_config(
+                self.cfg, geometries, width=key[1], height=key[2]
+            )
+            self._estimator_key = key
+        elif reset:
+            self._estimator.reset()
+        poses = self._estimator.update(frames)
+        if poses is None:
+            return None
+        poses = poses.copy()
+        poses[:, 3:] = canonical_quat(poses[:, 3:], OBJECT_REFERENCE_WXYZ)
+        return poses.reshape(-1).astype(np.float32)

@@ -6,18 +6,19 @@ images centre-cropped and resized (`gato_ros.gato.images.fit_image`) to the imag
 trained at (its own ``cameras.width x height``, whatever the cameras deliver); joint angles;
 the gripper driver angle in 0..255 units; the tool-point (pinch) and flange (tcp) poses computed from
 the joint angles with `ArmKinematics`, exactly as the twin computes them; for a state-based checkpoint
-(trained with ``tokenizer.observation.use_privileged``) the object poses of OBJECT_POSES as
-``objects/pose`` (the twin's, or a pose estimator's on the real cell), and if it reads them the objects'
-shapes ``objects/shape``, computed from those poses and the meshes of the named objects
+(trained with ``tokenizer.observation.use_privileged``) the object poses of OBJECT_POSES as ``objects/pose``
+(``policy.object_pose_source``: ``topic``, OBJECT_POSES, the twin's or a pose estimator's; or ``cameras``,
+fitted in this node to the policy cameras' images by `gato_ros.perception`: the cell's calibrated cameras
+and the objects' colours and meshes, what a real cell without a pose estimator runs), and if it reads them
+the objects' shapes ``objects/shape``, computed from those poses and the meshes of the named objects
 (``policy.object_ids``, which a real cell sets to the triplet it has loaded; empty: the ids of the twin's
-current episode on EPISODE_STATUS). An observation is used only if
-its oldest part is at most ``policy.max_observation_age_s`` old on the node's clock (sim time under the
-twin), its newest part leads that clock by at most one control period (the twin's publishing order; more
-means the clock went back, e.g. a restarted twin, and the node also forgets what it acted on), its parts
-were stamped within ``policy.max_observation_skew_s`` of each other, and every part is newer than in
-the last observation acted on (never two actions from one camera frame: cameras must run at least at
-the control rate). Otherwise the node publishes nothing (the command node's watchdog then
-holds the arm) and says why, rate-limited.
+current episode on EPISODE_STATUS). An observation is used only if its oldest part is at most
+``policy.max_observation_age_s`` old on the node's clock (sim time under the twin), its newest part leads
+that clock by at most one control period (the twin's publishing order; more means the clock went back, e.g.
+a restarted twin, and the node also forgets what it acted on), its parts were stamped within
+``policy.max_observation_skew_s`` of each other, and every part is newer than in the last observation acted
+on (never two actions from one camera frame: cameras must run at least at the control rate). Otherwise the
+node publishes nothing (the command node's watchdog then holds the arm) and says why, rate-limited.
 
 Decision. Once per control period (a timer at ``control.rate_hz``; if the tick's observation is not
 complete at the tick, as soon as it is; under sim time never before the clock reaches the observation's
@@ -86,7 +87,7 @@ def resolve_device(name: str) -> torch.device:
 class PolicyNode(SensorNode):
     """Runs a Gato checkpoint at the control rate on the newest fresh observation."""
 
-    SETTINGS = ("control", "policy", "cameras")
+    SETTINGS = ("control", "policy", "cameras", "perception")
 
     def __init__(self, cfg: DictConfig, **kwargs: Any) -> None:
         super().__init__("policy", cfg, **kwargs)
@@ -131,6 +132,7 @@ class PolicyNode(SensorNode):
             object_ids=cell_object_ids(cfg),
             shape_features_version=shape_version(trained),  # what the checkpoint was trained on
             gripper_velocity=GRIPPER_VELOCITY_KEY in keys,
+            object_pose_source=str(cfg.policy.object_pose_source),
         )
         self.log_period_s = float(cfg.policy.stale_log_period_s)
         self.episode: int | None = None
@@ -154,7 +156,10 @@ class PolicyNode(SensorNode):
         self._latencies: list[float] = []
 
         sensors = ReentrantCallbackGroup()
-        self.subscribe_sensors(self.cameras, self.object_poses, callback_group=sensors)
+        from_cameras = self.assembler.poses_from_cameras
+        self.subscribe_sensors(
+            self.assembler.sensor_cameras, self.object_poses and not from_cameras, callback_group=sensors
+        )
         self.subscription(contract.EPISODE_STATUS, self.on_episode_status, callback_group=sensors)
         self.service(contract.RESET_POLICY, self.on_reset, callback_group=sensors)
         self.action_pub = self.publisher(contract.ACTION)
@@ -167,7 +172,9 @@ class PolicyNode(SensorNode):
         self.get_logger().info(
             f"policy {checkpoint.path} (step {checkpoint.step}) on {self.device} in "
             f"{str(self.dtype).removeprefix('torch.')}, cameras {self.cameras}"
-            f"{', object poses' if self.object_poses else ''}, {cfg.control.rate_hz} Hz"
+            f"{', object poses' if self.object_poses else ''}"
+            f"{f' from cameras {self.assembler.pose_cameras}' if from_cameras else ''}, "
+            f"{cfg.control.rate_hz} Hz"
         )
 
     def warm_up(self) -> None:
