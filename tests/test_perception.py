@@ -212,3 +212,11 @@ def test_assembler_fits_object_poses_to_the_camera_images(twin) -> None:
         assembler.add_image(name, frame, stamp_s=2.0, received_s=0.0)
     assembler.add_joints(q, 0.0, stamp_s=2.0, received_s=0.0)
     assert assembler.assemble(now_s=2.0) == NOT_SEEN
+    # Frames the estimator cannot use (two sizes) are a reason to hold, never an exception in the node.
+    assembler.add_image(
+        assembler.sensor_cameras[0], np.zeros((64, 64, 3), np.uint8), stamp_s=3.0, received_s=0.0
+    )
+    assembler.add_image(assembler.sensor_cameras[1], frames[1], stamp_s=3.0, received_s=0.0)
+    assembler.add_joints(q, 0.0, stamp_s=3.0, received_s=0.0)
+    reason = assembler.assemble(now_s=3.0)
+    assert isinstance(reason, str) and "object poses from the cameras failed" in reason

@@ -286,7 +286,10 @@ class ObservationAssembler:
         poses = parts[OBJECTS_KEY].value if OBJECTS_KEY in parts else None
         if self.poses_from_cameras and geometries is not None:
             frames = [parts[f"{c}{PIXELS_SUFFIX}"].value for c in self.pose_cameras]
-            estimated = self._estimate(geometries, frames, reset_estimator)
+            try:
+                estimated = self._estimate(geometries, frames, reset_estimator)
+            except Exception as err:  # never take the node down: no observation -> the arm holds
+                return f"object poses from the cameras failed: {err!r}"
             if estimated is None:
                 return NOT_SEEN
             poses = estimated
