@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import cv2
+import mujoco
 import numpy as np
 from scipy.optimize import minimize
 from scipy.spatial import ConvexHull
@@ -28,6 +29,7 @@ from scipy.spatial.transform import Rotation
 from gato_ros.calibration.calibration_file import camera_intrinsics, camera_pose, load_cell_calibration
 from gato_ros.calibration.geometry import Pose, optical_camera_pose
 from gato_ros.calibration.intrinsics import Intrinsics
+from gato_ros.control.kinematics import OBJECT_REFERENCE_WXYZ, canonical_quat, rotation_to_quat_wxyz
 from gato_ros.twin.shape import ObjectGeometry
 
 COLOURS = ("red", "green", "blue")  # object order of `objects/pose`: red, green, blue
@@ -364,18 +366,14 @@ class ObjectPoseEstimator:
 
 
 def _pose(position: np.ndarray, rotation: np.ndarray) -> np.ndarray:
-    """(7,) pose, quaternion w >= 0 (the objects' convention in `objects/pose`)."""
-    quaternion = Rotation.from_matrix(rotation).as_quat(scalar_first=True)
-    if quaternion[0] < 0.0:
-        quaternion = -quaternion
+    """(7,) pose in the objects' convention of `objects/pose` (canonical quaternion, w >= 0)."""
+    quaternion = canonical_quat(rotation_to_quat_wxyz(rotation), OBJECT_REFERENCE_WXYZ)
     return np.concatenate([np.asarray(position, dtype=np.float64), quaternion])
 
 
 def _rotation(pose: np.ndarray) -> np.ndarray:
-    """The (3, 3) rotation of a (7,) pose (quaternion w, x, y, z)."""
-    w, x, y, z = pose[3:] / np.linalg.norm(pose[3:])
-    return np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-        [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-        [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
-    ])  # fmt: skip
+    """The (3, 3) rotation of a (7,) pose (quaternion w, x, y, z; normalised first)."""
+    quaternion = np.asarray(pose[3:], dtype=np.float64)
+    rotation = np.empty(9)
+    mujoco.mju_quat2Mat(rotation, quaternion / np.linalg.norm(quaternion))
+    return rotation.reshape(3, 3)

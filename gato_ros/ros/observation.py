@@ -328,9 +328,5 @@ class ObservationAssembler:
             self._estimator_key = key
         elif reset:
             self._estimator.reset()
-        poses = self._estimator.update(frames)
-        if poses is None:
-            return None
-        poses = poses.copy()
-        poses[:, 3:] = canonical_quat(poses[:, 3:], OBJECT_REFERENCE_WXYZ)
-        return poses.reshape(-1).astype(np.float32)
+        poses = self._estimator.update(frames)  # canonical quaternions, as add_object_poses makes them
+        return None if poses is None else poses.reshape(-1).astype(np.float32)
