@@ -225,6 +225,42 @@ def test_a_shape_learner_collects_shapes_or_says_how(tmp_path: Path) -> None:
     assert EpisodeDataset(out)[0].observations["objects/shape"].shape == (10, 30)
 
 
+def test_poses_fitted_to_the_cameras_are_recorded_and_read_by_the_learner(tmp_path: Path) -> None:
+    """``collection.object_pose_source=cameras``: the recorded (and learner-read) poses and shapes are those
+    fitted to the rendered policy cameras, millimetres from the twin's exact ones yet not them; the labels
+    stay the expert's, from the twin's state; frames are not recorded without ``collection.render``."""
+    from gato_ros.gato.checkpoint import save_checkpoint
+    from gato_ros.gato.model import build_model
+
+    learner_cfg = load_config(["+experiment=state_shape_policy", "model=tiny"])
+    checkpoint = save_checkpoint(tmp_path / "learner", build_model(learner_cfg).eval(), learner_cfg)
+    runs = {}
+    for source in ("twin", "cameras"):
+        out = tmp_path / source
+        overrides = ["collection.episodes=1", "collection.workers=1", "collection.first_seed=100001"]
+        overrides += [
+            "collection.keep_failed=true",
+            "control.episode_seconds=0.5",
+            "+experiment=state_shape_policy",
+        ]
+        overrides += [f"collection.object_pose_source={source}", "collection.beta=1.0"]  # the expert executes
+        collect(config(out, *overrides, f"collection.policy={checkpoint}"))
+        runs[source] = EpisodeDataset(out)[0]
+    exact, fitted = runs["twin"], runs["cameras"]
+    assert (
+        fitted.metadata["object_pose_source"] == "cameras" and exact.metadata["object_pose_source"] == "twin"
+    )
+    assert not any(key.endswith("/pixels") for key in fitted.observations)
+    assert len(fitted) == len(exact) == 10
+    np.testing.assert_array_equal(fitted.action, exact.action)  # the expert's labels, the same trajectory
+    positions = [run.observations["objects/pose"].reshape(-1, 3, 7)[..., :3] for run in (exact, fitted)]
+    error = np.linalg.norm(positions[0] - positions[1], axis=-1)
+    assert error.max() < 0.01 and error.max() > 0.0
+    assert not np.array_equal(exact.observations["objects/shape"], fitted.observations["objects/shape"])
+    with pytest.raises(ValueError, match="object_pose_source"):
+        collect(config(tmp_path / "bad", "collection.object_pose_source=perfect"))
+
+
 def _alive_descendants(root: int) -> set[int]:
     """Live (not zombie) processes below `root`, from /proc."""
     parents: dict[int, int] = {}

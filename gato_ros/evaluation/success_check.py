@@ -219,7 +219,7 @@ class CheckpointRunner:
         # `policy.object_pose_source=cameras`: a state checkpoint reads poses fitted to the rendered policy
         # cameras (gato_ros.perception), as the policy node does then, instead of the twin's own
         self.poses_from_cameras = False
-        self._estimator: Any = None
+        self._fitted: Any = None  # FittedPoseObservation
         self.policy = policy
         self.expert_dims = sorted({int(d) for d in expert_dims})
         self.command_limits = bool(cfg.check.command_limits)
@@ -286,7 +286,8 @@ class CheckpointRunner:
                 self.expert.reset()
             if self.decoder is not None:
                 self.decoder.reset()
-            self._estimator = None  # each episode's objects, found from scratch
+            if self._fitted is not None:  # each episode's objects, found from scratch
+                self._fitted.reset()
             self._trace = []
             try:
                 outcomes.append(bool(run_episode(twin, self._act, seed, stepper=stepper).success))
@@ -330,22 +331,12 @@ class CheckpointRunner:
     def _camera_poses(self, twin: Any, observation: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
         """The observation with ``objects/pose`` (and the shapes) fitted to its policy camera frames, or None
         while some object has not been seen."""
-        from gato_ros.perception.object_poses import ObjectPoseEstimator
-        from gato_ros.twin.shape import SHAPE_KEY, objects_shape, shape_version
+        from gato_ros.perception.object_poses import FittedPoseObservation
+        from gato_ros.twin.shape import shape_version
 
-        if self._estimator is None:
-            self._estimator = ObjectPoseEstimator.from_config(self.cfg, twin.object_geometries())
-        frames = [observation[f"{camera.name}/pixels"] for camera in self._estimator.cameras]
-        poses = self._estimator.update(frames)
-        if poses is None:
-            return None
-        result = dict(observation)
-        result["objects/pose"] = poses.reshape(-1).astype(np.float32)
-        if SHAPE_KEY in result:
-            result[SHAPE_KEY] = objects_shape(twin.object_geometries(), poses, shape_version(self.cfg))
-        if not self.reads_images:
-            result = {k: v for k, v in result.items() if not k.endswith("/pixels")}
-        return result
+        if self._fitted is None:
+            self._fitted = FittedPoseObservation(self.cfg, shape_version(self.cfg), self.reads_images)
+        return self._fitted(observation, twin.object_geometries())
 
     def close(self) -> None:
         if self.twin is not None:

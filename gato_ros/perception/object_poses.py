@@ -30,7 +30,8 @@ from gato_ros.calibration.calibration_file import camera_intrinsics, camera_pose
 from gato_ros.calibration.geometry import Pose, optical_camera_pose
 from gato_ros.calibration.intrinsics import Intrinsics
 from gato_ros.control.kinematics import OBJECT_REFERENCE_WXYZ, canonical_quat, rotation_to_quat_wxyz
-from gato_ros.twin.shape import ObjectGeometry
+from gato_ros.gato.tokenizer import OBJECT_POSES_KEY
+from gato_ros.twin.shape import SHAPE_KEY, ObjectGeometry, objects_shape
 
 COLOURS = ("red", "green", "blue")  # object order of `objects/pose`: red, green, blue
 SUBPIXEL_BITS = 3  # outlines are filled with 1/8-pixel vertex precision, so the cost moves smoothly
@@ -377,3 +378,46 @@ def _rotation(pose: np.ndarray) -> np.ndarray:
     rotation = np.empty(9)
     mujoco.mju_quat2Mat(rotation, quaternion / np.linalg.norm(quaternion))
     return rotation.reshape(3, 3)
+
+
+class FittedPoseObservation:
+    """A lock-step observation (the twin's) the way the policy node assembles it with
+    ``policy.object_pose_source=cameras``: ``objects/pose``, and ``objects/shape`` where present, replaced
+    by poses fitted to the observation's own policy-camera frames. Shared by `gato-ros check` and
+    `gato-ros collect`, so a checkpoint is checked, and corrective data is recorded, on what a real cell's
+    policy reads rather than on the twin's exact poses."""
+
+    def __init__(self, cfg: Any, shape_version: int, keep_pixels: bool) -> None:
+        self.cfg = cfg
+        self.shape_version = int(shape_version)
+        self.keep_pixels = bool(keep_pixels)
+        self.cameras = [str(name) for name in cfg.cameras.policy_cameras]
+        self.estimator: ObjectPoseEstimator | None = None
+        self._key: tuple[Any, ...] = ()
+
+    def reset(self) -> None:
+        """A new episode: every object is found from scratch."""
+        if self.estimator is not None:
+            self.estimator.reset()
+
+    def __call__(
+        self, observation: Mapping[str, np.ndarray], geometries: Sequence[ObjectGeometry]
+    ) -> dict[str, np.ndarray] | None:
+        """The observation with fitted poses (pixels dropped unless `keep_pixels`), or None while some
+        object has not been seen yet (where the policy node holds the arm)."""
+        frames = [observation[f"{camera}/pixels"] for camera in self.cameras]
+        height, width = frames[0].shape[:2]
+        key = (tuple(id(g) for g in geometries), width, height)
+        if self.estimator is None or key != self._key:
+            self.estimator = ObjectPoseEstimator.from_config(self.cfg, geometries, width=width, height=height)
+            self._key = key
+        poses = self.estimator.update(frames)
+        if poses is None:
+            return None
+        result = dict(observation)
+        result[OBJECT_POSES_KEY] = poses.reshape(-1).astype(np.float32)
+        if SHAPE_KEY in result:
+            result[SHAPE_KEY] = objects_shape(geometries, poses, self.shape_version)
+        if not self.keep_pixels:
+            result = {key: value for key, value in result.items() if not key.endswith("/pixels")}
+        return result

@@ -21,6 +21,13 @@ every visited state (source ``twin/dagger``; ``policy``, ``beta`` and ``round`` 
 aggregate by collecting into the same dataset with the next ``collection.round`` and a fresh
 ``collection.first_seed`` range.
 
+Observations as a real cell has them: ``collection.object_pose_source=cameras`` records (and feeds the
+learner) ``objects/pose`` and ``objects/shape`` fitted to the rendered policy cameras
+(`gato_ros.perception.FittedPoseObservation`, what the policy node reads with
+``policy.object_pose_source=cameras``) instead of the twin's exact poses; the expert still labels from the
+twin's state, so a state policy learns to act on estimated poses. Frames are recorded only with
+``collection.render=true``; steps before every object was seen are executed by the expert, not recorded.
+
 Examples:
   gato-ros collect collection.episodes=300                        # images + proprio + object poses
   gato-ros collect collection.render=false collection.dataset=rgb_stacking_sim_state \\
@@ -53,6 +60,7 @@ DART_SOURCE = "twin/scripted_expert_dart"  # executed: expert + noise; recorded 
 DAGGER_SOURCE = "twin/dagger"  # executed: a trained policy's action (expert's with prob. beta); label: expert
 NOISE_STREAM = 0xDA27  # the noise generator's stream, apart from the twin's per-seed reset draws
 DAGGER_STREAM = 0xDA66  # the DAgger expert/learner coin's stream
+OBJECT_POSE_SOURCES = ("twin", "cameras")  # collection.object_pose_source: what `objects/pose` records
 
 
 @dataclass
@@ -94,7 +102,8 @@ def collection_config(cfg: DictConfig) -> DictConfig:
     ccfg = cfg.collection
     cfg = cfg.copy()
     OmegaConf.update(cfg, "twin.objects", str(ccfg.objects))
-    OmegaConf.update(cfg, "twin.render", bool(ccfg.render))
+    # poses fitted to the cameras need the cameras rendered, recorded or not
+    OmegaConf.update(cfg, "twin.render", bool(ccfg.render) or str(ccfg.object_pose_source) == "cameras")
     OmegaConf.update(cfg, "twin.episode.mode", str(ccfg.episode_mode))
     OmegaConf.update(cfg, "twin.privileged_observations", True)
     return cfg
@@ -139,6 +148,13 @@ def _init_worker(plain_cfg: dict[str, Any]) -> None:
     _WORKER["expert"] = ScriptedExpert(cfg)
     _WORKER["noise"] = ActionNoise(cfg)
     _WORKER["learner"] = LearnerPolicy(cfg) if cfg.collection.policy else None
+    _WORKER["fitted"] = None
+    if str(cfg.collection.object_pose_source) == "cameras":
+        from gato_ros.perception.object_poses import FittedPoseObservation
+        from gato_ros.twin.shape import shape_version
+
+        keep_pixels = bool(cfg.collection.render)
+        _WORKER["fitted"] = FittedPoseObservation(cfg, shape_version(cfg), keep_pixels=keep_pixels)
 
 
 class ActionNoise:
@@ -223,19 +239,27 @@ def _rollout(seed: int) -> ExpertEpisode:
     from gato_ros.twin.rollout import run_episode
 
     twin, expert, noise, learner = _WORKER["twin"], _WORKER["expert"], _WORKER["noise"], _WORKER["learner"]
+    fitted = _WORKER["fitted"]
     episode = ExpertEpisode(seed, ("", "", ""), False, False, 0.0, 0.0)
     label: list[np.ndarray] = []  # the expert's action for the current state (what is recorded)
+    seen: list[dict[str, np.ndarray] | None] = [None]  # what the learner reads and the episode records
 
     def act(twin_: Any, observation: dict[str, np.ndarray]) -> np.ndarray:
         clean = np.asarray(expert.act(twin_), dtype=np.float64)
         label[:] = [clean]
-        return noise(clean if learner is None else learner(observation, clean))
+        seen[0] = observation if fitted is None else fitted(observation, twin_.object_geometries())
+        if seen[0] is None:  # an object not seen yet: the expert acts, nothing is recorded
+            return noise(clean)
+        return noise(clean if learner is None else learner(seen[0], clean))
 
     def record(observation: dict[str, np.ndarray], action: np.ndarray, step: Any) -> None:
-        del action  # the executed one; the label is the expert's clean action
+        del observation, action  # recorded: what the learner read, and the expert's clean action
+        recorded = seen[0]
+        if recorded is None:
+            return
         if not episode.observations:
-            episode.observations = {key: [] for key in observation}
-        for key, value in observation.items():
+            episode.observations = {key: [] for key in recorded}
+        for key, value in recorded.items():
             episode.observations[key].append(value)
         episode.actions.append(label[0].astype(np.float32))
         # The observation was taken one control period before the step's time.
@@ -247,6 +271,8 @@ def _rollout(seed: int) -> ExpertEpisode:
     noise.reset(seed)
     if learner is not None:
         learner.reset(seed)
+    if fitted is not None:
+        fitted.reset()
     result = run_episode(twin, act, seed, observer=record)
     episode.object_ids = result.object_ids
     episode.success = bool(result.success)
@@ -348,6 +374,11 @@ def check_collection_config(ccfg: DictConfig) -> None:
         raise ValueError(f"collection.noise_scale must be >= 0, got {ccfg.noise_scale}")
     if not 0.0 <= float(ccfg.beta) <= 1.0:
         raise ValueError(f"collection.beta must be in [0, 1], got {ccfg.beta}")
+    if str(ccfg.object_pose_source) not in OBJECT_POSE_SOURCES:
+        raise ValueError(
+            f"collection.object_pose_source must be one of {OBJECT_POSE_SOURCES}, "
+            f"got {ccfg.object_pose_source!r}"
+        )
     from gato_ros.gato.data import FrameCodec
 
     try:
@@ -443,6 +474,7 @@ def _write_episode(writer: Any, episode: ExpertEpisode, cfg: DictConfig) -> str 
         expert_version=EXPERT_VERSION,
         **(shape_metadata(shape_version(cfg)) if cfg.twin.get("shape_observations", False) else {}),
         **dagger_metadata(cfg.collection),
+        object_pose_source=str(cfg.collection.object_pose_source),
     )
     for t in range(episode.steps):
         writer.add_step(
