@@ -5,7 +5,9 @@ cameras' frames on every observation: a search from scratch at an episode's firs
 This renders the first frame of `--starts` twin episodes (training objects or a test triplet) and prints,
 per object (red, green, blue): how far the estimate puts the object (its vertices' mean) from where it is,
 the mean closest-vertex distance of the two posed meshes (blind to symmetries the cameras cannot see
-either), the search's time and a tracking update's time (the same frame again, then the object moved by
+either), how far red's grasp direction in `objects/shape` (the expert's plan, version of `twin.shape_version`)
+computed from the fitted poses turns from the one computed from the true poses, the search's time and a
+tracking update's time (the same frame again, then the object moved by
 a few mm: the steady-state cost), each as p50 / p90, with the share of the 50 ms control period.
 
     MUJOCO_GL=egl .venv/bin/python benchmarks/object_poses.py                  # 20 training-object starts
@@ -24,6 +26,13 @@ from scipy.spatial import cKDTree
 from gato_ros.config import load_config
 from gato_ros.perception.object_poses import COLOURS, ObjectPoseEstimator
 from gato_ros.twin.scene import posed_vertices
+from gato_ros.twin.shape import objects_shape, shape_version
+
+GRASP_COS, GRASP_SIN = 2, 3  # an object's `objects/shape` row: cos 2a, sin 2a of its grasp direction a
+
+
+def grasp_direction_deg(row: np.ndarray) -> float:
+    return float(np.degrees(0.5 * np.arctan2(row[GRASP_SIN], row[GRASP_COS])))
 
 
 def vertex_distance(vertices: np.ndarray, pose_a: np.ndarray, pose_b: np.ndarray) -> float:
@@ -51,6 +60,7 @@ def main() -> int:
     )
     cfg = load_config([f"cameras.width={args.size}", f"cameras.height={args.size}", *group, *args.overrides])
     centre_mm, outline_mm, search_ms, keep_ms, track_ms = [], [], [], [], []
+    grasp_turn_deg = []
     with StackingTwin(cfg, render=True) as twin:
         for seed in range(args.starts):
             twin.reset(seed)
@@ -76,6 +86,10 @@ def main() -> int:
             ])  # fmt: skip
             pairs = zip(geometries, poses, truth, strict=True)
             outline_mm.append([1000 * vertex_distance(g.vertices, p, t) for g, p, t in pairs])
+            version = shape_version(cfg)
+            red_rows = [objects_shape(geometries, p, version).reshape(3, -1)[0] for p in (poses, truth)]
+            turn = grasp_direction_deg(red_rows[0]) - grasp_direction_deg(red_rows[1])
+            grasp_turn_deg.append(abs((turn + 90.0) % 180.0 - 90.0))  # the direction is pi-periodic
             moved = truth.copy()
             moved[:, :2] += np.random.default_rng(seed).uniform(-0.004, 0.004, size=(3, 2))
             twin.set_object_poses(moved)
@@ -97,6 +111,12 @@ def main() -> int:
             f"p90 {np.nanpercentile(c, 90):.1f} mm, mesh distance p50 {np.nanpercentile(o, 50):.1f} / "
             f"p90 {np.nanpercentile(o, 90):.1f} mm"
         )
+    turn = np.asarray(grasp_turn_deg)
+    print(
+        f"  red's planned grasp direction, fitted vs true poses: p50 {np.percentile(turn, 50):.1f} / "
+        f"p90 {np.percentile(turn, 90):.1f} degrees, "
+        f"{int(np.sum(turn > 20))} of {len(turn)} starts > 20 degrees"
+    )
     for name, values in (("search (first frame)", search_ms), ("same frame again", keep_ms),
                          ("objects moved <= 6 mm", track_ms)):  # fmt: skip
         p50, p90 = np.percentile(values, [50, 90])
