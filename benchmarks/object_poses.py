@@ -24,15 +24,16 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from gato_ros.config import load_config
+from gato_ros.gato.tokenizer import SHAPE_DIRECTION_INDEX, grasp_wrist_yaw
 from gato_ros.perception.object_poses import COLOURS, ObjectPoseEstimator
 from gato_ros.twin.scene import posed_vertices
 from gato_ros.twin.shape import objects_shape, shape_version
 
-GRASP_COS, GRASP_SIN = 2, 3  # an object's `objects/shape` row: cos 2a, sin 2a of its grasp direction a
 
-
-def grasp_direction_deg(row: np.ndarray) -> float:
-    return float(np.degrees(0.5 * np.arctan2(row[GRASP_SIN], row[GRASP_COS])))
+def grasp_yaw_deg(row: np.ndarray) -> float:
+    """The wrist yaw (degrees) that closes along an object's grasp direction, from its `objects/shape` row."""
+    cos_2a, sin_2a = row[SHAPE_DIRECTION_INDEX : SHAPE_DIRECTION_INDEX + 2]
+    return float(np.degrees(grasp_wrist_yaw(cos_2a, sin_2a)))
 
 
 def vertex_distance(vertices: np.ndarray, pose_a: np.ndarray, pose_b: np.ndarray) -> float:
@@ -61,6 +62,7 @@ def main() -> int:
     cfg = load_config([f"cameras.width={args.size}", f"cameras.height={args.size}", *group, *args.overrides])
     centre_mm, outline_mm, search_ms, keep_ms, track_ms = [], [], [], [], []
     grasp_turn_deg = []
+    version = shape_version(cfg)
     with StackingTwin(cfg, render=True) as twin:
         for seed in range(args.starts):
             twin.reset(seed)
@@ -86,9 +88,8 @@ def main() -> int:
             ])  # fmt: skip
             pairs = zip(geometries, poses, truth, strict=True)
             outline_mm.append([1000 * vertex_distance(g.vertices, p, t) for g, p, t in pairs])
-            version = shape_version(cfg)
             red_rows = [objects_shape(geometries, p, version).reshape(3, -1)[0] for p in (poses, truth)]
-            turn = grasp_direction_deg(red_rows[0]) - grasp_direction_deg(red_rows[1])
+            turn = grasp_yaw_deg(red_rows[0]) - grasp_yaw_deg(red_rows[1])
             grasp_turn_deg.append(abs((turn + 90.0) % 180.0 - 90.0))  # the direction is pi-periodic
             moved = truth.copy()
             moved[:, :2] += np.random.default_rng(seed).uniform(-0.004, 0.004, size=(3, 2))

@@ -225,17 +225,29 @@ def test_a_shape_learner_collects_shapes_or_says_how(tmp_path: Path) -> None:
     assert EpisodeDataset(out)[0].observations["objects/shape"].shape == (10, 30)
 
 
-def test_poses_fitted_to_the_cameras_are_recorded_and_read_by_the_learner(tmp_path: Path) -> None:
+def test_poses_fitted_to_the_cameras_are_recorded_and_read_by_the_learner(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """``collection.object_pose_source=cameras``: the recorded (and learner-read) poses and shapes are those
     fitted to the rendered policy cameras, millimetres from the twin's exact ones yet not them; the labels
     stay the expert's, from the twin's state; frames are not recorded without ``collection.render``."""
     from gato_ros.gato.checkpoint import save_checkpoint
     from gato_ros.gato.model import build_model
+    from gato_ros.tools.collect import LearnerPolicy
 
     learner_cfg = load_config(["+experiment=state_shape_policy", "model=tiny"])
     checkpoint = save_checkpoint(tmp_path / "learner", build_model(learner_cfg).eval(), learner_cfg)
+    learner_read: list[np.ndarray] = []  # the poses the learner was given (workers=1: in this process)
+    learner_call = LearnerPolicy.__call__
+
+    def reading(self: LearnerPolicy, observation: dict, expert_action: np.ndarray) -> np.ndarray:
+        learner_read.append(np.array(observation["objects/pose"]))
+        return learner_call(self, observation, expert_action)
+
+    monkeypatch.setattr(LearnerPolicy, "__call__", reading)
     runs = {}
     for source in ("twin", "cameras"):
+        learner_read.clear()
         out = tmp_path / source
         overrides = ["collection.episodes=1", "collection.workers=1", "collection.first_seed=100001"]
         overrides += [
@@ -247,6 +259,7 @@ def test_poses_fitted_to_the_cameras_are_recorded_and_read_by_the_learner(tmp_pa
         collect(config(out, *overrides, f"collection.policy={checkpoint}"))
         runs[source] = EpisodeDataset(out)[0]
     exact, fitted = runs["twin"], runs["cameras"]
+    np.testing.assert_array_equal(np.stack(learner_read), fitted.observations["objects/pose"])
     assert (
         fitted.metadata["object_pose_source"] == "cameras" and exact.metadata["object_pose_source"] == "twin"
     )
