@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from scipy.spatial import cKDTree
+from scipy.spatial.transform import Rotation
 
 from gato_ros.calibration.calibration_file import load_cell_calibration
 from gato_ros.calibration.geometry import Pose
@@ -16,6 +17,7 @@ from gato_ros.perception.object_poses import (
     PerceptionSettings,
     ProjectiveCamera,
     colour_masks,
+    distinct_starts,
     resting_rotations,
     triangulate,
 )
@@ -118,7 +120,10 @@ def images(twin: StackingTwin) -> list[np.ndarray]:
     return [twin.render(name) for name in twin.cfg.cameras.policy_cameras]
 
 
-@pytest.mark.parametrize("seed", [0, 3])
+# Seeds 5 and 12: red (x23, h36) lies off the faces the search starts from (x23 tilted 8 degrees); when only
+# the three best starts by their unrefined cost were refined, both fitted 90 degrees off (red's planned grasp
+# turned 40 and 85 degrees), their pixel cost 5 and 1.7 times that of the true pose.
+@pytest.mark.parametrize("seed", [0, 3, 5, 12])
 def test_estimator_finds_every_object_of_a_twin_start_from_scratch(twin, seed: int) -> None:
     twin.reset(seed)
     truth, geometries = twin.object_poses(), twin.object_geometries()
@@ -136,6 +141,17 @@ def test_estimator_finds_every_object_of_a_twin_start_from_scratch(twin, seed: i
         )
         assert np.linalg.norm(moved) < 0.003
         assert vertex_distance(geometry, estimate, true) < 0.005
+
+
+def test_distinct_starts_skip_rotations_close_to_a_better_one() -> None:
+    def start(cost: float, yaw_deg: float, tilt_deg: float = 0.0) -> tuple[float, np.ndarray, np.ndarray]:
+        rotation = Rotation.from_euler("zx", [yaw_deg, tilt_deg], degrees=True).as_matrix()
+        return cost, np.zeros(3), rotation
+
+    candidates = [start(0.1, 0), start(0.2, 15), start(0.3, 30), start(0.4, 0, 90), start(0.5, 90)]
+    taken = distinct_starts(candidates, count=3, min_angle=np.radians(25))
+    assert [cost for cost, _, _ in taken] == [0.1, 0.3, 0.4]  # 15 degrees from the best: the same start
+    assert len(distinct_starts(candidates, count=10, min_angle=0.0)) == len(candidates)
 
 
 def test_estimator_tracks_a_moved_object_and_keeps_one_out_of_sight(twin) -> None:

@@ -48,6 +48,9 @@ class PerceptionSettings:
     occluded_weight: float
     yaw_candidates: int
     refine_candidates: int
+    distinct_angle: float
+    screen_candidates: int
+    screen_evaluations: int
     search_evaluations: int
     track_evaluations: int
     keep_tolerance: float
@@ -65,6 +68,9 @@ class PerceptionSettings:
             occluded_weight=float(perception.fit.occluded_weight),
             yaw_candidates=int(perception.fit.yaw_candidates),
             refine_candidates=int(perception.fit.refine_candidates),
+            distinct_angle=float(perception.fit.distinct_angle),
+            screen_candidates=int(perception.fit.screen_candidates),
+            screen_evaluations=int(perception.fit.screen_evaluations),
             search_evaluations=int(perception.fit.search_evaluations),
             track_evaluations=int(perception.fit.track_evaluations),
             keep_tolerance=float(perception.fit.keep_tolerance),
@@ -316,7 +322,8 @@ class ObjectPoseEstimator:
 
     def _search(self, index: int, views: _Views) -> tuple[np.ndarray, float]:
         """From scratch: each resting face at a grid of yaws above the colour's triangulated centroid; the
-        best few refined in all six degrees of freedom."""
+        best distinct ones refined briefly in all six degrees of freedom (a screen), the best few of those
+        to convergence."""
         s = self.settings
         centre = self._centroid_point(index, views)
         vertices = self.geometries[index].vertices
@@ -330,8 +337,11 @@ class ObjectPoseEstimator:
                 candidates.append((self._cost(index, views, position, rotation), position, rotation))
         candidates.sort(key=lambda item: item[0])
         best_cost, best_pose = candidates[0][0], _pose(candidates[0][1], candidates[0][2])
-        for _, position, rotation in candidates[: s.refine_candidates]:
-            refined, cost = self._refine(index, views, _pose(position, rotation), s.search_evaluations)
+        starts = distinct_starts(candidates, s.screen_candidates, s.distinct_angle)
+        screened = [self._refine(index, views, _pose(p, r), s.screen_evaluations) for _, p, r in starts]
+        screened.sort(key=lambda item: item[1])
+        for pose, _ in screened[: s.refine_candidates]:
+            refined, cost = self._refine(index, views, pose, s.search_evaluations)
             if cost < best_cost:
                 best_pose, best_cost = refined, cost
         return best_pose, best_cost
@@ -364,6 +374,29 @@ class ObjectPoseEstimator:
             options={"initial_simplex": simplex, "maxfev": evaluations, "xatol": 1e-4, "fatol": 1e-4},
         )  # fmt: skip
         return _pose(origin + result.x[:3], cv2.Rodrigues(result.x[3:])[0] @ base), float(result.fun)
+
+
+def distinct_starts(
+    candidates: Sequence[tuple[float, np.ndarray, np.ndarray]], count: int, min_angle: float
+) -> list[tuple[float, np.ndarray, np.ndarray]]:
+    """The best `count` of (cost, position, rotation) candidates sorted by cost, skipping any within
+    `min_angle` (rad) of rotation of one already taken.
+
+    Why: the best few by cost were mostly one resting face at neighbouring yaws, so when the object lay on
+    another face (or tilted off a face, leaning on a neighbour) no refinement started near it: the fit took a
+    wrong face whose outline came close, and red's planned grasp turned up to 90 degrees from the true one."""
+    taken: list[tuple[float, np.ndarray, np.ndarray]] = []
+    for candidate in candidates:
+        rotation = candidate[2]
+        # the angle between two rotations: arccos((trace(A^T B) - 1) / 2)
+        if all(
+            np.arccos(np.clip((np.trace(other[2].T @ rotation) - 1.0) / 2.0, -1.0, 1.0)) >= min_angle
+            for other in taken
+        ):
+            taken.append(candidate)
+            if len(taken) == count:
+                break
+    return taken
 
 
 def _pose(position: np.ndarray, rotation: np.ndarray) -> np.ndarray:
