@@ -281,3 +281,43 @@ def test_a_killed_recorder_loses_only_its_take_in_progress_and_resumes(tmp_path)
     with open(interrupted, "rb") as stream:
         messages = sum(1 for _ in make_reader(stream).iter_messages())
     assert messages > 0
+
+
+def test_a_take_whose_stamps_go_back_is_discarded_and_the_tick_goes_on(ros_context, tmp_path) -> None:
+    """A restarted twin or driver sends stamps from before the take's last step: the recorder discards the
+    take with an error line and keeps sampling (the tick that flushed the step must not touch the take)."""
+    from types import SimpleNamespace
+
+    cfg = load_config(
+        [
+            "ros.use_sim_time=true",
+            f"record.out_dir={tmp_path / 'takes'}",
+            "record.mcap=false",
+            "record.reset_seconds=0",
+        ]
+    )
+    recorder = RecordNode(cfg, context=ros_context)
+    try:
+        assert recorder.start_take() == "recording take 0"
+
+        def pending(stamp_s: float) -> None:
+            observation = SimpleNamespace(
+                values={"sawyer/joints/angle": np.zeros(7, np.float32)},
+                newest_stamp_s=stamp_s,
+                oldest_stamp_s=stamp_s,
+            )
+            recorder.pending = (observation, time.monotonic())
+            recorder.actions[recorder.source] = (np.zeros(5, np.float32), time.monotonic())
+
+        pending(10.0)
+        recorder.on_tick()  # flushes the step stamped 10 s; nothing new to sample
+        assert recorder.take is not None and recorder.take.steps == 1
+        pending(5.0)  # the clock went back
+        recorder.on_tick()
+        assert recorder.take is None and recorder.pending is None
+        assert episode_indices(tmp_path / "takes") == []  # nothing written
+        recorder.on_tick()  # no take: the tick waits for the next one
+        assert recorder.start_take() == "recording take 0"  # the number is given back
+    finally:
+        recorder.close()
+        recorder.destroy_node()

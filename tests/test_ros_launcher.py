@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import ast
+import contextlib
 import importlib.util
 import os
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -158,16 +161,79 @@ def test_the_pace_summary_gives_rate_and_policy_latency() -> None:
     assert PaceLog().summary(1.0, 20.0) == ["pace: no clock heard"]
 
 
-def run_launcher(*args: str) -> subprocess.Popen:
-    env = dict(os.environ, ROS_DOMAIN_ID=str(isolated_domain_id()), PYTHONUNBUFFERED="1")
-    return subprocess.Popen(
-        [sys.executable, "-m", "gato_ros.cli", "launch", "stacking", *args],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        cwd=ROOT,
-    )
+LAUNCHER_DOMAIN_ID = isolated_domain_id(os.getpid() + 1)  # not the in-process tests' domain
+
+
+class LaunchedStack:
+    """`gato-ros launch` as a subprocess on a ROS domain apart from the in-process tests'. Its output is
+    read by a thread (a silent launcher cannot block the test), and on leaving the block whatever still
+    runs is killed, the launcher and every node it started, so that a failing test cannot leave a stack
+    talking to the rest of the suite."""
+
+    def __init__(self, *args: str) -> None:
+        env = dict(os.environ, ROS_DOMAIN_ID=str(LAUNCHER_DOMAIN_ID), PYTHONUNBUFFERED="1")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gato_ros.cli", "launch", "stacking", *args],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=ROOT,
+        )
+        self.lines: list[str] = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    @property
+    def out(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_for(self, predicate: Callable[[list[str]], bool], timeout_s: float) -> None:
+        """Until `predicate(lines)` holds; fails with the output when the launcher ends or time runs out."""
+        deadline = time.monotonic() + timeout_s
+        while not predicate(list(self.lines)):
+            ended = self.process.poll() is not None and not self.reader.is_alive()
+            if ended or time.monotonic() > deadline:
+                pytest.fail(f"the launcher never got there (exit {self.process.poll()}):\n{self.out}")
+            time.sleep(0.05)
+
+    def finish(self, timeout_s: float) -> str:
+        """Its whole output once it has exited; fails with the output so far if it has not in time."""
+        try:
+            self.process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            pytest.fail(f"the launcher did not exit within {timeout_s:g} s:\n{self.out}")
+        self.reader.join(timeout=10.0)
+        return self.out
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait()
+        for pid in started_pids(self.lines).values():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    def __enter__(self) -> LaunchedStack:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        if self.process.poll() is None or any(pid_alive(p) for p in started_pids(self.lines).values()):
+            self.kill()
+
+
+def pid_alive(pid: int) -> bool:
+    """Running (a zombie left to an init that does not reap counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    return state not in {"Z", "X"}
 
 
 def started_pids(lines: list[str]) -> dict[str, int]:
@@ -176,49 +242,74 @@ def started_pids(lines: list[str]) -> dict[str, int]:
 
 def assert_gone(pids: dict[str, int]) -> None:
     for name, pid in pids.items():
-        with pytest.raises(ProcessLookupError):
-            os.kill(pid, 0)
-            pytest.fail(f"{name} (pid {pid}) still runs")
+        assert not pid_alive(pid), f"{name} (pid {pid}) still runs"
 
 
 @pytest.mark.slow
 def test_launcher_stops_the_stack_when_a_node_dies() -> None:
     # a checkpoint that does not exist: the policy node refuses to start; the launcher must stop twin and
     # command node
-    launcher = run_launcher("sim:=true", "checkpoint:=/nonexistent/checkpoint", "--isolated")
-    out, _ = launcher.communicate(timeout=180)
-    lines = out.splitlines()
-    assert launcher.returncode != 0, out
-    # --isolated keeps the ROS_DOMAIN_ID the caller set, and says which one the stack uses.
-    assert f"[launch] ROS_DOMAIN_ID={isolated_domain_id()} (yours" in out, out
-    assert any("policy exited with code 1; stopping the stack" in line for line in lines), out
-    assert any("no checkpoint at /nonexistent/checkpoint" in line for line in lines), out
-    pids = started_pids(lines)
-    assert set(pids) == {"twin", "policy", "command_node"}
-    assert_gone(pids)
+    with LaunchedStack("sim:=true", "checkpoint:=/nonexistent/checkpoint", "--isolated") as launcher:
+        out = launcher.finish(timeout_s=180)
+        lines = out.splitlines()
+        assert launcher.process.returncode != 0, out
+        # --isolated keeps the ROS_DOMAIN_ID the caller set, and says which one the stack uses.
+        assert f"[launch] ROS_DOMAIN_ID={LAUNCHER_DOMAIN_ID} (yours" in out, out
+        assert any("policy exited with code 1; stopping the stack" in line for line in lines), out
+        assert any("no checkpoint at /nonexistent/checkpoint" in line for line in lines), out
+        pids = started_pids(lines)
+        assert set(pids) == {"twin", "policy", "command_node"}
+        assert_gone(pids)
+
+
+def stack_up(lines: list[str]) -> bool:
+    """The twin has spoken and the command node is up."""
+    return any("[twin]" in line and "[INFO]" in line for line in lines) and any(
+        "command node up" in line for line in lines
+    )
 
 
 @pytest.mark.slow
 def test_launcher_forwards_ctrl_c_and_every_node_exits_cleanly() -> None:
-    launcher = run_launcher("sim:=true", "ros.twin.action_source=expert")
-    lines: list[str] = []
-    assert launcher.stdout is not None
-    deadline = time.monotonic() + 120
-    up = {"twin": "[twin]", "command_node": "command node up"}
-    seen: set[str] = set()
-    while time.monotonic() < deadline and seen != set(up):
-        line = launcher.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        seen |= {name for name, text in up.items() if text in line and "[INFO]" in line}
-    assert seen == set(up), "".join(lines)
-    launcher.send_signal(signal.SIGINT)
-    out, _ = launcher.communicate(timeout=60)
-    lines += out.splitlines()
-    assert launcher.returncode == 0, "".join(lines)
-    assert any("interrupted; stopping the stack" in line for line in lines)
-    assert_gone(started_pids(lines))
+    with LaunchedStack("sim:=true", "ros.twin.action_source=expert") as launcher:
+        launcher.wait_for(stack_up, timeout_s=120)
+        launcher.process.send_signal(signal.SIGINT)
+        out = launcher.finish(timeout_s=60)
+        assert launcher.process.returncode == 0, out
+        assert "interrupted; stopping the stack" in out, out
+        assert_gone(started_pids(out.splitlines()))
+
+
+@pytest.mark.slow
+def test_a_launcher_killed_outright_takes_its_nodes_down() -> None:
+    """SIGKILL gives the launcher no chance to stop its nodes: each asked the kernel for SIGTERM when its
+    supervisor dies (runtime.follow_supervisor) and goes through its orderly close, leaving no orphan."""
+    with LaunchedStack("sim:=true", "ros.twin.action_source=expert") as launcher:
+        launcher.wait_for(stack_up, timeout_s=120)
+        pids = started_pids(launcher.lines)
+        assert set(pids) == {"twin", "command_node"}
+        launcher.process.kill()
+        launcher.process.wait()
+        deadline = time.monotonic() + 60  # a liveness bound, never a speed check
+        while any(pid_alive(pid) for pid in pids.values()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert_gone(pids)
+
+
+def test_a_node_whose_supervisor_is_already_gone_does_not_start() -> None:
+    """The launcher died between starting a node and the node's request for SIGTERM: the node sees another
+    parent and exits before it touches ROS."""
+    env = dict(os.environ, GATO_ROS_SUPERVISOR_PID="1", ROS_DOMAIN_ID=str(LAUNCHER_DOMAIN_ID))
+    done = subprocess.run(
+        [sys.executable, "-m", "gato_ros.ros.command_node"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "the supervisor (pid 1) is gone; not starting" in done.stderr, done.stderr
+    assert "command node up" not in done.stdout + done.stderr
 
 
 @pytest.mark.slow
@@ -230,12 +321,12 @@ def test_launcher_writes_a_playable_video_and_reports_the_pace(tmp_path: Path) -
     video = tmp_path / "demo.mp4"
     # 4 s (80 ticks): the twin renders only once it has discovered the launcher's image subscription
     # (lazy images); on a loaded machine that took ~1.8 s, leaving a 2 s episode 3 frames.
-    launcher = run_launcher(
+    with LaunchedStack(
         "sim:=true", "ros.twin.action_source=expert", "control.episode_seconds=4", "--episodes", "1",
         "--video", str(video),
-    )  # fmt: skip
-    out, _ = launcher.communicate(timeout=240)
-    assert launcher.returncode == 0, out
+    ) as launcher:  # fmt: skip
+        out = launcher.finish(timeout_s=240)
+    assert launcher.process.returncode == 0, out
     assert "[launch] pace: " in out and "actions per sim second" in out and "real time" in out, out
     assert f"[launch] video of the episodes: {video}" in out, out
     frames = iio.imread(video, plugin="pyav")

@@ -27,6 +27,7 @@ from typing import IO
 from omegaconf import DictConfig
 
 PACKAGE = "gato_ros"
+SUPERVISOR_PID_ENV = "GATO_ROS_SUPERVISOR_PID"  # NodeProcesses' pid, for the nodes it starts (run_node)
 ROS_DOMAIN_ID_RANGE = (1, 101)  # ROS 2 domain ids that are safe on every platform (0 is the default)
 
 
@@ -194,6 +195,7 @@ class NodeProcesses:
         env = dict(os.environ if self.env is None else self.env)
         env.setdefault("PYTHONUNBUFFERED", "1")
         env.setdefault("RCUTILS_LOGGING_BUFFERED_STREAM", "0")
+        env[SUPERVISOR_PID_ENV] = str(os.getpid())  # a node stops when this process dies (run_node)
         process = subprocess.Popen(
             [*prefix, *spec.command()],
             env=env,

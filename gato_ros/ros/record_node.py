@@ -356,6 +356,8 @@ class RecordNode(SensorNode):
             return
         started = time.monotonic()
         self._flush_pending()
+        if self.take is None:  # the pending step ended the take (its stamps went back: discarded)
+            return
         observation = self.assembler.assemble(self.now_s(), all_new=False)
         if isinstance(observation, str):
             self.take.dropped[observation.split(":")[0]] += 1

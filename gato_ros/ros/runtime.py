@@ -62,9 +62,11 @@ from rclpy.utilities import remove_ros_args
 
 from gato_ros.config import load_config
 from gato_ros.ros.contract import Service, Topic
+from gato_ros.ros.launcher import SUPERVISOR_PID_ENV
 
 EXIT_OK = 0
 EXIT_ERROR = 1
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def hydra_overrides(argv: Sequence[str] | None = None) -> list[str]:
@@ -284,6 +286,25 @@ def use_realtime_scheduling(
     return f"{who}: real-time scheduling SCHED_FIFO {level} ({setting})"
 
 
+def follow_supervisor(environ: dict[str, str] | None = None) -> str | None:
+    """Under a supervisor (`gato-ros launch`, `gato-ros eval`: its pid in GATO_ROS_SUPERVISOR_PID), have the
+    kernel send this process SIGTERM when the supervisor dies, so that a launcher killed outright (SIGKILL,
+    the OOM killer, a test's timeout) takes its nodes down through their orderly close instead of leaving
+    an orphaned stack talking on the domain. Returns why to stop at once (the supervisor is already gone),
+    else None. Linux only (prctl); elsewhere nodes outlive a killed launcher, as under ``ros2 launch``."""
+    value = (os.environ if environ is None else environ).get(SUPERVISOR_PID_ENV)
+    if not value or not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) != 0:
+        return None  # the node still runs; it only loses the automatic stop
+    if os.getppid() != int(value):  # it died before the request took effect
+        return f"the supervisor (pid {value}) is gone; not starting"
+    return None
+
+
 def make_executor(context: Context, num_threads: int) -> Executor:
     if num_threads > 1:
         return MultiThreadedExecutor(num_threads=num_threads, context=context)
@@ -309,6 +330,10 @@ def run_node(
     ``ros.realtime_priority`` (SCHED_FIFO, or null).
     """
     argv = list(sys.argv if argv is None else argv)
+    orphaned = follow_supervisor()
+    if orphaned:
+        print(orphaned, file=sys.stderr, flush=True)
+        return EXIT_ERROR
     if cfg is None:
         cfg = config_from_argv(argv)
     if priority is not None:

@@ -350,7 +350,7 @@ class EpisodeMonitor:
 
         self.running = False
         self.thread.join(timeout=1.0)
-        self.executor.shutdown()
+        self.executor.shutdown(timeout_sec=1.0)  # bounded: a stuck spin thread must not hold the exit
         self.node.destroy_node()
         rclpy.shutdown(context=self.context)
 
