@@ -236,3 +236,77 @@ def test_assembler_fits_object_poses_to_the_camera_images(twin) -> None:
     assembler.add_joints(q, 0.0, stamp_s=3.0, received_s=0.0)
     reason = assembler.assemble(now_s=3.0)
     assert isinstance(reason, str) and "object poses from the cameras failed" in reason
+
+
+def test_gripper_silhouette_covers_the_gripper_where_the_twin_renders_it(twin) -> None:
+    """The silhouette's parts, posed from the arm's joint angles and the finger driver's angle alone (the
+    linkage as pads kept parallel), stand where the twin's constrained fingers are, open, closing and closed,
+    and their outlines cover the gripper's pixels in the twin's own rendering (its geom ids per pixel)."""
+    from gato_ros.perception.gripper import GripperSilhouette
+    from gato_ros.twin.rendering import CameraRenderer
+
+    twin.reset(0)
+    calibration = load_cell_calibration(twin.cfg.cameras)
+    names = [str(n) for n in twin.cfg.cameras.policy_cameras]
+    cameras = [ProjectiveCamera.from_calibration(calibration, n, 128, 128) for n in names]
+    silhouette = GripperSilhouette.from_config(twin.cfg, cameras)
+    assert len(silhouette.geoms) >= 10  # base, and per finger driver, coupler, spring link, follower, pad
+    model, data = twin.model, twin.data
+    twin_geoms = [model.geom(silhouette.model.geom(g).name).id for g in silhouette.geoms]
+    renderer = CameraRenderer(model, 128, 128, reflections=False)
+    openings, seen, covered, nearer = set(), 0, 0, 0
+    try:
+        for step in range(100):  # down into the cameras' view, then the fingers close on nothing
+            # (on an object the 2F-85's fingers adapt, and its driver angle no longer tells where they are)
+            closing = step >= 70
+            twin.step(
+                np.array([0.0, 0.0, 0.0 if closing else -0.3, 0.0, 1.0 if closing else -1.0], np.float32)
+            )
+            if step % 5:
+                continue
+            driver = float(data.qpos[twin.index.gripper_driver_qpos])
+            openings.add(round(driver, 1))
+            parts = silhouette.pose(twin.joint_positions(), driver)
+            for (rotation, position), geom in zip(parts, twin_geoms, strict=True):
+                assert np.linalg.norm(position - data.geom_xpos[geom]) < 0.003, model.geom(geom).name
+                turn = Rotation.from_matrix(rotation.T @ data.geom_xmat[geom].reshape(3, 3)).magnitude()
+                assert turn < np.radians(3.0), model.geom(geom).name
+            masks = silhouette.masks(twin.joint_positions(), driver)
+            for name, mask in zip(names, masks, strict=True):
+                truth = np.isin(renderer.geom_ids(data, model.camera(name).id), twin_geoms)
+                seen += int(truth.sum())
+                covered += int((truth & mask).sum())
+                assert mask.sum() <= 1.5 * truth.sum() + 20  # hulls, not a loose box around the gripper
+            # Only the parts nearer the camera than a point may hide it: of the fingers around the pinch
+            # point, the near one.
+            pinch = data.site_xpos[model.site("gripper/pinch_site").id]
+            for full, near in zip(
+                masks, silhouette.masks(twin.joint_positions(), driver, pinch), strict=True
+            ):
+                assert not np.any(near & ~full)
+                if full.sum() > 100:
+                    assert 0 < near.sum() < full.sum()
+                    nearer += 1
+    finally:
+        renderer.close()
+    assert len(openings) >= 3 and seen > 1000 and nearer >= 4  # open, closing, closed; the gripper in view
+    assert covered >= 0.95 * seen  # 98-99.5 % on this machine
+
+
+def test_estimator_with_the_gripper_silhouette_fits_from_the_joint_states(twin) -> None:
+    """``perception.gripper_occludes=true``: `update` takes the arm's posture with the frames; the fit of a
+    start (the arm above the objects) is the same as without."""
+    from gato_ros.twin.observation_keys import ARM_ANGLES_KEY
+
+    twin.reset(0)
+    cfg = load_config(
+        ["twin.objects=train", "cameras.width=128", "cameras.height=128", "perception.gripper_occludes=true"]
+    )
+    geometries = twin.object_geometries()
+    with_gripper = ObjectPoseEstimator.from_config(cfg, geometries)
+    without = ObjectPoseEstimator.from_config(twin.cfg, geometries)
+    assert with_gripper.gripper is not None and without.gripper is None
+    posture = (twin.observation()[ARM_ANGLES_KEY], float(twin.data.qpos[twin.index.gripper_driver_qpos]))
+    fitted = with_gripper.update(images(twin), posture)
+    assert fitted is not None
+    np.testing.assert_allclose(fitted, without.update(images(twin), posture), atol=1e-6)

@@ -31,6 +31,8 @@ from gato_ros.calibration.geometry import Pose, optical_camera_pose
 from gato_ros.calibration.intrinsics import Intrinsics
 from gato_ros.control.kinematics import OBJECT_REFERENCE_WXYZ, canonical_quat, rotation_to_quat_wxyz
 from gato_ros.gato.tokenizer import OBJECT_POSES_KEY
+from gato_ros.perception.gripper import GripperSilhouette, covering
+from gato_ros.twin.observation_keys import ARM_ANGLES_KEY, GRIPPER_ANGLE_KEY
 from gato_ros.twin.shape import SHAPE_KEY, ObjectGeometry, objects_shape
 
 COLOURS = ("red", "green", "blue")  # object order of `objects/pose`: red, green, blue
@@ -139,9 +141,14 @@ class ProjectiveCamera:
     ) -> np.ndarray:
         """(H, W) uint8 mask of the convex outline of points (`project`'s): a convex body's silhouette."""
         mask = np.zeros((self.intrinsics.height, self.intrinsics.width), dtype=np.uint8)
-        pixels = np.round(self.project(points, rotation, position) * (1 << SUBPIXEL_BITS)).astype(np.int32)
-        cv2.fillConvexPoly(mask, cv2.convexHull(pixels), 1, lineType=cv2.LINE_8, shift=SUBPIXEL_BITS)
-        return mask
+        return fill_convex_hull(mask, self.project(points, rotation, position), 1)
+
+
+def fill_convex_hull(image: np.ndarray, pixels: np.ndarray, value: float) -> np.ndarray:
+    """The convex hull of (N, 2) pixel coordinates filled into `image` (in place, returned) with `value`."""
+    fixed = np.round(pixels * (1 << SUBPIXEL_BITS)).astype(np.int32)
+    cv2.fillConvexPoly(image, cv2.convexHull(fixed), value, lineType=cv2.LINE_8, shift=SUBPIXEL_BITS)
+    return image
 
 
 def colour_masks(image: np.ndarray, settings: PerceptionSettings) -> np.ndarray:
@@ -224,6 +231,7 @@ class ObjectPoseEstimator:
         cameras: Sequence[ProjectiveCamera],
         geometries: Sequence[ObjectGeometry],
         settings: PerceptionSettings,
+        gripper: GripperSilhouette | None = None,
     ) -> None:
         if len(geometries) != len(COLOURS):
             raise ValueError(f"expected one geometry per colour {COLOURS}, got {len(geometries)}")
@@ -233,6 +241,7 @@ class ObjectPoseEstimator:
         self._rest = [resting_rotations(g) for g in self.geometries]
         self._centres = [0.5 * (g.vertices.min(axis=0) + g.vertices.max(axis=0)) for g in self.geometries]
         self.tracks = [ObjectTrack() for _ in COLOURS]
+        self.gripper = gripper
 
     @classmethod
     def from_config(
@@ -250,21 +259,40 @@ class ObjectPoseEstimator:
             ProjectiveCamera.from_calibration(calibration, str(name), width, height)
             for name in cfg.cameras.policy_cameras
         ]
-        return cls(cameras, geometries, PerceptionSettings.from_config(cfg.perception))
+        gripper = (
+            GripperSilhouette.from_config(cfg, cameras) if bool(cfg.perception.gripper_occludes) else None
+        )
+        return cls(cameras, geometries, PerceptionSettings.from_config(cfg.perception), gripper)
 
     def reset(self) -> None:
         """Forget every object (a new episode: search from scratch)."""
         self.tracks = [ObjectTrack() for _ in COLOURS]
 
     # -- one frame -----------------------------------------------------------------------------------------
-    def update(self, images: Sequence[np.ndarray]) -> np.ndarray | None:
+    def update(
+        self, images: Sequence[np.ndarray], posture: tuple[np.ndarray, float] | None = None
+    ) -> np.ndarray | None:
         """(3, 7) poses after one set of images (one per camera, in `cameras` order), or None while some
-        object has never been seen. An object out of sight keeps its last pose."""
+        object has never been seen. An object out of sight keeps its last pose. `posture`: the arm's joint
+        angles (7,) and the finger driver's angle (rad) when the frames were taken; with a gripper model,
+        the parts of the gripper nearer a camera than an object's last position may hide that object there
+        (counted like the other objects' pixels)."""
         if len(images) != len(self.cameras):
             raise ValueError(f"expected {len(self.cameras)} images, got {len(images)}")
         masks = [colour_masks(image, self.settings) for image in images]
+        gripper = None
+        if self.gripper is not None and posture is not None:
+            gripper = self.gripper.depths(np.asarray(posture[0]), float(posture[1]))
         for index in range(len(COLOURS)):
-            views = self._views(index, masks)
+            hidden = None
+            if gripper is not None:
+                track = self.tracks[index]
+                point = None if track.pose is None else track.pose[:3]
+                hidden = [
+                    covering(depths, camera, point)
+                    for depths, camera in zip(gripper, self.cameras, strict=True)
+                ]
+            views = self._views(index, masks, hidden)
             if views.count < self.settings.min_pixels:
                 continue
             self._fit(index, views)
@@ -272,12 +300,16 @@ class ObjectPoseEstimator:
             return None
         return np.stack([track.pose for track in self.tracks])
 
-    def _views(self, index: int, masks: Sequence[np.ndarray]) -> _Views:
+    def _views(
+        self, index: int, masks: Sequence[np.ndarray], hidden: Sequence[np.ndarray] | None = None
+    ) -> _Views:
         views = _Views([], [])
         for camera_index, mask in enumerate(masks):
             own = mask[index]
             views.mask.append(own.astype(np.uint8))
             occluders = np.delete(mask, index, axis=0).any(axis=0)
+            if hidden is not None:
+                occluders |= hidden[camera_index]
             views.free.append((~own & ~occluders).astype(np.uint8))
             count = int(own.sum())
             views.counts.append(count)
@@ -444,7 +476,7 @@ class FittedPoseObservation:
         if self.estimator is None or key != self._key:
             self.estimator = ObjectPoseEstimator.from_config(self.cfg, geometries, width=width, height=height)
             self._key = key
-        poses = self.estimator.update(frames)
+        poses = self.estimator.update(frames, self._posture(observation))
         if poses is None:
             return None
         result = dict(observation)
@@ -454,3 +486,13 @@ class FittedPoseObservation:
         if not self.keep_pixels:
             result = {key: value for key, value in result.items() if not key.endswith("/pixels")}
         return result
+
+    def _posture(self, observation: Mapping[str, np.ndarray]) -> tuple[np.ndarray, float] | None:
+        """The arm's joint angles and the finger driver's angle (from 0..255 units to rad), for the gripper's
+        silhouette."""
+        if ARM_ANGLES_KEY not in observation or GRIPPER_ANGLE_KEY not in observation:
+            return None
+        units = float(np.asarray(observation[GRIPPER_ANGLE_KEY]).reshape(-1)[0])
+        low, high = (float(v) for v in self.cfg.robot.gripper.driver_range)
+        fraction = float(np.clip(units / float(self.cfg.robot.gripper.command_range[1]), 0.0, 1.0))
+        return np.asarray(observation[ARM_ANGLES_KEY]), low + fraction * (high - low)

@@ -17,7 +17,7 @@ from gato_ros.control.kinematics import OBJECT_REFERENCE_WXYZ, ArmKinematics, ca
 from gato_ros.gato.images import fit_image, policy_image_size
 from gato_ros.perception.object_poses import ObjectPoseEstimator
 from gato_ros.ros.messages import POSE_SIZE
-from gato_ros.twin.observation_keys import GRIPPER_VELOCITY_KEY
+from gato_ros.twin.observation_keys import ARM_ANGLES_KEY, GRIPPER_ANGLE_KEY, GRIPPER_VELOCITY_KEY
 from gato_ros.twin.shape import (
     FEATURES_PER_OBJECT,
     SHAPE_KEY,
@@ -28,8 +28,8 @@ from gato_ros.twin.shape import (
 )
 
 PIXELS_SUFFIX = "/pixels"
-GRIPPER_KEY = "gripper/joints/angle"
-JOINTS_KEY = "sawyer/joints/angle"
+GRIPPER_KEY = GRIPPER_ANGLE_KEY
+JOINTS_KEY = ARM_ANGLES_KEY
 PINCH_KEY = "sawyer/pinch/pose"
 TCP_KEY = "sawyer/tcp/pose"
 PROPRIO_KEYS = (GRIPPER_KEY, JOINTS_KEY, PINCH_KEY, TCP_KEY)
@@ -287,7 +287,7 @@ class ObservationAssembler:
         if self.poses_from_cameras and geometries is not None:
             frames = [parts[f"{c}{PIXELS_SUFFIX}"].value for c in self.pose_cameras]
             try:
-                estimated = self._estimate(geometries, frames, reset_estimator)
+                estimated = self._estimate(geometries, frames, reset_estimator, joints.value)
             except Exception as err:  # never take the node down: no observation -> the arm holds
                 return f"object poses from the cameras failed: {err!r}"
             if estimated is None:
@@ -313,10 +313,15 @@ class ObservationAssembler:
         return Observation(dict(sorted(values.items())), oldest, newest, received)
 
     def _estimate(
-        self, geometries: Sequence[ObjectGeometry], frames: Sequence[np.ndarray], reset: bool
+        self,
+        geometries: Sequence[ObjectGeometry],
+        frames: Sequence[np.ndarray],
+        reset: bool,
+        joints: tuple[np.ndarray, float, float | None],
     ) -> np.ndarray | None:
         """(num_objects * 7,) float32 poses fitted to the cameras' frames, or None while some object has not
-        been seen. The estimator is rebuilt for other objects or another image size, reset per episode."""
+        been seen. The estimator is rebuilt for other objects or another image size, reset per episode;
+        `joints` (arm angles, gripper driver angle and speed) place the gripper that may hide the objects."""
         heights, widths = {f.shape[0] for f in frames}, {f.shape[1] for f in frames}
         if len(heights) != 1 or len(widths) != 1:
             raise ValueError(f"pose cameras {self.pose_cameras} deliver images of different sizes")
@@ -328,5 +333,6 @@ class ObservationAssembler:
             self._estimator_key = key
         elif reset:
             self._estimator.reset()
-        poses = self._estimator.update(frames)  # canonical quaternions, as add_object_poses makes them
+        arm, gripper_rad, _ = joints
+        poses = self._estimator.update(frames, (np.asarray(arm), float(gripper_rad)))  # canonical quaternions
         return None if poses is None else poses.reshape(-1).astype(np.float32)

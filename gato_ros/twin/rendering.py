@@ -106,6 +106,23 @@ class CameraRenderer:
         mujoco.mjr_readPixels(self._pixels, None, self._viewport, self._mjr)
         return np.flipud(self._pixels).copy()  # OpenGL rows start at the bottom
 
+    def geom_ids(self, data: mujoco.MjData, camera_id: int) -> np.ndarray:
+        """(H, W) int: the id of the geom each pixel shows (-1: none). Ground truth for what a camera sees,
+        e.g. to check a perception model's masks; render it from a renderer without reflections."""
+        flags = self._scene.flags
+        flags[mujoco.mjtRndFlag.mjRND_SEGMENT] = flags[mujoco.mjtRndFlag.mjRND_IDCOLOR] = 1
+        try:
+            pixels = self.render(data, camera_id).astype(np.int64)
+        finally:
+            flags[mujoco.mjtRndFlag.mjRND_SEGMENT] = flags[mujoco.mjtRndFlag.mjRND_IDCOLOR] = 0
+        segment = pixels[..., 0] + (pixels[..., 1] << 8) + (pixels[..., 2] << 16)  # scene geom index + 1
+        lookup = np.full(self._scene.ngeom + 2, -1, dtype=np.int64)
+        for index in range(self._scene.ngeom):
+            geom = self._scene.geoms[index]
+            if geom.objtype == mujoco.mjtObj.mjOBJ_GEOM:
+                lookup[index + 1] = geom.objid
+        return lookup[np.clip(segment, 0, self._scene.ngeom + 1)]
+
     def close(self) -> None:
         if self._closed:
             return
