@@ -21,11 +21,10 @@ import os
 import time
 
 import numpy as np
-from scipy.spatial import cKDTree
 
 from gato_ros.config import load_config
 from gato_ros.gato.tokenizer import SHAPE_DIRECTION_INDEX, grasp_wrist_yaw
-from gato_ros.perception.object_poses import COLOURS, ObjectPoseEstimator
+from gato_ros.perception.object_poses import COLOURS, ObjectPoseEstimator, mesh_distance
 from gato_ros.twin.scene import posed_vertices
 from gato_ros.twin.shape import objects_shape, shape_version
 
@@ -34,12 +33,6 @@ def grasp_yaw_deg(row: np.ndarray) -> float:
     """The wrist yaw (degrees) that closes along an object's grasp direction, from its `objects/shape` row."""
     cos_2a, sin_2a = row[SHAPE_DIRECTION_INDEX : SHAPE_DIRECTION_INDEX + 2]
     return float(np.degrees(grasp_wrist_yaw(cos_2a, sin_2a)))
-
-
-def vertex_distance(vertices: np.ndarray, pose_a: np.ndarray, pose_b: np.ndarray) -> float:
-    a = posed_vertices(vertices, pose_a[:3], pose_a[3:])
-    b = posed_vertices(vertices, pose_b[:3], pose_b[3:])
-    return 0.5 * float(cKDTree(a).query(b)[0].mean() + cKDTree(b).query(a)[0].mean())
 
 
 def main() -> int:
@@ -87,7 +80,7 @@ def main() -> int:
                 for g, p, t in zip(geometries, poses, truth, strict=True)
             ])  # fmt: skip
             pairs = zip(geometries, poses, truth, strict=True)
-            outline_mm.append([1000 * vertex_distance(g.vertices, p, t) for g, p, t in pairs])
+            outline_mm.append([1000 * mesh_distance(g.vertices, p, t) for g, p, t in pairs])
             red_rows = [objects_shape(geometries, p, version).reshape(3, -1)[0] for p in (poses, truth)]
             turn = grasp_yaw_deg(red_rows[0]) - grasp_yaw_deg(red_rows[1])
             grasp_turn_deg.append(abs((turn + 90.0) % 180.0 - 90.0))  # the direction is pi-periodic

@@ -19,20 +19,12 @@ import time
 from collections import defaultdict
 
 import numpy as np
-from scipy.spatial import cKDTree
 
 from gato_ros.config import load_config
-from gato_ros.perception.object_poses import ObjectPoseEstimator
+from gato_ros.perception.object_poses import ObjectPoseEstimator, mesh_distance
 from gato_ros.twin.observation_keys import ARM_ANGLES_KEY, GRIPPER_ANGLE_KEY
-from gato_ros.twin.scene import posed_vertices
 
 MODES = {"with the gripper": True, "without": False}
-
-
-def vertex_distance(vertices: np.ndarray, pose_a: np.ndarray, pose_b: np.ndarray) -> float:
-    a = posed_vertices(vertices, pose_a[:3], pose_a[3:])
-    b = posed_vertices(vertices, pose_b[:3], pose_b[3:])
-    return 0.5 * float(cKDTree(a).query(b)[0].mean() + cKDTree(b).query(a)[0].mean())
 
 
 def main() -> int:
@@ -95,7 +87,7 @@ def main() -> int:
                     errors[(expert.stage.name, mode)].append(
                         (
                             float(np.linalg.norm(poses[0, :3] - truth[0, :3])),
-                            vertex_distance(red, poses[0], truth[0]),
+                            mesh_distance(red, poses[0], truth[0]),
                         )
                     )
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation
 
 from gato_ros.calibration.calibration_file import load_cell_calibration
@@ -18,6 +17,7 @@ from gato_ros.perception.object_poses import (
     ProjectiveCamera,
     colour_masks,
     distinct_starts,
+    mesh_distance,
     resting_rotations,
     triangulate,
 )
@@ -36,11 +36,7 @@ def box(size: tuple[float, float, float], com: tuple[float, float, float] | None
 
 
 def vertex_distance(geometry: ObjectGeometry, pose_a: np.ndarray, pose_b: np.ndarray) -> float:
-    """Mean symmetric closest-vertex distance (m) of two poses of one object: 0 for the same pose or a pose
-    that only a symmetry of the object tells apart (the cameras cannot either)."""
-    a = posed_vertices(geometry.vertices, pose_a[:3], pose_a[3:])
-    b = posed_vertices(geometry.vertices, pose_b[:3], pose_b[3:])
-    return 0.5 * float(cKDTree(a).query(b)[0].mean() + cKDTree(b).query(a)[0].mean())
+    return mesh_distance(geometry.vertices, pose_a, pose_b)
 
 
 @pytest.mark.parametrize("distortion", [(0.0,) * 5, (-0.05, 0.02, 0.001, -0.001, 0.0)])
