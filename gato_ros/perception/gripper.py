@@ -111,9 +111,8 @@ class GripperSilhouette:
             # a part (partly) behind the camera has no outline to fill
             drawn = [(float(depth[part].mean()), part) for part in self._slices if np.all(depth[part] > 1e-3)]
             image = np.full((camera.intrinsics.height, camera.intrinsics.width), np.inf, dtype=np.float32)
-            for part_depth, part in sorted(
-                drawn, key=lambda item: -item[0]
-            ):  # a part behind the camera: none
+            drawn.sort(key=lambda item: -item[0])  # far to near: the nearest part's depth stays
+            for part_depth, part in drawn:
                 fill_convex_hull(image, pixels[part], part_depth)
             images.append(image)
         return images
