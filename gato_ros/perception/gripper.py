@@ -18,8 +18,10 @@ once grasped, but through ROS it came with stale-action holds not yet understood
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import mujoco
@@ -40,43 +42,65 @@ SIDES = ("left", "right")
 HULL_GRID = 0.002
 
 
+@dataclass(frozen=True)
+class _GripperParts:
+    """The arm model and the gripper parts' hulls: the same for every silhouette, built once per process."""
+
+    model: mujoco.MjModel
+    arm_qpos: np.ndarray
+    finger_qpos: np.ndarray
+    finger_ratio: np.ndarray
+    geoms: tuple[int, ...]
+    hulls: tuple[np.ndarray, ...]  # each part's hull vertices in its geom frame
+    vertices: np.ndarray  # all parts' hull vertices in one array (posed and projected at once) ...
+    part_of_vertex: np.ndarray
+    slices: tuple[slice, ...]  # ... each part a slice of it
+
+
+@functools.cache
+def _gripper_parts() -> _GripperParts:
+    """Compiling the arm model takes ~0.1 s: an estimator rebuilt for each episode's objects must not pay it
+    at the episode's first frame."""
+    model = build_arm_spec().compile()
+    linkage = [
+        (int(model.joint(f"{GRIPPER_PREFIX}{side}_{joint}").qposadr[0]), ratio)
+        for side in SIDES
+        for joint, ratio in FINGER_LINKAGE.items()
+    ]
+    geoms, hulls = [], []
+    for geom in range(model.ngeom):
+        body = model.body(model.geom_bodyid[geom]).name
+        if not body.startswith(GRIPPER_PREFIX) or model.geom_type[geom] != mujoco.mjtGeom.mjGEOM_MESH:
+            continue
+        mesh = int(model.geom_dataid[geom])
+        start, count = model.mesh_vertadr[mesh], model.mesh_vertnum[mesh]
+        vertices = np.asarray(model.mesh_vert[start : start + count], dtype=np.float64)
+        snapped = np.unique(np.round(vertices[ConvexHull(vertices).vertices] / HULL_GRID) * HULL_GRID, axis=0)
+        geoms.append(geom)
+        hulls.append(snapped[ConvexHull(snapped).vertices])
+    bounds = np.cumsum([0, *(len(h) for h in hulls)])
+    return _GripperParts(
+        model=model,
+        arm_qpos=np.array([model.joint(name).qposadr[0] for name in ARM_JOINTS]),
+        finger_qpos=np.array([index for index, _ in linkage]),
+        finger_ratio=np.array([ratio for _, ratio in linkage]),
+        geoms=tuple(geoms),
+        hulls=tuple(hulls),
+        vertices=np.vstack(hulls),
+        part_of_vertex=np.repeat(np.arange(len(hulls)), [len(h) for h in hulls]),
+        slices=tuple(slice(int(a), int(b)) for a, b in itertools.pairwise(bounds)),
+    )
+
+
 class GripperSilhouette:
     """The gripper's outline in each camera at a posture of the arm and fingers."""
 
     def __init__(self, cameras: Sequence[ProjectiveCamera]) -> None:
         self.cameras = list(cameras)
-        self.model = build_arm_spec().compile()
+        self._parts = _gripper_parts()
+        self.model = self._parts.model
+        self.geoms = list(self._parts.geoms)
         self._data = mujoco.MjData(self.model)
-        self._arm_qpos = np.array([self.model.joint(name).qposadr[0] for name in ARM_JOINTS])
-        linkage = [
-            (int(self.model.joint(f"{GRIPPER_PREFIX}{side}_{joint}").qposadr[0]), ratio)
-            for side in SIDES
-            for joint, ratio in FINGER_LINKAGE.items()
-        ]
-        self._finger_qpos = np.array([index for index, _ in linkage])
-        self._finger_ratio = np.array([ratio for _, ratio in linkage])
-        self.geoms: list[int] = []
-        self._hulls: list[np.ndarray] = []  # each part's hull vertices in its geom frame
-        for geom in range(self.model.ngeom):
-            body = self.model.body(self.model.geom_bodyid[geom]).name
-            mesh = int(self.model.geom_dataid[geom])
-            if (
-                not body.startswith(GRIPPER_PREFIX)
-                or self.model.geom_type[geom] != mujoco.mjtGeom.mjGEOM_MESH
-            ):
-                continue
-            start, count = self.model.mesh_vertadr[mesh], self.model.mesh_vertnum[mesh]
-            vertices = np.asarray(self.model.mesh_vert[start : start + count], dtype=np.float64)
-            snapped = np.unique(
-                np.round(vertices[ConvexHull(vertices).vertices] / HULL_GRID) * HULL_GRID, axis=0
-            )
-            self.geoms.append(geom)
-            self._hulls.append(snapped[ConvexHull(snapped).vertices])
-        # All parts' hull vertices in one array (posed and projected at once), each part a slice of it.
-        self._vertices = np.vstack(self._hulls)
-        self._part_of_vertex = np.repeat(np.arange(len(self._hulls)), [len(h) for h in self._hulls])
-        bounds = np.cumsum([0, *(len(h) for h in self._hulls)])
-        self._slices = [slice(int(a), int(b)) for a, b in itertools.pairwise(bounds)]
 
     @classmethod
     def from_config(cls, cfg: Any, cameras: Sequence[ProjectiveCamera]) -> GripperSilhouette:
@@ -88,9 +112,9 @@ class GripperSilhouette:
     def pose(self, arm_angles: np.ndarray, driver_angle: float) -> list[tuple[np.ndarray, np.ndarray]]:
         """Each part's world (rotation, position) at the arm's joint angles (7,) and the fingers' driver
         angle (rad)."""
-        data = self._data
-        data.qpos[self._arm_qpos] = np.asarray(arm_angles, dtype=np.float64).reshape(-1)[: len(ARM_JOINTS)]
-        data.qpos[self._finger_qpos] = self._finger_ratio * float(driver_angle)
+        data, parts = self._data, self._parts
+        data.qpos[parts.arm_qpos] = np.asarray(arm_angles, dtype=np.float64).reshape(-1)[: len(ARM_JOINTS)]
+        data.qpos[parts.finger_qpos] = parts.finger_ratio * float(driver_angle)
         mujoco.mj_kinematics(self.model, data)
         return [(data.geom_xmat[g].reshape(3, 3).copy(), data.geom_xpos[g].copy()) for g in self.geoms]
 
@@ -99,17 +123,17 @@ class GripperSilhouette:
         gripper part covering each pixel, inf where none does (the parts drawn far to near)."""
         from gato_ros.perception.object_poses import fill_convex_hull
 
-        parts = self.pose(arm_angles, driver_angle)
-        rotations = np.stack([rotation for rotation, _ in parts])[self._part_of_vertex]
-        positions = np.stack([position for _, position in parts])[self._part_of_vertex]
-        world = np.einsum("nij,nj->ni", rotations, self._vertices) + positions
+        posed, parts = self.pose(arm_angles, driver_angle), self._parts
+        rotations = np.stack([rotation for rotation, _ in posed])[parts.part_of_vertex]
+        positions = np.stack([position for _, position in posed])[parts.part_of_vertex]
+        world = np.einsum("nij,nj->ni", rotations, parts.vertices) + positions
         images = []
         for camera in self.cameras:
             to_optical = camera.world_to_optical
             depth = world @ to_optical.rotation[2] + to_optical.position[2]
             pixels = camera.project(world)
             # a part (partly) behind the camera has no outline to fill
-            drawn = [(float(depth[part].mean()), part) for part in self._slices if np.all(depth[part] > 1e-3)]
+            drawn = [(float(depth[part].mean()), part) for part in parts.slices if np.all(depth[part] > 1e-3)]
             image = np.full((camera.intrinsics.height, camera.intrinsics.width), np.inf, dtype=np.float32)
             drawn.sort(key=lambda item: -item[0])  # far to near: the nearest part's depth stays
             for part_depth, part in drawn:
