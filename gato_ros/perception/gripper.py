@@ -12,8 +12,9 @@ the spring link turns with the driver and the follower back by as much), and eac
 in every camera, as the objects' are. Only the parts nearer a camera than an object may hide it: a finger
 behind red leaves red visible, and counting it let red's fit turn into the fingers. On an object the
 2F-85's fingers can also adapt (the linkage folds); the driver angle alone cannot tell, and the silhouette
-then misplaces a finger by up to ~2 cm. Off by default (`perception.gripper_occludes`): it fits red better
-once grasped, but through ROS it came with stale-action holds not yet understood (policies/default's card).
+then misplaces a finger by up to ~2 cm. Off by default (`perception.gripper_occludes`) until measured on
+every object group again: it fits red better once grasped, and its first versions came with stale-action
+holds through ROS (policies/default's card, "The gripper's silhouette").
 """
 
 from __future__ import annotations
