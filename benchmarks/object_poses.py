@@ -25,6 +25,7 @@ import numpy as np
 from gato_ros.config import load_config
 from gato_ros.gato.tokenizer import SHAPE_DIRECTION_INDEX, grasp_wrist_yaw
 from gato_ros.perception.object_poses import COLOURS, ObjectPoseEstimator, mesh_distance
+from gato_ros.tools.eval import group_overrides
 from gato_ros.twin.scene import posed_vertices
 from gato_ros.twin.shape import objects_shape, shape_version
 
@@ -47,11 +48,7 @@ def main() -> int:
     os.environ.setdefault("MUJOCO_GL", "egl")
     from gato_ros.twin.env import StackingTwin
 
-    group = (
-        ["twin.objects=train"]
-        if args.group == "train"
-        else ["twin.objects=triplet", f"twin.triplet={args.group}"]
-    )
+    group = group_overrides(args.group)
     cfg = load_config([f"cameras.width={args.size}", f"cameras.height={args.size}", *group, *args.overrides])
     centre_mm, outline_mm, search_ms, keep_ms, track_ms = [], [], [], [], []
     grasp_turn_deg = []

@@ -22,6 +22,7 @@ import numpy as np
 
 from gato_ros.config import load_config
 from gato_ros.perception.object_poses import ObjectPoseEstimator, mesh_distance
+from gato_ros.tools.eval import group_overrides
 from gato_ros.twin.observation_keys import ARM_ANGLES_KEY, GRIPPER_ANGLE_KEY
 
 MODES = {"with the gripper": True, "without": False}
@@ -40,11 +41,7 @@ def main() -> int:
     from gato_ros.twin.expert import ScriptedExpert
     from gato_ros.twin.rollout import run_episode
 
-    group = (
-        ["twin.objects=train"]
-        if args.group == "train"
-        else ["twin.objects=triplet", f"twin.triplet={args.group}"]
-    )
+    group = group_overrides(args.group)
     size = [f"cameras.width={args.size}", f"cameras.height={args.size}"]
     cfg = load_config([*group, *size, *args.overrides])
     cameras = [str(c) for c in cfg.cameras.policy_cameras]
