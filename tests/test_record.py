@@ -269,9 +269,17 @@ def test_a_killed_recorder_loses_only_its_take_in_progress_and_resumes(tmp_path)
             assert len(active) == 1 and active[0].name == f"episode_{len(finished):06d}.mcap.active"
             dataset = EpisodeDataset(out)
             assert all(len(dataset[i]) > 0 for i in range(len(dataset)))  # finished takes: whole, readable
-            again = subprocess.run([*recorder, "record.episodes=1"], env=dict(os.environ), timeout=120,
-                                   capture_output=True, text=True)  # fmt: skip
-            assert again.returncode == 0, again.stdout[-2000:]
+            try:  # the recorder logs to stderr: on a failure, its last lines say what it was doing
+                again = subprocess.run([*recorder, "record.episodes=1"], env=dict(os.environ), timeout=120,
+                                       capture_output=True, text=True)  # fmt: skip
+            except subprocess.TimeoutExpired as err:
+                tail = (
+                    (err.stderr or b"").decode(errors="replace")
+                    if isinstance(err.stderr, bytes)
+                    else err.stderr
+                )
+                pytest.fail(f"the second recorder did not finish its take in 120 s:\n{(tail or '')[-4000:]}")
+            assert again.returncode == 0, again.stderr[-4000:]
         finally:
             processes.stop(cfg.ros.launch.sigint_wait_s, cfg.ros.launch.sigterm_wait_s)
     # the numbering went on where the killed take was
